@@ -1,0 +1,191 @@
+"""The streaming batch loader: Parquet split → batches of tensors, never the whole split in memory.
+
+Reading is by row group (PyArrow). With `shuffle`, each epoch visits the rank's row groups in a seeded random
+order and shuffles rows inside a window of `shuffle_window` row groups, so memory is bounded by the window and
+the order is a pure function of (seed, epoch). Under `torchrun`, row groups are dealt to ranks round-robin and
+every rank yields the same number of batches (the minimum over ranks), so no rank waits on a collective forever.
+
+Each batch is a dict of tensors:
+- categorical features → int64 ids `[B]` (0 pad, 1 out-of-vocabulary, see `rankstack.data.vocab`);
+- sequences → int64 ids `[B, max_len]`, left-padded, newest event last (longer ones keep their newest events);
+- numerics and labels → float32 `[B]`; a numeric with `num_buckets` also gives `<name>__bucket` int64 `[B]`;
+- keys → int64 `[B]` raw values (strings are hashed), for GAUC grouping and serving caches, never features.
+Values are checked on the way (nulls, NaN/inf, negative ids) with errors that name the file, column and row.
+
+`state_dict()`/`load_state_dict()` record (epoch, batches yielded), so a resumed run continues with exactly the
+batch after the last one it trained on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from rankstack.data.dataset import Dataset, check_values
+from rankstack.data.schema import ColumnSpec
+from rankstack.data.vocab import hash_strings
+from rankstack.errors import DataError
+
+
+def pad_sequences(arr: pa.ListArray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pad/truncate a list array to `max_len`: (positions into the flat values [k], flat target slots [k]).
+
+    Returns the indices of the kept elements in `arr.values` and their flat positions in a `[len(arr), max_len]`
+    output, keeping each row's newest (last) `max_len` elements right-aligned.
+    """
+    offsets = arr.offsets.to_numpy()
+    starts, ends = offsets[:-1], offsets[1:]
+    lengths = np.minimum(ends - starts, max_len)
+    total = int(lengths.sum())
+    row_of = np.repeat(np.arange(len(arr)), lengths)
+    within = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    source = np.repeat(ends - lengths, lengths) + within
+    target = row_of * max_len + (max_len - np.repeat(lengths, lengths)) + within
+    return source, target
+
+
+class BatchLoader:
+    """Iterate over one split of a `Dataset` in batches of tensors.
+
+    dataset: an opened `Dataset` (its schema may be a column selection).
+    split: split name.
+    batch_size: rows per batch; the last batch of an epoch may be smaller unless `drop_last`.
+    shuffle: shuffle row-group order and rows within a window (seeded by `seed` and the epoch).
+    shuffle_window: row groups whose rows are shuffled together (memory grows with it).
+    rank, world_size: this process's shard under distributed training.
+    """
+
+    def __init__(self, dataset: Dataset, split: str, batch_size: int, shuffle: bool = False, seed: int = 0,
+                 drop_last: bool = False, shuffle_window: int = 4, rank: int = 0, world_size: int = 1) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.dataset = dataset
+        self.schema = dataset.schema
+        self.split = split
+        self.file = dataset.split_file(split)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.shuffle_window = max(1, shuffle_window)
+        self.rank, self.world_size = rank, world_size
+        self.columns = [c for c in self.schema.columns if c.kind != "text"]
+        self._parquet = pq.ParquetFile(self.file)
+        meta = self._parquet.metadata
+        group_rows = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+        self._row_groups = list(range(meta.num_row_groups))[rank::world_size]
+        rows_per_rank = [sum(group_rows[r::world_size]) for r in range(world_size)]
+        self._rows = rows_per_rank[rank]
+        if world_size > 1 and min(rows_per_rank) == 0:
+            raise DataError(f"{self.file} has {meta.num_row_groups} row groups, fewer than the {world_size} "
+                            "processes; write it with smaller row groups or use fewer processes.")
+        per_rank = [self._num_batches(rows) for rows in rows_per_rank]
+        self._batches = min(per_rank)
+        self.epoch = 0
+        self._yielded = 0
+
+    def _num_batches(self, rows: int) -> int:
+        return rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)
+
+    def __len__(self) -> int:
+        return self._batches
+
+    @property
+    def num_rows(self) -> int:
+        return self._rows
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self._yielded = epoch, 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batches_yielded": self._yielded}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self._yielded = int(state["epoch"]), int(state["batches_yielded"])
+
+    # ---- iteration -------------------------------------------------------------------------------------
+
+    def _tables(self, rng: np.random.Generator) -> Iterator[tuple[pa.Table, np.ndarray]]:
+        """Windows of row groups as Arrow tables, with the row order to read them in."""
+        order = list(self._row_groups)
+        if self.shuffle:
+            order = [order[i] for i in rng.permutation(len(order))]
+        names = [c.name for c in self.columns]
+        for start in range(0, len(order), self.shuffle_window):
+            window = order[start:start + self.shuffle_window]
+            try:
+                table = self._parquet.read_row_groups(window, columns=names)
+            except (pa.ArrowInvalid, OSError) as err:
+                raise DataError(f"{self.file}: row groups {window} cannot be read ({err}); the file is truncated or "
+                                "corrupt: regenerate it.") from None
+            rows = rng.permutation(table.num_rows) if self.shuffle else np.arange(table.num_rows)
+            yield table, rows
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        skip = self._yielded
+        produced = 0
+        pending: list[pa.Table] = []
+        pending_rows = 0
+        for table, rows in self._tables(rng):
+            pieces = [table.take(rows)] if self.shuffle else [table]
+            pending.extend(pieces)
+            pending_rows += table.num_rows
+            while pending_rows >= self.batch_size and produced < self._batches:
+                merged = pa.concat_tables(pending)
+                chunk, rest = merged.slice(0, self.batch_size), merged.slice(self.batch_size)
+                pending, pending_rows = [rest], rest.num_rows
+                produced += 1
+                if produced > skip:
+                    self._yielded = produced
+                    yield self.encode(chunk)
+        if pending_rows and produced < self._batches:
+            produced += 1
+            if produced > skip:
+                self._yielded = produced
+                yield self.encode(pa.concat_tables(pending))
+        self.epoch += 1
+        self._yielded = 0
+
+    # ---- encoding --------------------------------------------------------------------------------------
+
+    def encode(self, table: pa.Table) -> dict[str, torch.Tensor]:
+        """Turn an Arrow table of this split's columns into a batch of tensors (checked on the way)."""
+        batch: dict[str, torch.Tensor] = {}
+        for col in self.columns:
+            arr = table.column(col.name).combine_chunks()
+            check_values(col, arr, str(self.file))
+            batch.update(self._encode_column(col, arr))
+        return batch
+
+    def _encode_column(self, col: ColumnSpec, arr: pa.Array) -> dict[str, torch.Tensor]:
+        if col.kind == "numeric":
+            values = np.array(arr.to_numpy(zero_copy_only=False), dtype=np.float32)  # a writable copy
+            out = {col.name: torch.from_numpy(values)}
+            if col.num_buckets:
+                out[f"{col.name}__bucket"] = torch.from_numpy(self.dataset.vocab.bucketize(col.name, values))
+            return out
+        if col.role == "key":
+            keys = hash_strings(arr).view(np.int64) if col.dtype == "string" else arr.to_numpy(zero_copy_only=False)
+            return {col.name: torch.from_numpy(np.array(keys, dtype=np.int64))}
+        if col.kind == "categorical":
+            return {col.name: torch.from_numpy(self.dataset.vocab.encode(col, arr))}
+        source, target = pad_sequences(arr, col.max_len)
+        ids = self.dataset.vocab.encode(col, arr.values.take(pa.array(source, type=pa.int64())))
+        out = np.zeros(len(arr) * col.max_len, dtype=np.int64)
+        out[target] = ids
+        return {col.name: torch.from_numpy(out.reshape(len(arr), col.max_len))}
+
+
+def make_loader(dataset: Dataset, split: str, batch_size: int, **kwargs: Any) -> BatchLoader:
+    """A `BatchLoader` sharded for the current `torch.distributed` process group, if one is initialised."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        kwargs.setdefault("rank", torch.distributed.get_rank())
+        kwargs.setdefault("world_size", torch.distributed.get_world_size())
+    return BatchLoader(dataset, split, batch_size, **kwargs)

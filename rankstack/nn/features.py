@@ -1,0 +1,207 @@
+"""Field embeddings shared by every ranking and pre-ranking model.
+
+`FieldLayout` reads a dataset's schema and vocabularies and sorts the feature columns into what ranking models
+consume (hemix.md §2):
+- `ns`: non-sequence categorical fields of the user, the request context and user x item crosses, plus
+  bucketised numerics and pooled multi-valued fields — one embedding vector each;
+- `dense`: numerics without buckets, as raw floats;
+- `target`: the candidate's item fields;
+- `sequences`: per behaviour stream (`longterm_seq`, `realtime_seq`, `history`), the columns aligned with the
+  target's item fields (a stream's `realtime_category_l2` lines up with the target's `category_l2` because they
+  share an embedding group) plus the action column.
+
+`FieldEmbedder` owns one table per embedding group, so a sequence of items and the target item share the item
+tables. It returns an `EmbeddedBatch` of tensors; it has no data-dependent Python control flow, so models built
+on it export.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from rankstack.data.dataset import Dataset
+from rankstack.data.schema import PAD_ID, SEQUENCE_ROLES, ColumnSpec
+
+ACTION_GROUP = "action"
+NS_ROLES = ("user", "context", "cross")
+
+
+@dataclass(frozen=True)
+class SequenceLayout:
+    """One behaviour stream: for each target item field, its column in this stream (or None if absent)."""
+
+    role: str
+    item_columns: tuple[str | None, ...]
+    action_column: str | None
+    max_len: int
+
+
+@dataclass(frozen=True)
+class FieldLayout:
+    """Which batch keys a ranking model reads, in a fixed order, and the size of every embedding table."""
+
+    ns: tuple[tuple[str, str], ...]  # (batch key, embedding group)
+    multi_valued: tuple[tuple[str, str], ...]
+    dense: tuple[str, ...]
+    target: tuple[tuple[str, str], ...]
+    sequences: tuple[SequenceLayout, ...]
+    tables: dict[str, int] = field(default_factory=dict)
+    dense_moments: tuple[tuple[float, float], ...] = ()  # train (mean, std) per dense field
+    levels: dict[str, str] = field(default_factory=dict)  # batch key → request | candidate
+    labels: tuple[str, ...] = ()
+
+    @classmethod
+    def from_dataset(cls, dataset: Dataset, labels: list[str] | None = None) -> FieldLayout:
+        schema = dataset.schema
+        tables: dict[str, int] = {}
+        levels: dict[str, str] = {}
+        ns, mv, dense, target = [], [], [], []
+
+        def add_table(group: str, column: str) -> None:
+            tables[group] = dataset.vocab_size(column)
+
+        for col in schema.features:
+            if col.role in SEQUENCE_ROLES:
+                continue
+            levels[col.name] = col.level
+            if col.kind == "numeric":
+                if col.num_buckets:
+                    key = f"{col.name}__bucket"
+                    ns.append((key, key))
+                    tables[key] = dataset.vocab_size(col.name)
+                    levels[key] = col.level
+                else:
+                    dense.append(col.name)
+            elif col.kind == "sequence":
+                mv.append((col.name, col.embedding_group))
+                add_table(col.embedding_group, col.name)
+            elif col.role == "item":
+                target.append((col.name, col.embedding_group))
+                add_table(col.embedding_group, col.name)
+            else:
+                ns.append((col.name, col.embedding_group))
+                add_table(col.embedding_group, col.name)
+        target_groups = [g for _, g in target]
+        sequences = []
+        for role in SEQUENCE_ROLES:
+            cols: list[ColumnSpec] = schema.by_role(role)
+            if not cols:
+                continue
+            by_group = {c.embedding_group: c for c in cols}
+            action = by_group.get(ACTION_GROUP)
+            if action is not None:
+                add_table(ACTION_GROUP, action.name)
+            for c in cols:
+                if c.embedding_group not in tables:
+                    add_table(c.embedding_group, c.name)
+            sequences.append(SequenceLayout(
+                role=role,
+                item_columns=tuple(by_group[g].name if g in by_group else None for g in target_groups),
+                action_column=action.name if action is not None else None,
+                max_len=max(c.max_len for c in cols),
+            ))
+        task_labels = tuple(labels) if labels else tuple(schema.labels)
+        unknown = [t for t in task_labels if t not in schema.labels]
+        if unknown:
+            raise ValueError(f"task `{unknown[0]}` is not a label column of {dataset.path} "
+                             f"(labels: {', '.join(schema.labels)})")
+        moments = tuple(dataset.vocab.moments[name] for name in dense)
+        return cls(tuple(ns), tuple(mv), tuple(dense), tuple(target), tuple(sequences), tables, moments, levels,
+                   task_labels)
+
+
+@dataclass
+class EmbeddedBatch:
+    """Embedded inputs: ns [B, F_ns, e]; dense [B, F_dense]; target [B, F_it, e];
+    per stream, items [B, L, F_it, e], actions [B, L, e] (zeros when the stream has none) and mask [B, L]."""
+
+    ns: torch.Tensor
+    dense: torch.Tensor
+    target: torch.Tensor
+    streams: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+class FieldEmbedder(nn.Module):
+    """One embedding table per group; embeds a batch according to a `FieldLayout`."""
+
+    def __init__(self, layout: FieldLayout, dim: int, init_std: float = 1e-4) -> None:
+        super().__init__()
+        self.layout = layout
+        self.dim = dim
+        self.tables = nn.ModuleDict({
+            group: nn.Embedding(size, dim, padding_idx=PAD_ID) for group, size in sorted(layout.tables.items())
+        })
+        for table in self.tables.values():
+            nn.init.normal_(table.weight, std=init_std)
+            with torch.no_grad():
+                table.weight[PAD_ID].zero_()
+        # Dense numerics are standardised with train moments, so raw scales (km, counts) don't matter.
+        moments = torch.tensor(layout.dense_moments or [(0.0, 1.0)], dtype=torch.float32)
+        self.register_buffer("dense_mean", moments[:, 0], persistent=False)
+        self.register_buffer("dense_std", moments[:, 1].clamp(min=1e-6), persistent=False)
+
+    @property
+    def num_ns(self) -> int:
+        return len(self.layout.ns) + len(self.layout.multi_valued)
+
+    @property
+    def num_item_fields(self) -> int:
+        return len(self.layout.target)
+
+    def _lookup(self, group: str, ids: torch.Tensor) -> torch.Tensor:
+        return self.tables[group](ids)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> EmbeddedBatch:
+        layout = self.layout
+        any_key = layout.target[0][0] if layout.target else layout.ns[0][0]
+        size = batch[any_key].shape[0]
+        ns_vectors = [self._lookup(group, batch[key]) for key, group in layout.ns]
+        for key, group in layout.multi_valued:
+            ids = batch[key]
+            mask = (ids != PAD_ID).unsqueeze(-1).to(self.tables[group].weight.dtype)
+            ns_vectors.append((self._lookup(group, ids) * mask).sum(1) / mask.sum(1).clamp(min=1.0))
+        ns = torch.stack(ns_vectors, 1) if ns_vectors else batch[any_key].new_zeros((size, 0, self.dim), dtype=torch.float)
+        dense = ((torch.stack([batch[k] for k in layout.dense], 1) - self.dense_mean) / self.dense_std
+                 if layout.dense else ns.new_zeros((size, 0)))
+        target = torch.stack([self._lookup(group, batch[key]) for key, group in layout.target], 1)
+        streams = []
+        groups = [g for _, g in layout.target]
+        for seq in layout.sequences:
+            present = [c for c in seq.item_columns if c is not None]
+            if seq.action_column is not None:
+                present.append(seq.action_column)
+            mask = batch[present[0]] != PAD_ID
+            items = []
+            for column, group in zip(seq.item_columns, groups):
+                if column is None:
+                    items.append(ns.new_zeros((size, seq.max_len, self.dim)))
+                else:
+                    items.append(self._lookup(group, batch[column]))
+            actions = (self._lookup(ACTION_GROUP, batch[seq.action_column]) if seq.action_column is not None
+                       else ns.new_zeros((size, seq.max_len, self.dim)))
+            streams.append((torch.stack(items, 2), actions, mask))
+        return EmbeddedBatch(ns=ns, dense=dense, target=target, streams=streams)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
+    """Mean of `values` over `dim` where `mask` is True; zeros for an all-padding row (an empty sequence)."""
+    weights = mask.to(values.dtype)
+    while weights.dim() < values.dim():
+        weights = weights.unsqueeze(-1)
+    return (values * weights).sum(dim) / weights.sum(dim).clamp(min=1.0)
+
+
+def mlp(sizes: list[int], dropout: float = 0.0, activation: type[nn.Module] = nn.ReLU,
+        last_activation: bool = True) -> nn.Sequential:
+    """Linear layers of the given sizes (`sizes[0]` is the input width) with activations between them."""
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(fan_in, fan_out))
+        if i < len(sizes) - 2 or last_activation:
+            layers.append(activation())
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
