@@ -8,6 +8,7 @@ readable, no missing or extra columns, the declared dtypes) and loads or builds 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from dataclasses import dataclass
@@ -201,10 +202,9 @@ class Dataset:
                                 "and it will be rebuilt from the train split.")
         else:
             vocab = Vocabulary.build(schema, [path / "train.parquet"])
-            try:
+            # In a read-only dataset folder the vocabulary is rebuilt on each open, which is still correct.
+            with contextlib.suppress(OSError):
                 vocab.save(vocab_dir)
-            except OSError:
-                pass  # a read-only dataset folder: the vocabulary is rebuilt on each open, which is correct
         return cls(path, schema.select(columns) if columns else schema, vocab)
 
     @staticmethod

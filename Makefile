@@ -1,0 +1,34 @@
+# rankstack: `make demo` and `make test` work on a fresh machine (they create .venv and install what they need).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+# On machines without an NVIDIA GPU, pin the CPU build of torch: a bare `torch` requirement pulls a multi-GB CUDA
+# build. pyproject.toml itself stays permissive (torch>=2.4) for users with GPUs.
+TORCH_CPU := torch==2.13.0
+
+.PHONY: setup demo test bench lint clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install --quiet $(TORCH_CPU); fi
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(VENV)/bin/rankstack demo --out runs/demo
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) benchmarks/foundation.py
+
+lint: setup
+	$(VENV)/bin/ruff check rankstack tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,179 @@
+"""The `rankstack` command line.
+
+    rankstack world generate --size small --seed 0 --out DIR [--set knob=value ...]
+    rankstack data convert --format NAME --input PATH --out DIR [--option key=value ...]
+    rankstack data inspect DIR [--json]
+    rankstack train ranking --config FILE [--out DIR] [--set key.path=value ...] [--resume]
+    rankstack eval --run DIR [--split test]
+    rankstack bench loader --data DIR [--batch-size N] [--repeats N]
+    rankstack demo [--out DIR]
+
+User mistakes (a bad file, column or config key) print one sentence naming what was wrong and how to fix it, and
+exit with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rankstack.config import parse_override
+from rankstack.errors import RankstackError
+
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "ranking" / "dlrm_world_small.yaml"
+
+
+def _overrides(pairs: Sequence[str] | None) -> dict[str, Any]:
+    return dict(parse_override(p) for p in pairs or [])
+
+
+def _tasks(report: dict[str, Any]) -> list[str]:
+    return [key.removesuffix("_auc") for key in report if key.endswith("_auc")]
+
+
+def cmd_world_generate(args: argparse.Namespace) -> None:
+    from rankstack.world import WorldConfig, generate
+
+    config = WorldConfig.preset(args.size, **_overrides(args.set))
+    start = time.perf_counter()
+    out = generate(config, seed=args.seed, out=Path(args.out))
+    print(f"world ({args.size}, seed {args.seed}) written to {out} in {time.perf_counter() - start:.1f} s")
+
+
+def cmd_data_convert(args: argparse.Namespace) -> None:
+    from rankstack.data.converters import convert
+
+    start = time.perf_counter()
+    out = convert(args.format, Path(args.input), Path(args.out), _overrides(args.option))
+    print(f"{args.format} → {out} in {time.perf_counter() - start:.1f} s")
+
+
+def cmd_data_inspect(args: argparse.Namespace) -> None:
+    from rankstack.data.dataset import Dataset
+    from rankstack.data.inspect import format_report, inspect
+
+    summary = inspect(Dataset.open(args.dir))
+    print(json.dumps(summary, indent=2) if args.json else format_report(summary))
+
+
+def cmd_train_ranking(args: argparse.Namespace) -> None:
+    from rankstack.ranking.run import dumps, format_results, load_run_config, train_ranking
+
+    config = load_run_config(args.config, _overrides(args.set))
+    if args.resume:
+        config.trainer.resume = True
+    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    results = train_ranking(config, out, where=args.config)
+    if results:
+        print(format_results(results["test"], _tasks(results["test"])))
+        print(f"run folder: {out}")
+        if args.json:
+            print(dumps(results))
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from rankstack.ranking.run import dumps, evaluate_run, format_results
+
+    report = evaluate_run(args.run, args.split)
+    print(format_results(report, _tasks(report)))
+    if args.json:
+        print(dumps(report))
+
+
+def cmd_bench_loader(args: argparse.Namespace) -> None:
+    from rankstack.data.bench import bench_loader
+
+    result = bench_loader(args.data, args.split, args.batch_size, args.repeats, args.max_batches)
+    print(json.dumps(result, indent=2))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from rankstack.ranking.run import format_results, load_run_config, train_ranking
+    from rankstack.world import WorldConfig, generate
+
+    out = Path(args.out)
+    world = out / "world"
+    if not (world / "world.yaml").is_file():
+        start = time.perf_counter()
+        generate(WorldConfig.preset("small"), seed=args.seed, out=world)
+        print(f"generated the small world in {time.perf_counter() - start:.1f} s → {world}")
+    config = load_run_config(DEMO_CONFIG, {"data": str(world / "ranking")})
+    start = time.perf_counter()
+    results = train_ranking(config, out / "dlrm", where=str(DEMO_CONFIG))
+    print(f"\nDLRM on the small world (trained in {time.perf_counter() - start:.0f} s), test split:")
+    print(format_results(results["test"], _tasks(results["test"])))
+    print(f"\nrun folder: {out / 'dlrm'} (config.yaml, train_log.csv, tb/, metrics.json, results.json)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rankstack", description="An industrial search & recommendation cascade.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    world = sub.add_parser("world", help="the synthetic city").add_subparsers(dest="action", required=True)
+    gen = world.add_parser("generate", help="generate a world")
+    gen.add_argument("--size", choices=["tiny", "small", "medium", "large"], default="small")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--out", required=True)
+    gen.add_argument("--set", action="append", metavar="KNOB=VALUE", help="override a world knob")
+    gen.set_defaults(func=cmd_world_generate)
+
+    data = sub.add_parser("data", help="datasets").add_subparsers(dest="action", required=True)
+    conv = data.add_parser("convert", help="convert a public dataset into the rankstack contract")
+    conv.add_argument("--format", required=True)
+    conv.add_argument("--input", required=True)
+    conv.add_argument("--out", required=True)
+    conv.add_argument("--option", action="append", metavar="KEY=VALUE", help="a converter option")
+    conv.set_defaults(func=cmd_data_convert)
+    insp = data.add_parser("inspect", help="schema, rows, vocab sizes and sequence lengths of a dataset")
+    insp.add_argument("dir")
+    insp.add_argument("--json", action="store_true")
+    insp.set_defaults(func=cmd_data_inspect)
+
+    train = sub.add_parser("train", help="train a stage").add_subparsers(dest="stage", required=True)
+    rank = train.add_parser("ranking", help="train a ranking model")
+    rank.add_argument("--config", required=True)
+    rank.add_argument("--out", help="run folder (default runs/<config>-<time>)")
+    rank.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a config key")
+    rank.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    rank.add_argument("--json", action="store_true", help="also print results.json")
+    rank.set_defaults(func=cmd_train_ranking)
+
+    ev = sub.add_parser("eval", help="evaluate a finished run")
+    ev.add_argument("--run", required=True)
+    ev.add_argument("--split", default="test")
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(func=cmd_eval)
+
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="target", required=True)
+    bl = bench.add_parser("loader", help="loader throughput on one core")
+    bl.add_argument("--data", required=True)
+    bl.add_argument("--split", default="train")
+    bl.add_argument("--batch-size", type=int, default=4096)
+    bl.add_argument("--repeats", type=int, default=5)
+    bl.add_argument("--max-batches", type=int, default=100)
+    bl.set_defaults(func=cmd_bench_loader)
+
+    demo = sub.add_parser("demo", help="generate the small world and train the ranking baseline on it")
+    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except RankstackError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Evaluation of ranking models: AUC, GAUC and log-loss per task, beside the Bayes-optimal figures.
+
+On a synthetic world the split's true probabilities (`truth/<split>.parquet`, row-aligned with the split, column
+`p_<task>`) give the ceiling no model can pass: the same metrics computed from the truth on the same labels.
+Evaluation reads the split in file order without shuffling, which keeps the rows aligned with the truth.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from rankstack import metrics
+from rankstack.data.dataset import Dataset
+from rankstack.data.loader import BatchLoader
+
+
+@torch.no_grad()
+def predict_split(model: torch.nn.Module, dataset: Dataset, split: str, batch_size: int = 4096,
+                  device: str | torch.device = "cpu", max_rows: int | None = None) -> dict[str, np.ndarray]:
+    """Labels, predicted probabilities (`pred_<task>`) and group keys for a split, in file order."""
+    model.eval()
+    tasks = list(model.tasks)
+    group_key = dataset.schema.group_key
+    out: dict[str, list[np.ndarray]] = {k: [] for k in [*tasks, *(f"pred_{t}" for t in tasks), "group"]}
+    rows = 0
+    for batch in BatchLoader(dataset, split, batch_size):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        probs = model.predict(batch)
+        for task in tasks:
+            out[task].append(batch[task].cpu().numpy())
+            out[f"pred_{task}"].append(probs[task].float().cpu().numpy())
+        if group_key:
+            out["group"].append(batch[group_key].cpu().numpy())
+        rows += len(batch[tasks[0]])
+        if max_rows is not None and rows >= max_rows:
+            break
+    return {k: np.concatenate(v) for k, v in out.items() if v}
+
+
+def bayes_report(dataset: Dataset, split: str, tasks: list[str], labels: dict[str, np.ndarray],
+                 groups: np.ndarray | None) -> dict[str, float]:
+    """Metrics of the true probabilities on the same rows, when the dataset carries a truth folder."""
+    path = dataset.truth_path(split)
+    if path is None:
+        return {}
+    wanted = [f"p_{t}" for t in tasks]
+    truth = pq.read_table(path, columns=[c for c in wanted if c in pq.ParquetFile(path).schema_arrow.names])
+    report: dict[str, float] = {}
+    for task in tasks:
+        if f"p_{task}" not in truth.column_names:
+            continue
+        n = len(labels[task])
+        probs = truth.column(f"p_{task}").to_numpy()[:n]
+        for key, value in metrics.bayes_optimal(labels[task], probs, groups).items():
+            report[f"{task}_{key}"] = value
+    return report
+
+
+def evaluate_ranking(model: torch.nn.Module, dataset: Dataset, split: str, batch_size: int = 4096,
+                     device: str | torch.device = "cpu", max_rows: int | None = None,
+                     with_bayes: bool = True) -> dict[str, Any]:
+    """`{task}_auc`, `{task}_gauc`, `{task}_logloss` per task, and under `bayes` the truth's figures."""
+    pred = predict_split(model, dataset, split, batch_size, device, max_rows)
+    groups = pred.get("group")
+    report: dict[str, Any] = {}
+    for task in model.tasks:
+        report.update(metrics.binary_report(pred[task], pred[f"pred_{task}"], groups, prefix=f"{task}_"))
+    if with_bayes:
+        bayes = bayes_report(dataset, split, list(model.tasks), pred, groups)
+        if bayes:
+            report["bayes"] = bayes
+    return report
