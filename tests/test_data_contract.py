@@ -163,7 +163,7 @@ def test_loader_rejects_bad_values_in_files_written_by_other_tools(tmp_path, goo
     table = table.set_column(table.schema.get_field_index("distance_km"), "distance_km", pa.array(values))
     pq.write_table(table, ds / "train.parquet", row_group_size=100)
     loader = BatchLoader(Dataset.open(ds), "train", batch_size=100)
-    with pytest.raises(DataError, match=r"train.parquet: column `distance_km` has NaN .*first at row 23"):
+    with pytest.raises(DataError, match=r"train.parquet: column `distance_km` has NaN .*first at row 123"):
         list(loader)
 
 

@@ -21,7 +21,7 @@ def toy(tmp_path_factory):
 
 def test_pad_sequences_left_pads_and_keeps_newest():
     arr = pa.array([[1, 2, 3, 4, 5], [], [7], [8, 9]])
-    source, target = pad_sequences(arr, 3)
+    source, target = pad_sequences(arr.offsets.to_numpy(), np.arange(len(arr)), 3)
     out = np.zeros(4 * 3, dtype=np.int64)
     out[target] = arr.values.to_numpy()[source]
     assert out.reshape(4, 3).tolist() == [[3, 4, 5], [0, 0, 0], [0, 0, 7], [0, 8, 9]]
@@ -29,7 +29,7 @@ def test_pad_sequences_left_pads_and_keeps_newest():
 
 def test_pad_sequences_on_a_sliced_array():
     arr = pa.array([[1, 2], [3, 4, 5, 6], [7]]).slice(1, 2)
-    source, target = pad_sequences(arr, 2)
+    source, target = pad_sequences(arr.offsets.to_numpy(), np.arange(len(arr)), 2)
     out = np.zeros(2 * 2, dtype=np.int64)
     out[target] = arr.values.to_numpy()[source]
     assert out.reshape(2, 2).tolist() == [[5, 6], [0, 7]]
@@ -63,6 +63,8 @@ def test_rare_and_unseen_values_map_to_oov(toy):
     column = toy.schema.column("category")  # min_count 2: every category value is frequent here
     ids = toy.vocab.encode(column, pa.array([0, 1, 2, 3, 4, 999]))
     assert ids[-1] == OOV_ID and (ids[:-1] >= 2).all()
+    poi = toy.schema.column("poi_id")
+    assert (toy.vocab.encode(poi, pa.array([-5, 10**9])) == OOV_ID).all()
     city = toy.vocab.encode(toy.schema.column("city"), pa.array(["paris", "atlantis"]))
     assert city[0] >= 2 and city[1] == OOV_ID
 

@@ -19,6 +19,7 @@ batch after the last one it trained on.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,26 +28,46 @@ import pyarrow.parquet as pq
 import torch
 
 from rankstack.data.dataset import Dataset, check_values
-from rankstack.data.schema import ColumnSpec
 from rankstack.data.vocab import hash_strings
 from rankstack.errors import DataError
 
 
-def pad_sequences(arr: pa.ListArray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """Left-pad/truncate a list array to `max_len`: (positions into the flat values [k], flat target slots [k]).
+def pad_sequences(offsets: np.ndarray, rows: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pad/truncate the lists `rows` of a list array with `offsets` to `max_len`.
 
-    Returns the indices of the kept elements in `arr.values` and their flat positions in a `[len(arr), max_len]`
-    output, keeping each row's newest (last) `max_len` elements right-aligned.
+    Returns (positions of the kept elements in the flat values [k], their flat slots in a `[len(rows), max_len]`
+    output), keeping each row's newest (last) `max_len` elements right-aligned.
     """
-    offsets = arr.offsets.to_numpy()
-    starts, ends = offsets[:-1], offsets[1:]
+    starts, ends = offsets[rows], offsets[rows + 1]
     lengths = np.minimum(ends - starts, max_len)
     total = int(lengths.sum())
-    row_of = np.repeat(np.arange(len(arr)), lengths)
+    row_of = np.repeat(np.arange(len(rows)), lengths)
     within = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     source = np.repeat(ends - lengths, lengths) + within
     target = row_of * max_len + (max_len - np.repeat(lengths, lengths)) + within
     return source, target
+
+
+@dataclass
+class EncodedWindow:
+    """Rows read from Parquet, checked and mapped to ids once; batches gather rows from it.
+
+    scalars: batch key → `[N]` array (ids, floats, keys, buckets).
+    sequences: column → (list offsets `[N+1]`, encoded ids of every element `[total]`, max_len).
+    """
+
+    num_rows: int
+    scalars: dict[str, np.ndarray] = field(default_factory=dict)
+    sequences: dict[str, tuple[np.ndarray, np.ndarray, int]] = field(default_factory=dict)
+
+    def gather(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        batch = {key: torch.from_numpy(values[rows]) for key, values in self.scalars.items()}
+        for name, (offsets, ids, max_len) in self.sequences.items():
+            source, target = pad_sequences(offsets, rows, max_len)
+            out = np.zeros(len(rows) * max_len, dtype=np.int64)
+            out[target] = ids[source]
+            batch[name] = torch.from_numpy(out.reshape(len(rows), max_len))
+        return batch
 
 
 class BatchLoader:
@@ -79,6 +100,7 @@ class BatchLoader:
         meta = self._parquet.metadata
         group_rows = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
         self._row_groups = list(range(meta.num_row_groups))[rank::world_size]
+        self._group_start = np.concatenate([[0], np.cumsum(group_rows)]).astype(int).tolist()
         rows_per_rank = [sum(group_rows[r::world_size]) for r in range(world_size)]
         self._rows = rows_per_rank[rank]
         if world_size > 1 and min(rows_per_rank) == 0:
@@ -119,11 +141,17 @@ class BatchLoader:
         names = [c.name for c in self.columns]
         for start in range(0, len(order), self.shuffle_window):
             window = order[start:start + self.shuffle_window]
-            try:
-                table = self._parquet.read_row_groups(window, columns=names)
-            except (pa.ArrowInvalid, OSError) as err:
-                raise DataError(f"{self.file}: row groups {window} cannot be read ({err}); the file is truncated or "
-                                "corrupt: regenerate it.") from None
+            tables = []
+            for group in window:
+                try:
+                    table = self._parquet.read_row_group(group, columns=names)
+                except (pa.ArrowInvalid, OSError) as err:
+                    raise DataError(f"{self.file}: row group {group} cannot be read ({err}); the file is truncated "
+                                    "or corrupt: regenerate it.") from None
+                for col in self.columns:
+                    check_values(col, table.column(col.name), str(self.file), self._group_start[group])
+                tables.append(table)
+            table = pa.concat_tables(tables)
             rows = rng.permutation(table.num_rows) if self.shuffle else np.arange(table.num_rows)
             yield table, rows
 
@@ -131,56 +159,80 @@ class BatchLoader:
         rng = np.random.default_rng([self.seed, self.epoch])
         skip = self._yielded
         produced = 0
-        pending: list[pa.Table] = []
-        pending_rows = 0
+        pending: list[tuple[EncodedWindow | None, np.ndarray]] = []
+        pending_rows = seen_rows = 0
         for table, rows in self._tables(rng):
-            pieces = [table.take(rows)] if self.shuffle else [table]
-            pending.extend(pieces)
-            pending_rows += table.num_rows
+            # On resume, windows whose rows all fall in already-consumed batches are not encoded.
+            needed = (seen_rows + len(rows) - 1) // self.batch_size >= skip
+            seen_rows += len(rows)
+            pending.append((self.encode_window(table) if needed else None, rows))
+            pending_rows += len(rows)
             while pending_rows >= self.batch_size and produced < self._batches:
-                merged = pa.concat_tables(pending)
-                chunk, rest = merged.slice(0, self.batch_size), merged.slice(self.batch_size)
-                pending, pending_rows = [rest], rest.num_rows
+                pieces, pending, pending_rows = _take_rows(pending, self.batch_size)
                 produced += 1
                 if produced > skip:
                     self._yielded = produced
-                    yield self.encode(chunk)
+                    yield _concat([w.gather(r) for w, r in pieces])
         if pending_rows and produced < self._batches:
             produced += 1
             if produced > skip:
                 self._yielded = produced
-                yield self.encode(pa.concat_tables(pending))
+                yield _concat([w.gather(r) for w, r in pending])
         self.epoch += 1
         self._yielded = 0
 
     # ---- encoding --------------------------------------------------------------------------------------
 
     def encode(self, table: pa.Table) -> dict[str, torch.Tensor]:
-        """Turn an Arrow table of this split's columns into a batch of tensors (checked on the way)."""
-        batch: dict[str, torch.Tensor] = {}
+        """Turn an Arrow table of this split's columns into one batch of tensors (checked on the way)."""
+        for col in self.columns:
+            check_values(col, table.column(col.name), "the table to encode")
+        return self.encode_window(table).gather(np.arange(table.num_rows))
+
+    def encode_window(self, table: pa.Table) -> EncodedWindow:
+        """Map a checked table's columns to ids once; batches then gather their rows."""
+        window = EncodedWindow(table.num_rows)
         for col in self.columns:
             arr = table.column(col.name).combine_chunks()
-            check_values(col, arr, str(self.file))
-            batch.update(self._encode_column(col, arr))
-        return batch
+            if col.kind == "numeric":
+                values = np.array(arr.to_numpy(zero_copy_only=False), dtype=np.float32)
+                window.scalars[col.name] = values
+                if col.num_buckets:
+                    window.scalars[f"{col.name}__bucket"] = self.dataset.vocab.bucketize(col.name, values)
+            elif col.role == "key":
+                keys = hash_strings(arr).view(np.int64) if col.dtype == "string" else arr.to_numpy(zero_copy_only=False)
+                window.scalars[col.name] = np.asarray(keys, dtype=np.int64)
+            elif col.kind == "categorical":
+                window.scalars[col.name] = self.dataset.vocab.encode(col, arr)
+            else:
+                offsets = arr.offsets.to_numpy().astype(np.int64)
+                # Encode only the elements the lists cover (a sliced array's child can be longer).
+                flat = arr.values.slice(offsets[0], offsets[-1] - offsets[0])
+                window.sequences[col.name] = (offsets - offsets[0], self.dataset.vocab.encode(col, flat), col.max_len)
+        return window
 
-    def _encode_column(self, col: ColumnSpec, arr: pa.Array) -> dict[str, torch.Tensor]:
-        if col.kind == "numeric":
-            values = np.array(arr.to_numpy(zero_copy_only=False), dtype=np.float32)  # a writable copy
-            out = {col.name: torch.from_numpy(values)}
-            if col.num_buckets:
-                out[f"{col.name}__bucket"] = torch.from_numpy(self.dataset.vocab.bucketize(col.name, values))
-            return out
-        if col.role == "key":
-            keys = hash_strings(arr).view(np.int64) if col.dtype == "string" else arr.to_numpy(zero_copy_only=False)
-            return {col.name: torch.from_numpy(np.array(keys, dtype=np.int64))}
-        if col.kind == "categorical":
-            return {col.name: torch.from_numpy(self.dataset.vocab.encode(col, arr))}
-        source, target = pad_sequences(arr, col.max_len)
-        ids = self.dataset.vocab.encode(col, arr.values.take(pa.array(source, type=pa.int64())))
-        out = np.zeros(len(arr) * col.max_len, dtype=np.int64)
-        out[target] = ids
-        return {col.name: torch.from_numpy(out.reshape(len(arr), col.max_len))}
+
+Pieces = list[tuple[EncodedWindow | None, np.ndarray]]
+
+
+def _take_rows(pending: Pieces, count: int) -> tuple[Pieces, Pieces, int]:
+    """Split the first `count` rows off a queue of (window, row order) pieces."""
+    taken, rest, need = [], [], count
+    for window, rows in pending:
+        if need:
+            taken.append((window, rows[:need]))
+            if len(rows) > need:
+                rest.append((window, rows[need:]))
+            need -= min(need, len(rows))
+        else:
+            rest.append((window, rows))
+    return taken, rest, sum(len(r) for _, r in rest)
+
+
+def _concat(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    if len(parts) == 1:
+        return parts[0]
+    return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
 
 
 def make_loader(dataset: Dataset, split: str, batch_size: int, **kwargs: Any) -> BatchLoader:

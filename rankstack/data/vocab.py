@@ -70,7 +70,8 @@ class GroupVocab:
             raw = self.values.to_numpy()
             ids = np.arange(NUM_RESERVED_IDS, NUM_RESERVED_IDS + len(raw), dtype=np.int64)
             if raw.min() >= 0 and raw.max() < _DENSE_LUT_MAX:
-                self._lut = np.full(int(raw.max()) + 1, OOV_ID, dtype=np.int64)
+                # One slot past the largest known id catches every larger (unseen) id as OOV.
+                self._lut = np.full(int(raw.max()) + 2, OOV_ID, dtype=np.int64)
                 self._lut[raw] = ids
             else:
                 order = np.argsort(raw)
@@ -89,10 +90,8 @@ class GroupVocab:
             return pc.fill_null(idx, OOV_ID - NUM_RESERVED_IDS).to_numpy().astype(np.int64) + NUM_RESERVED_IDS
         raw = values.to_numpy()
         if self._lut is not None:
-            out = np.full(n, OOV_ID, dtype=np.int64)
-            inside = (raw >= 0) & (raw < len(self._lut))
-            out[inside] = self._lut[raw[inside]]
-            return out
+            # Index -1 is the last slot, so clipping sends negative and too-large ids alike to OOV.
+            return self._lut[np.clip(raw, -1, len(self._lut) - 1)]
         if self._sorted is None:  # empty vocabulary: everything is out of vocabulary
             return np.full(n, OOV_ID, dtype=np.int64)
         keys, ids = self._sorted
