@@ -23,4 +23,4 @@ def build_model(name: str, args: dict[str, Any], layout: FieldLayout, where: str
     if name not in MODELS:
         raise ConfigError(f"{where}: unknown ranking model `{name}`; choose one of {', '.join(sorted(MODELS))}.")
     model_cls, config_cls = MODELS[name]
-    return model_cls(layout, from_dict(config_cls, args, where=where, prefix="model."))
+    return model_cls(layout, from_dict(config_cls, args, where=where, prefix="model.args."))
