@@ -7,9 +7,10 @@ Input: `X.txt`, one user a line, `user item item ...` in time order (integer ids
 `X_item2attributes.json`, item id → list of attribute ids. S3Rec's preprocessing writes an item's brand first
 (when it has one) and then its category path, most general first, so a **brand** is an attribute that only ever
 appears first in a list, and every other attribute is a category (checked on Beauty: 435 such ids, none
-appearing twice in one item; 4,609 items have no brand). We keep `brand_id` (0 when none) and `category_id`,
-the item's last (most specific) category attribute (0 when none); `tables/items.parquet` keeps the full
-attribute list too. Raw ids are kept: the vocabularies map them.
+appearing twice in one item; 4,609 items have no brand). An item whose only attribute is a category that never
+follows another attribute would be misread as a brand (that needs a category no branded item has). We keep
+`brand_id` (0 when none) and `category_id`, the item's last (most specific) category attribute (0 when none);
+`tables/items.parquet` keeps the full attribute list too. Raw ids are kept: the vocabularies map them.
 """
 
 from __future__ import annotations

@@ -31,12 +31,14 @@ class EventLog:
     user, item, time: int64 arrays, one entry per event. `time` orders a user's events; equal times are
     simultaneous (neither is history for the other). Sources with order only use the position.
     fields: per-event values repeated in behaviour sequences, by field name (e.g. `item_id`, `action`).
+    source: for each event, its position in the input of `from_events`.
     """
 
     user: np.ndarray
     item: np.ndarray
     time: np.ndarray
     fields: dict[str, np.ndarray] = field(default_factory=dict)
+    source: np.ndarray | None = None
 
     @classmethod
     def from_events(cls, user: np.ndarray, item: np.ndarray, time: np.ndarray,
@@ -45,7 +47,7 @@ class EventLog:
         order = np.lexsort((time, user))
         return cls(np.asarray(user, np.int64)[order], np.asarray(item, np.int64)[order],
                    np.asarray(time, np.int64)[order],
-                   {name: np.asarray(values)[order] for name, values in (fields or {}).items()})
+                   {name: np.asarray(values)[order] for name, values in (fields or {}).items()}, order)
 
     def __post_init__(self) -> None:
         n = len(self.user)
@@ -84,6 +86,8 @@ def gather_lists(values: np.ndarray, start: np.ndarray, end: np.ndarray) -> pa.L
     lengths = (end - start).astype(np.int64)
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
+    if offsets[-1] >= 2**31:
+        raise ValueError(f"{offsets[-1]} sequence elements in one chunk overflow Arrow list offsets; use smaller chunks")
     index = np.arange(offsets[-1]) - np.repeat(offsets[:-1] - start, lengths)
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values[index]))
 

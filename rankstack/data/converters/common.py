@@ -64,6 +64,8 @@ class Option:
                 return False
             raise fail("true or false")
         if kind in ("int", "float"):
+            if value is None or value == "":
+                return None  # an option without a default value: the converter decides what that means
             if isinstance(value, bool):
                 raise fail(f"a number ({kind})")
             try:
@@ -209,17 +211,19 @@ def iter_csv(
     types: dict[str, pa.DataType] | None = None,
     block_size: int = 1 << 22,
     fix: str = "",
+    skip_rows: int = 0,
 ) -> Iterator[pa.RecordBatch]:
     """Stream `file` as record batches; every column is a string unless `types` says otherwise.
 
     names: the column names when the file has no header line; None reads them from the first line.
+    skip_rows: lines to skip before the data (e.g. a header line that `names` replaces).
     Empty cells stay empty strings (never null), so each converter decides what an empty cell means. A parse
     error becomes a DataError naming the file (and the column, when pyarrow names it) plus `fix`.
     """
     header = names if names is not None else read_header(file, delimiter)
     column_types = {n: pa.string() for n in header}
     column_types.update(types or {})
-    read = pa_csv.ReadOptions(block_size=block_size, column_names=names, use_threads=True)
+    read = pa_csv.ReadOptions(block_size=block_size, column_names=names, use_threads=True, skip_rows=skip_rows)
     parse = pa_csv.ParseOptions(delimiter=delimiter)
     convert = pa_csv.ConvertOptions(column_types=column_types, strings_can_be_null=False,
                                     quoted_strings_can_be_null=False)
@@ -234,6 +238,14 @@ def iter_csv(
             yield batch
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as err:
         raise _column_error(file, err, header, fix) from None
+
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(nan|inf|infinity)", re.IGNORECASE)
+
+
+def is_number(text: str) -> bool:
+    """Whether `text` is a decimal number as CSV readers parse it (no `_` digit groups, unlike Python's float)."""
+    return _NUMBER.fullmatch(text.strip()) is not None
 
 
 def parse_numeric(arr: pa.Array, file: Path, column: str, row_offset: int, fill: float | None,
@@ -251,18 +263,13 @@ def parse_numeric(arr: pa.Array, file: Path, column: str, row_offset: int, fill:
             f"fill empty numeric cells with `--option {fill_option}=VALUE` (e.g. 0), or fix the file."
         )
     try:
-        values = pc.cast(pc.if_else(pc.equal(trimmed, ""), "0", trimmed), pa.float64()).to_numpy(
-            zero_copy_only=False)
+        values = np.array(pc.cast(pc.if_else(pc.equal(trimmed, ""), "0", trimmed), pa.float64()))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        for i, text in enumerate(trimmed.to_pylist()):
-            try:
-                float(text or "0")
-            except ValueError:
-                raise DataError(
-                    f"{file}: column `{column}` has `{text}` at data row {row_offset + i}, which is not a number; "
-                    "fix the cell, or declare the column categorical."
-                ) from None
-        raise
+        i = next(i for i, text in enumerate(trimmed.to_pylist()) if text and not is_number(text))
+        raise DataError(
+            f"{file}: column `{column}` has `{trimmed[i].as_py()}` at data row {row_offset + i}, which is not a "
+            "number; fix the cell, or declare the column categorical."
+        ) from None
     bad = ~np.isfinite(values)
     if bad.any():
         row = row_offset + int(np.flatnonzero(bad)[0])
@@ -281,3 +288,44 @@ def check_binary(values: np.ndarray, file: Path, column: str, row_offset: int) -
         raise DataError(f"{file}: label column `{column}` has value {values[i]:g} at data row {row_offset + i}; "
                         "labels must be 0 or 1. Fix the file, or choose the label column with `--option label=`.")
     return values
+
+
+def find_split_files(folder: Path, names: dict[str, str], patterns: dict[str, tuple[str, ...]],
+                     converter: str) -> dict[str, Path]:
+    """One file per split in `folder`: `names[split]` when given, else the one file matching the split's patterns.
+
+    patterns: glob patterns per split, tried in order (e.g. `*train*.csv`); a split with no match or several is a
+    DataError that says which `--option <split>=FILE` names it.
+    """
+    require_dir(folder, f"a folder with one CSV file per split ({', '.join(patterns)})")
+    found = {}
+    for split, globs in patterns.items():
+        if names.get(split):
+            found[split] = require_file(folder / names[split], f"the {split} split file named by option `{split}`")
+            continue
+        matches: list[Path] = []
+        for pattern in globs:
+            matches = sorted(p for p in folder.glob(pattern) if p.is_file())
+            if matches:
+                break
+        if len(matches) != 1:
+            listed = ", ".join(p.name for p in matches) or "none"
+            raise DataError(f"{folder}: expected one {split} file matching {' or '.join(globs)}, found {listed}; "
+                            f"name it with `--option {split}=FILE` (converter `{converter}`).")
+        found[split] = matches[0]
+    return found
+
+
+def sample_rows(file: Path, delimiter: str, limit: int = 10_000) -> dict[str, list[str]]:
+    """Up to `limit` data rows of a CSV file, by column (for detecting column kinds)."""
+    header = read_header(file, delimiter)
+    columns: dict[str, list[str]] = {name: [] for name in header}
+    with open(file, newline="", encoding="utf-8", errors="replace") as handle:
+        reader = csv.reader(handle, delimiter=delimiter)
+        next(reader)
+        for i, row in enumerate(reader):
+            if i >= limit:
+                break
+            for name, cell in zip(header, row):
+                columns[name].append(cell.strip())
+    return columns

@@ -169,13 +169,14 @@ def convert_foursquare(input: Path, out: Path, task: str, city: str, min_checkin
     request_id, user_id (keys); history_poi_id (group poi_id), history_time_gap (group time_gap: bucket of the
     gap to the user's check-in before it), history_hour (group hour) — at most `history_len` (default 50),
     oldest first; context hour, weekday (target time), prev_grid_cell (group grid_cell), prev_lat, prev_lon
-    (the previous check-in); target_poi_id (item, group poi_id). No label: the target is the answer.
+    (the previous check-in); target_poi_id (item, group poi_id); minute (meta: the target's time in array
+    minutes). No label: the target is the answer.
 
     `task=ctr` (hemix.md §7): every check-in with a history is a positive (split 80/10/10 as above), plus
     `negatives` (default 4) POIs drawn among the `pool_size` (default 50) POIs nearest the previous check-in
     that the user **never** checked into (widened to the nearest 200, then 1000, for the rare requests without
-    enough). Columns: request_id, user_id (keys); hour, weekday, prev_poi_id, prev_grid_cell (context); poi_id,
-    grid_cell, poi_popularity (check-ins at the POI by anyone strictly before the request) (item); distance_km,
+    enough). Columns: request_id, user_id (keys); minute (meta: the request time); hour, weekday, prev_poi_id,
+    prev_grid_cell (context); poi_id, grid_cell, poi_popularity (check-ins at the POI by anyone strictly before the request) (item); distance_km,
     distance_bucket, user_cell_visits (the user's earlier check-ins in the candidate's cell) (cross); click
     (label); longterm_/realtime_ poi_id, grid_cell, action (the time-gap bucket), at most `seq_len` (default
     100) events, the newest `realtime_len` (default 20) real-time. Every feature has an illustrative fetch
@@ -262,7 +263,7 @@ def convert_foursquare(input: Path, out: Path, task: str, city: str, min_checkin
                     "history_hour": log.history("hour", t, history_len),
                     "hour": hour[t], "weekday": weekday[t], "prev_grid_cell": cell_of[log.item[p]],
                     "prev_lat": lat[slot_of[log.item[p]]], "prev_lon": lon[slot_of[log.item[p]]],
-                    "target_poi_id": log.item[t],
+                    "target_poi_id": log.item[t], "minute": log.time[t],
                 })
             _write_pois(writer, kept_pois, lat, lon, cells)
         return out
@@ -286,7 +287,8 @@ def convert_foursquare(input: Path, out: Path, task: str, city: str, min_checkin
                 dist = distances_km(lat[slot_of[prev_poi[r]]], lon[slot_of[prev_poi[r]]], lat[cand], lon[cand])
                 request_time = log.time[t][r]
                 writer.write(name, {
-                    "request_id": t[r], "user_id": log.user[t][r], "hour": hour[t][r], "weekday": weekday[t][r],
+                    "request_id": t[r], "user_id": log.user[t][r], "minute": request_time,
+                    "hour": hour[t][r], "weekday": weekday[t][r],
                     "prev_poi_id": prev_poi[r], "prev_grid_cell": cell_of[prev_poi[r]],
                     **rows.columns,
                     "poi_popularity": count_before(log.item, log.time, rows.item, request_time).astype(np.float32),
@@ -341,6 +343,8 @@ def _next_poi_schema(history_len: int) -> Schema:
         ColumnSpec("prev_lon", "numeric", "context", dtype="float64",
                    description="longitude of the previous check-in"),
         ColumnSpec("target_poi_id", "categorical", "item", embedding_group="poi_id", description="the next POI"),
+        ColumnSpec("minute", "numeric", "meta", dtype="int64",
+                   description="time of the target check-in (array minutes)"),
     ]
     return Schema(name="foursquare-next-poi", columns=columns, group_key="user_id", request_key="request_id",
                   description="Foursquare next-POI samples (geogr.md §2)")
@@ -353,6 +357,7 @@ def _ctr_schema(seq_len: int, realtime_len: int) -> Schema:
     columns = [
         col("request_id", "categorical", "key", "the positive check-in's position in the log"),
         col("user_id", "categorical", "key", "raw user id (GAUC group)"),
+        col("minute", "numeric", "meta", "time of the request (array minutes)", dtype="int64"),
         col("hour", "categorical", "context", "local hour of the request"),
         col("weekday", "categorical", "context", "weekday of the request, 0 = Monday"),
         col("prev_poi_id", "categorical", "context", "POI of the previous check-in", embedding_group="poi_id"),

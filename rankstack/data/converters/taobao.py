@@ -15,7 +15,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rankstack.data.converters.behavior import EventLog, SeenItems, ctr_requests, sample_uniform, sequence_columns
+from rankstack.data.converters.behavior import (
+    EventLog,
+    SeenItems,
+    ctr_requests,
+    sample_uniform,
+    sequence_columns,
+)
 from rankstack.data.converters.common import (
     SPLITS,
     Converter,
@@ -33,6 +39,7 @@ NAME = "taobao-userbehavior"
 COLUMNS = ["user_id", "item_id", "category_id", "behavior", "timestamp"]
 #: action ids of the behaviours (0 is left free: it is never a real action)
 ACTIONS = {"pv": 1, "fav": 2, "cart": 3, "buy": 4}
+_CHUNK_TARGETS = 10_000
 
 
 def _has_header(file: Path) -> bool:
@@ -44,12 +51,10 @@ def _has_header(file: Path) -> bool:
 
 
 def _batches(file: Path) -> Iterator[pa.RecordBatch]:
-    """Typed record batches; rows of a header line, if any, are skipped."""
+    """Typed record batches; a header line, if any, is skipped."""
     types = {"user_id": pa.int64(), "item_id": pa.int64(), "category_id": pa.int64(), "timestamp": pa.int64()}
-    skip = _has_header(file)
     fix = f"Each row must be `{','.join(COLUMNS)}` with integer ids and a unix timestamp."
-    for i, batch in enumerate(iter_csv(file, names=COLUMNS, types=types, fix=fix)):
-        yield batch.slice(1) if skip and i == 0 else batch
+    yield from iter_csv(file, names=COLUMNS, types=types, fix=fix, skip_rows=int(_has_header(file)))
 
 
 def _decode(batch: pa.RecordBatch, file: Path, row_offset: int) -> dict[str, np.ndarray]:
@@ -60,13 +65,13 @@ def _decode(batch: pa.RecordBatch, file: Path, row_offset: int) -> dict[str, np.
             raise DataError(f"{file}: column `{name}` has a negative value at data row {row}; ids and timestamps "
                             "must be >= 0. Fix or drop the row.")
     behavior = batch.column("behavior")
-    action = pc.index_in(behavior, value_set=pa.array(list(ACTIONS))).to_numpy(zero_copy_only=False)
-    unknown = np.isnan(action) if action.dtype.kind == "f" else action < 0
+    index = pc.index_in(pc.utf8_trim_whitespace(behavior), value_set=pa.array(list(ACTIONS)))
+    unknown = pc.is_null(index).to_numpy(zero_copy_only=False)
     if unknown.any():
         row = int(np.flatnonzero(unknown)[0])
         raise DataError(f"{file}: column `behavior` has `{behavior[row].as_py()}` at data row {row_offset + row}; "
                         f"expected one of {', '.join(ACTIONS)}. Fix or drop the row.")
-    columns["action"] = action.astype(np.int64) + 1
+    columns["action"] = np.array(list(ACTIONS.values()))[index.to_numpy(zero_copy_only=False)]
     return columns
 
 
@@ -142,8 +147,8 @@ def convert_taobao(input: Path, out: Path, negatives: int, seq_len: int, realtim
         negatives: items per positive drawn uniformly from the file's items that the user **never** interacted
             with, distinct within the request (default 4).
         seq_len, realtime_len: history events kept in all (default 100) and in the real-time part (default 20).
-        valid_fraction, test_fraction: time split (default 0.1 each): the cut points are the quantiles of the
-            events' minute timestamps, so the last 10 % of events are test targets, the 10 % before them valid.
+        valid_fraction, test_fraction: time split (default 0.1 each) at minute boundaries: a minute's events are
+            train while fewer than 80 % of all events come before it, then valid while fewer than 90 %, then test.
         tz_offset_h: hours added to UTC for `hour`/`weekday` (default 8, China time).
         max_users: convert only the first N users of the file (0 = all); the full release (~1 M users, ~100 M
             rows, 5 rows per event) is large, so start with e.g. 50000.
@@ -152,8 +157,8 @@ def convert_taobao(input: Path, out: Path, negatives: int, seq_len: int, realtim
 
     Every event is a positive (a pv as much as a buy); its request shares the user's events strictly earlier
     in time (same-second events are not history). Columns: request_id (the event's row in the file, 0-based),
-    user_id (keys; group_key, request_key); hour, weekday (context); item_id, category_id (item; an item's
-    category is the first one seen in the file); click (label); longterm_/realtime_ item_id, category_id,
+    user_id (keys; group_key, request_key); timestamp (meta: unix seconds); hour, weekday (context); item_id,
+    category_id (item; an item's category is the first one seen in the file); click (label); longterm_/realtime_ item_id, category_id,
     action (group action: pv 1, fav 2, cart 3, buy 4).
     """
     for option, value in (("negatives", negatives), ("realtime_len", realtime_len), ("block_rows", block_rows)):
@@ -164,9 +169,9 @@ def convert_taobao(input: Path, out: Path, negatives: int, seq_len: int, realtim
                              f"({realtime_len}).")
     require_file(input, f"Taobao UserBehavior.csv (rows `{','.join(COLUMNS)}`)")
     catalogue, catalogue_category, minute, count, rows = _scan(input, max_users)
-    cumulative = np.cumsum(count) / count.sum()
-    cut_valid = minute[min(np.searchsorted(cumulative, 1 - valid_fraction - test_fraction), len(minute) - 1)]
-    cut_test = minute[min(np.searchsorted(cumulative, 1 - test_fraction), len(minute) - 1)]
+    before = (np.cumsum(count) - count) / count.sum()  # share of events in earlier minutes
+    cut_valid, cut_test = (minute[i] if i < len(minute) else minute[-1] + 1 for i in np.searchsorted(
+        before, [1 - valid_fraction - test_fraction, 1 - test_fraction], side="left"))
     category_of = np.zeros(int(catalogue.max()) + 1, dtype=np.int64)
     category_of[catalogue] = catalogue_category
     lookups = {"item_id": np.arange(len(category_of)), "category_id": category_of}
@@ -174,27 +179,26 @@ def convert_taobao(input: Path, out: Path, negatives: int, seq_len: int, realtim
     row_start = 0
     with DatasetWriter(out, _schema(seq_len, realtime_len)) as writer:
         for block in _user_blocks(input, rows, block_rows):
-            row_id = row_start + np.arange(len(block["user_id"]))
-            row_start += len(row_id)
             log = EventLog.from_events(block["user_id"], block["item_id"], block["timestamp"], {
                 "item_id": block["item_id"], "category_id": category_of[block["item_id"]],
-                "action": block["action"], "row_id": row_id})
-            row_ids = log.fields.pop("row_id")
+                "action": block["action"]})
+            row_ids = row_start + log.source
+            row_start += len(log)
             seen = SeenItems(log.user, log.item)
             event_minute = log.time // 60
             split = np.where(event_minute < cut_valid, "train", np.where(event_minute < cut_test, "valid", "test"))
             local = log.time + tz_offset_h * 3600
             hour, weekday = (local // 3600) % 24, (local // 86400 + 3) % 7  # 1970-01-01 was a Thursday
             for name in SPLITS:
-                t = np.flatnonzero(split == name)
-                if not len(t):
-                    continue
-                users = log.user[t]
-                rows_ = ctr_requests(log, t, sample_uniform(rng, users, negatives, catalogue, seen), lookups,
-                                     seq_len, realtime_len)
-                r = rows_.request
-                writer.write(name, {"request_id": row_ids[t][r], "user_id": users[r], "hour": hour[t][r],
-                                    "weekday": weekday[t][r], **rows_.columns})
+                targets = np.flatnonzero(split == name)
+                for begin in range(0, len(targets), _CHUNK_TARGETS):
+                    t = targets[begin:begin + _CHUNK_TARGETS]
+                    users = log.user[t]
+                    chunk = ctr_requests(log, t, sample_uniform(rng, users, negatives, catalogue, seen), lookups,
+                                         seq_len, realtime_len)
+                    r = chunk.request
+                    writer.write(name, {"request_id": row_ids[t][r], "user_id": users[r], "timestamp": log.time[t][r],
+                                        "hour": hour[t][r], "weekday": weekday[t][r], **chunk.columns})
     return out
 
 
@@ -202,6 +206,7 @@ def _schema(seq_len: int, realtime_len: int) -> Schema:
     columns = [
         ColumnSpec("request_id", "categorical", "key", description="the positive event's data row in the file"),
         ColumnSpec("user_id", "categorical", "key"),
+        ColumnSpec("timestamp", "numeric", "meta", dtype="int64", description="unix time of the positive event"),
         ColumnSpec("hour", "categorical", "context", description="local hour of the event"),
         ColumnSpec("weekday", "categorical", "context", description="weekday of the event, 0 = Monday"),
         ColumnSpec("item_id", "categorical", "item", description="candidate item"),
