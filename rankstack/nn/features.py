@@ -112,6 +112,11 @@ class FieldLayout:
         return cls(tuple(ns), tuple(mv), tuple(dense), tuple(target), tuple(sequences), tables, moments, levels,
                    task_labels)
 
+    def level_of(self, key: str) -> str:
+        """`request` or `candidate`; a field without a declared level counts as `candidate` (always correct:
+        a serving cache only skips recomputing `request` fields)."""
+        return self.levels.get(key, "candidate")
+
 
 @dataclass
 class EmbeddedBatch:
@@ -154,36 +159,79 @@ class FieldEmbedder(nn.Module):
     def _lookup(self, group: str, ids: torch.Tensor) -> torch.Tensor:
         return self.tables[group](ids)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> EmbeddedBatch:
-        layout = self.layout
-        any_key = layout.target[0][0] if layout.target else layout.ns[0][0]
-        size = batch[any_key].shape[0]
-        ns_vectors = [self._lookup(group, batch[key]) for key, group in layout.ns]
-        for key, group in layout.multi_valued:
+    def _keeps(self, key: str, level: str | None) -> bool:
+        return level is None or self.layout.level_of(key) == level
+
+    def ns_vectors(self, batch: dict[str, torch.Tensor], level: str | None = None) -> torch.Tensor:
+        """`[B, F, e]`: the single-valued then the pooled multi-valued NS fields in layout order; with `level`
+        (`request` / `candidate`) only that level's fields, so a serving cache can embed the request part once."""
+        vectors = [self._lookup(group, batch[key]) for key, group in self.layout.ns if self._keeps(key, level)]
+        for key, group in self.layout.multi_valued:
+            if not self._keeps(key, level):
+                continue
             ids = batch[key]
             mask = (ids != PAD_ID).unsqueeze(-1).to(self.tables[group].weight.dtype)
-            ns_vectors.append((self._lookup(group, ids) * mask).sum(1) / mask.sum(1).clamp(min=1.0))
-        ns = torch.stack(ns_vectors, 1) if ns_vectors else batch[any_key].new_zeros((size, 0, self.dim), dtype=torch.float)
-        dense = ((torch.stack([batch[k] for k in layout.dense], 1) - self.dense_mean) / self.dense_std
-                 if layout.dense else ns.new_zeros((size, 0)))
-        target = torch.stack([self._lookup(group, batch[key]) for key, group in layout.target], 1)
+            vectors.append((self._lookup(group, ids) * mask).sum(1) / mask.sum(1).clamp(min=1.0))
+        if vectors:
+            return torch.stack(vectors, 1)
+        return self.dense_mean.new_zeros((_batch_size(batch), 0, self.dim))
+
+    def dense_values(self, batch: dict[str, torch.Tensor], level: str | None = None) -> torch.Tensor:
+        """`[B, F_dense]`: dense numerics standardised with the train moments (only `level`'s when given)."""
+        index = [i for i, key in enumerate(self.layout.dense) if self._keeps(key, level)]
+        if not index:
+            return self.dense_mean.new_zeros((_batch_size(batch), 0))
+        values = torch.stack([batch[self.layout.dense[i]] for i in index], 1)
+        return (values - self.dense_mean[index]) / self.dense_std[index]
+
+    def target_vectors(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """`[B, F_it, e]`: the candidate's item fields."""
+        return torch.stack([self._lookup(group, batch[key]) for key, group in self.layout.target], 1)
+
+    def stream_vectors(self, batch: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per behaviour stream: items `[B, L, F_it, e]`, actions `[B, L, e]`, mask `[B, L]` (True = event)."""
         streams = []
-        groups = [g for _, g in layout.target]
-        for seq in layout.sequences:
+        groups = [g for _, g in self.layout.target]
+        for seq in self.layout.sequences:
             present = [c for c in seq.item_columns if c is not None]
             if seq.action_column is not None:
                 present.append(seq.action_column)
-            mask = batch[present[0]] != PAD_ID
-            items = []
-            for column, group in zip(seq.item_columns, groups):
-                if column is None:
-                    items.append(ns.new_zeros((size, seq.max_len, self.dim)))
-                else:
-                    items.append(self._lookup(group, batch[column]))
+            ids = batch[present[0]]
+            mask = ids != PAD_ID
+            zeros = self.dense_mean.new_zeros((*ids.shape, self.dim))
+            items = [zeros if column is None else self._lookup(group, batch[column])
+                     for column, group in zip(seq.item_columns, groups)]
             actions = (self._lookup(ACTION_GROUP, batch[seq.action_column]) if seq.action_column is not None
-                       else ns.new_zeros((size, seq.max_len, self.dim)))
+                       else zeros)
             streams.append((torch.stack(items, 2), actions, mask))
-        return EmbeddedBatch(ns=ns, dense=dense, target=target, streams=streams)
+        return streams
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> EmbeddedBatch:
+        return EmbeddedBatch(ns=self.ns_vectors(batch), dense=self.dense_values(batch),
+                             target=self.target_vectors(batch), streams=self.stream_vectors(batch))
+
+
+def _batch_size(batch: dict[str, torch.Tensor]) -> int:
+    return next(iter(batch.values())).shape[0]
+
+
+def concat_streams(streams: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """All behaviour streams as one history along time, in layout order (`longterm_seq` before the newer
+    `realtime_seq`): items `[B, ΣL, F_it, e]`, actions `[B, ΣL, e]`, mask `[B, ΣL]`. Padding may then sit
+    between two streams; every consumer masks it."""
+    items, actions, masks = zip(*streams)
+    return torch.cat(items, 1), torch.cat(actions, 1), torch.cat(masks, 1)
+
+
+def pooled_streams(streams: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """`[B, S·(F_it+1), e]`: each stream as a masked mean per item field plus the masked mean of its action
+    embedding — how models without a sequence module see the history (hemix.md §5)."""
+    vectors = []
+    for items, actions, mask in streams:
+        vectors.append(masked_mean(items, mask, dim=1))
+        vectors.append(masked_mean(actions, mask, dim=1).unsqueeze(1))
+    return torch.cat(vectors, 1)
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:

@@ -11,10 +11,20 @@ from rankstack.config import from_dict
 from rankstack.errors import ConfigError
 from rankstack.nn.features import FieldLayout
 from rankstack.ranking.base import RankingModel
+from rankstack.ranking.dcnv2 import DCNv2, DCNv2Config
+from rankstack.ranking.din import DIN, DINConfig
 from rankstack.ranking.dlrm import DLRM, DLRMConfig
+from rankstack.ranking.hemix import HeMix, HeMixConfig
+from rankstack.ranking.rankmixer import RankMixer, RankMixerConfig
+from rankstack.ranking.transformer import TransformerRanker, TransformerRankerConfig
 
 MODELS: dict[str, tuple[type[RankingModel], type]] = {
     "dlrm": (DLRM, DLRMConfig),
+    "dcnv2": (DCNv2, DCNv2Config),
+    "din": (DIN, DINConfig),
+    "rankmixer": (RankMixer, RankMixerConfig),
+    "transformer": (TransformerRanker, TransformerRankerConfig),
+    "hemix": (HeMix, HeMixConfig),
 }
 
 

@@ -43,7 +43,10 @@ class RankingModel(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Per-task probabilities `[B, T]` (the exported/served output)."""
-        logits = self.logits(batch)
+        return self.probabilities(self.logits(batch))
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits `[B, T]` → probabilities; with ESMM the second task becomes p(click)·p(order | click)."""
         probs = torch.sigmoid(logits)
         if self.esmm:
             probs = torch.stack([probs[:, 0], probs[:, 0] * probs[:, 1]], dim=1)

@@ -1,0 +1,123 @@
+"""DIN baseline (Zhou et al., 2018): target attention over the behaviour history, as hemix.md §5 defines it.
+
+All behaviour streams form one history, in time order. For each event the activation unit scores
+`a_t = MLP_att([h̄_t ; x_t ; h̄_t − x_t ; h̄_t ⊙ x_t])`, where `h̄_t` is the event's item part and `x_t` the target
+item; padding is masked and, as in the DIN paper, the weights are not softmax-normalised (softmax is an option).
+The pooled interest `p = Σ_t a_t·[E(item_t) ; E(action_t)]` joins `[x_ns ; x_dense ; x_t]` in an MLP, then
+the per-task towers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from rankstack.errors import ConfigError
+from rankstack.nn.attention import masked_softmax
+from rankstack.nn.features import FieldEmbedder, FieldLayout, concat_streams, mlp
+from rankstack.nn.params import parameter_breakdown
+from rankstack.ranking.base import RankingModel, TaskTowers
+
+
+@dataclass
+class DINConfig:
+    """DIN hyper-parameters.
+
+    embedding_dim: width e of every field embedding (16).
+    attention: hidden widths of the activation unit, each followed by Dice ([64, 32]).
+    attention_softmax: normalise the activation weights with a masked softmax (False, as in the DIN paper).
+    mlp: widths of the MLP over [x_ns ; x_dense ; x_t ; p] ([512, 256, 128]).
+    tower: hidden widths of each task tower ([128, 64]).
+    dropout: dropout in the MLP and towers (0.0).
+    esmm: train conversion ESMM-style as p(click)·p(order | click) (False).
+    """
+
+    embedding_dim: int = 16
+    attention: list[int] = field(default_factory=lambda: [64, 32])
+    attention_softmax: bool = False
+    mlp: list[int] = field(default_factory=lambda: [512, 256, 128])
+    tower: list[int] = field(default_factory=lambda: [128, 64])
+    dropout: float = 0.0
+    esmm: bool = False
+
+
+class Dice(nn.Module):
+    """DIN's data-adaptive activation `p(s)·s + (1 − p(s))·α·s`, `p(s) = σ((s − E[s]) / sqrt(Var[s] + ε))`.
+
+    The moments are batch statistics over real events only (padding would otherwise shift them) in training and
+    running averages in evaluation, as in BatchNorm without affine parameters.
+    """
+
+    def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.momentum, self.eps = momentum, eps
+        self.alpha = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def forward(self, s: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            weight = mask.unsqueeze(-1).to(s.dtype)
+            count = weight.sum((0, 1)).clamp(min=1.0)
+            mean = (s * weight).sum((0, 1)) / count
+            var = ((s - mean) ** 2 * weight).sum((0, 1)) / count
+            with torch.no_grad():
+                self.running_mean.lerp_(mean.detach().float(), self.momentum)
+                self.running_var.lerp_(var.detach().float(), self.momentum)
+        else:
+            mean, var = self.running_mean, self.running_var
+        p = torch.sigmoid((s - mean) / torch.sqrt(var + self.eps))
+        return p * s + (1 - p) * self.alpha * s
+
+
+class ActivationUnit(nn.Module):
+    """`a_t = MLP_att([h̄_t ; x_t ; h̄_t − x_t ; h̄_t ⊙ x_t])` with Dice, one scalar per event `[B, L]`."""
+
+    def __init__(self, item_dim: int, hidden: list[int]) -> None:
+        super().__init__()
+        sizes = [4 * item_dim, *hidden]
+        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.dice = nn.ModuleList(Dice(b) for b in hidden)
+        self.score = nn.Linear(sizes[-1], 1)
+
+    def forward(self, history: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        target = target.unsqueeze(1).expand_as(history)
+        h = torch.cat([history, target, history - target, history * target], dim=-1)
+        for linear, dice in zip(self.linears, self.dice):
+            h = dice(linear(h), mask)
+        return self.score(h).squeeze(-1)
+
+
+class DIN(RankingModel):
+    def __init__(self, layout: FieldLayout, config: DINConfig) -> None:
+        super().__init__(layout, esmm=config.esmm)
+        if not layout.sequences:
+            raise ConfigError("DIN attends over a behaviour sequence, but this dataset has none; use dlrm or dcnv2.")
+        self.config = config
+        e = config.embedding_dim
+        self.embedder = FieldEmbedder(layout, e)
+        n_item = self.embedder.num_item_fields
+        self.activation_unit = ActivationUnit(n_item * e, config.attention)
+        width = self.embedder.num_ns * e + len(layout.dense) + n_item * e + (n_item + 1) * e
+        self.mlp = mlp([width, *config.mlp], config.dropout)
+        self.towers = TaskTowers(config.mlp[-1], self.tasks, config.tower, config.dropout)
+
+    def interest(self, items: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor, target: torch.Tensor
+                 ) -> torch.Tensor:
+        """`p = Σ_t a_t·[E(item_t) ; E(action_t)]` `[B, (F_it+1)·e]`; padded events weigh 0."""
+        history = items.flatten(2)
+        scores = self.activation_unit(history, target, mask)
+        weights = (masked_softmax(scores, mask) if self.config.attention_softmax
+                   else scores * mask.to(scores.dtype))
+        return torch.einsum("bl,bld->bd", weights, torch.cat([history, actions], dim=-1))
+
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        emb = self.embedder(batch)
+        target = emb.target.flatten(1)
+        p = self.interest(*concat_streams(emb.streams), target)
+        return self.towers(self.mlp(torch.cat([emb.ns.flatten(1), emb.dense, target, p], dim=1)))
+
+    def count_params(self) -> dict[str, int]:
+        return parameter_breakdown(self)

@@ -1,0 +1,702 @@
+"""HeMix: query-mixed interest extraction over two behaviour sequences + a stack of HeteroMixer blocks.
+
+Implements `shared/specs/hemix.md` (Wang et al., AMAP 2026, arXiv 2602.09387; details from the spec's reading of
+the UniRank re-implementation). The file reads in the spec's order:
+
+    §3.2 tokens       DynamicQueryTokenizer   Q = SiLU(LN(A_j [x_ns ; x_t] + a_j)), candidate- and context-dependent
+                      SequenceTokenizer       s_t = P[E(item_t) ; E(action_t)] + p, zero at padding
+                      split_streams           global S_g and real-time S_r from the dataset's streams
+    §3.3 extraction   MixedQueryExtractor     per branch, [Q^b ; Φ_b] attend S_b (per-slot W^Q, shared K/V/O)
+    §3.4 interaction  HeteroMixing            fuse → one low-rank MLP per mix-token → group-aligned reconstruction
+                      PerTokenFFN             HeteroFFN, one FFN per token
+                      HeteroMixerBlock        U = X + Mix(LN X); X' = U + FFN(LN U)
+    §3.5 readout      mean over tokens → per-task towers
+    §11  serving      HeMix.encode_user → UserCache (once per request), HeMix.score (per candidate)
+
+Token order is fixed, X^0 = [Z_r ; Z_g ; Q], because the blocks hold per-token parameters. Every §8 ablation is a
+`HeMixConfig` switch; the RankMixer-style and Transformer baselines reuse `PerTokenFFN`, `TokenMixing`,
+`HeteroMixerBlock`, `SequenceTokenizer` and `DynamicQueryTokenizer` from here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rankstack.errors import ConfigError
+from rankstack.nn.attention import MultiHeadAttention, masked_attention, merge_heads, split_heads
+from rankstack.nn.features import FieldEmbedder, FieldLayout, mlp
+from rankstack.nn.params import parameter_breakdown
+from rankstack.ranking.base import RankingModel, TaskTowers
+
+Mixer = Literal["heteromixer", "attention", "mlp", "none", "rankmixer"]
+SEGMENTS = ("Zr", "Zg", "Q")  # token segments of X^0, as `fusion_groups` names them
+
+
+@dataclass
+class HeMixConfig:
+    """HeMix hyper-parameters (hemix.md §3, §10) and ablation switches (§8).
+
+    Sizes:
+        embedding_dim: e, the width of every field embedding (16).
+        dim: d, the token width everywhere (256).
+        n_g, n_r: dynamic queries of the global and the real-time branch (2, 2).
+        m_g, m_r: fixed queries of the global and the real-time branch (2, 2). With the defaults the
+            interaction sees N = (n_r+m_r) + (n_g+m_g) + (n_g+n_r) = 12 tokens.
+        extraction_heads: H_q, heads of the extraction attention; d % H_q == 0 (2).
+        mix_heads: H, heads (mix-tokens) of HeteroMixing; d % H == 0 (2).
+        rank: r, hidden width of each mix-token's low-rank MLP; None picks max(16, D_h/8) (16).
+        ffn_mult: k, the HeteroFFN hidden width is k·d (4).
+        n_layers: L, HeteroMixer blocks (3).
+        realtime_len: L_r, the newest events of an undivided `history` that form the real-time sequence (20).
+        tower: hidden widths of each task tower ([128, 64]).
+        esmm: train conversion ESMM-style as p(click)·p(order | click) (False: independent heads).
+
+    Ablations (§8; the defaults are full HeMix):
+        use_fixed_queries: False drops Φ (m_g = m_r = 0, N = 8).
+        use_dynamic_queries: False lets only the fixed queries attend; Q is still appended (N = 8).
+        use_realtime: False reads all events in one branch that holds both branches' queries (N stays 12).
+        drop_realtime_events: True removes the real-time events; one branch over the rest (N stays 12).
+        use_global: False keeps only the real-time branch, with both branches' queries (N stays 12).
+        mixer: `heteromixer` (HeteroMixing), `attention` (MHSA with H_q heads over the same N tokens), `mlp`
+            (an MLP on flatten(X^0), L layers, parameters matched to the block stack), `none` (per-token FFN
+            only) or `rankmixer` (parameter-free token mixing, H = N).
+        shared_lowrank: one low-rank MLP shared by all mix-tokens (False).
+        fusion_groups: fuse and reconstruct within groups of segments, e.g. [[Zr], [Zg], [Q]]; one MLP per
+            (group, head). None is one group of all tokens.
+        norm_position: `pre` (U = X + Mix(LN X)) or `post` (U = LN(X + Mix X), RankMixer's Add&Norm).
+        norm: `layernorm` or `rmsnorm`.
+        key_padding_mask: False reproduces the re-implementation, where padded keys score 0 and dilute the
+            softmax (only to compare with its logs).
+    """
+
+    embedding_dim: int = 16
+    dim: int = 256
+    n_g: int = 2
+    n_r: int = 2
+    m_g: int = 2
+    m_r: int = 2
+    extraction_heads: int = 2
+    mix_heads: int = 2
+    rank: int | None = 16
+    ffn_mult: int = 4
+    n_layers: int = 3
+    realtime_len: int = 20
+    tower: list[int] = field(default_factory=lambda: [128, 64])
+    esmm: bool = False
+    use_fixed_queries: bool = True
+    use_dynamic_queries: bool = True
+    use_realtime: bool = True
+    drop_realtime_events: bool = False
+    use_global: bool = True
+    mixer: Mixer = "heteromixer"
+    shared_lowrank: bool = False
+    fusion_groups: list[list[str]] | None = None
+    norm_position: Literal["pre", "post"] = "pre"
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    key_padding_mask: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("extraction_heads", "mix_heads"):
+            if self.dim % getattr(self, name):
+                raise ValueError(f"dim ({self.dim}) must be divisible by {name} ({getattr(self, name)})")
+        if not (self.use_fixed_queries or self.use_dynamic_queries):
+            raise ValueError("use_fixed_queries and use_dynamic_queries are both False: no query would read the "
+                             "sequences; keep at least one")
+        if not self.use_global and (self.drop_realtime_events or not self.use_realtime):
+            raise ValueError("use_global=False keeps only the real-time branch; it cannot be combined with "
+                             "drop_realtime_events=True or use_realtime=False")
+        if self.realtime_len < 1:
+            raise ValueError(f"realtime_len must be at least 1, got {self.realtime_len}")
+        for group in self.fusion_groups or []:
+            for name in group:
+                if name not in SEGMENTS:
+                    raise ValueError(f"fusion_groups names segment `{name}`; use {', '.join(SEGMENTS)}")
+
+
+# §3.2 Tokens ----------------------------------------------------------------------------------------------------
+
+
+class DynamicQueryTokenizer(nn.Module):
+    """Dynamic queries `q_j = SiLU(LN_j(A_j u + a_j))` over `u = [x_ns ; x_dense ; x_t]`, one row per query.
+
+    The `A_j` of all queries are stacked in one Linear. Because `A_j u = A_j^req u_req + A_j^cand u_cand`, the
+    serving path computes the request-level part once per request (`request_part`) and finishes each candidate
+    with `from_parts`; `forward` is the reference path.
+
+    >>> tok = DynamicQueryTokenizer(in_dim=6, num_queries=3, dim=8, request_columns=[0, 1])
+    >>> tok(torch.randn(5, 6)).shape
+    torch.Size([5, 3, 8])
+    """
+
+    def __init__(self, in_dim: int, num_queries: int, dim: int, request_columns: Sequence[int] = ()) -> None:
+        super().__init__()
+        self.num_queries, self.dim = num_queries, dim
+        self.proj = nn.Linear(in_dim, num_queries * dim)
+        self.norm_weight = nn.Parameter(torch.ones(num_queries, dim))  # one LayerNorm per query
+        self.norm_bias = nn.Parameter(torch.zeros(num_queries, dim))
+        request = sorted(set(request_columns))
+        self.register_buffer("request_columns", torch.tensor(request, dtype=torch.long), persistent=False)
+        self.register_buffer("candidate_columns", torch.tensor(
+            [c for c in range(in_dim) if c not in set(request)], dtype=torch.long), persistent=False)
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        pre = pre.unflatten(1, (self.num_queries, self.dim))
+        return F.silu(F.layer_norm(pre, (self.dim,)) * self.norm_weight + self.norm_bias)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return self.activate(self.proj(u))
+
+    def request_part(self, u_request: torch.Tensor) -> torch.Tensor:
+        """`A^req u_req` `[R, n_q·d]` from the request-level columns of u, in column order."""
+        return F.linear(u_request, self.proj.weight[:, self.request_columns])
+
+    def from_parts(self, request_part: torch.Tensor, u_candidate: torch.Tensor) -> torch.Tensor:
+        """Queries `[C, n_q, d]` from a cached request part (`[C or 1, n_q·d]`) and the candidate columns."""
+        return self.activate(request_part + F.linear(u_candidate, self.proj.weight[:, self.candidate_columns],
+                                                     self.proj.bias))
+
+
+class SequenceTokenizer(nn.Module):
+    """Sequence tokens `s_t = P[E(item_t) ; E(action_t)] + p`, set to 0 at padded positions: `[B, L, d]`."""
+
+    def __init__(self, event_dim: int, dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(event_dim, dim)
+
+    def forward(self, items: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        events = torch.cat([items.flatten(2), actions], dim=-1)
+        return self.proj(events) * mask.unsqueeze(-1).to(events.dtype)
+
+
+@dataclass(frozen=True)
+class EventSlice:
+    """Positions `[start:stop]` of behaviour stream number `stream` (slice bounds; negative counts from the
+    newest end, which stays right-aligned under left padding)."""
+
+    stream: int
+    start: int | None = None
+    stop: int | None = None
+
+
+def split_streams(layout: FieldLayout, realtime_len: int) -> tuple[tuple[EventSlice, ...], tuple[EventSlice, ...]]:
+    """(global events, real-time events) of a dataset's behaviour streams (hemix.md §3.2 *Split*).
+
+    - `realtime_seq` present: it is S_r; `longterm_seq` (and a `history`, if any) form S_g.
+    - one undivided `history`: S_r is its newest `realtime_len` events and S_g the older ones; a separate
+      `longterm_seq` replaces that older part as S_g.
+    - only `longterm_seq`: split like a history.
+    A stream no longer than `realtime_len` is all real-time, so S_g is then empty.
+    """
+    index = {seq.role: i for i, seq in enumerate(layout.sequences)}
+
+    def split(role: str) -> tuple[tuple[EventSlice, ...], tuple[EventSlice, ...]]:
+        i = index[role]
+        if layout.sequences[i].max_len <= realtime_len:
+            return (), (EventSlice(i),)
+        return (EventSlice(i, None, -realtime_len),), (EventSlice(i, -realtime_len, None),)
+
+    if "realtime_seq" in index:
+        older = tuple(EventSlice(index[r]) for r in ("longterm_seq", "history") if r in index)
+        return older, (EventSlice(index["realtime_seq"]),)
+    if "history" in index:
+        older, recent = split("history")
+        return ((EventSlice(index["longterm_seq"]),) if "longterm_seq" in index else older), recent
+    if "longterm_seq" in index:
+        return split("longterm_seq")
+    return (), ()
+
+
+@dataclass(frozen=True)
+class Branch:
+    """One extraction branch: the events it reads, its slice `[dynamic_start:dynamic_stop]` of the dynamic
+    queries Q, its number of fixed queries, and its segment name in X^0 (`Zr` or `Zg`)."""
+
+    name: str
+    segment: str
+    events: tuple[EventSlice, ...]
+    dynamic_start: int
+    dynamic_stop: int
+    num_fixed: int
+
+    @property
+    def num_dynamic(self) -> int:
+        return self.dynamic_stop - self.dynamic_start
+
+
+def plan_branches(config: HeMixConfig, global_events: tuple[EventSlice, ...],
+                  realtime_events: tuple[EventSlice, ...]) -> list[Branch]:
+    """The branches in X^0 order. A branch switch (§8) moves the dropped branch's queries to the kept one."""
+    n_g, n_r = (config.n_g, config.n_r) if config.use_dynamic_queries else (0, 0)
+    m_g, m_r = (config.m_g, config.m_r) if config.use_fixed_queries else (0, 0)
+    if config.use_global and config.use_realtime and not config.drop_realtime_events:
+        return [Branch("realtime_branch", "Zr", realtime_events, n_g, n_g + n_r, m_r),
+                Branch("global_branch", "Zg", global_events, 0, n_g, m_g)]
+    if not config.use_global:
+        return [Branch("realtime_branch", "Zr", realtime_events, 0, n_g + n_r, m_g + m_r)]
+    if config.drop_realtime_events:
+        return [Branch("global_branch", "Zg", global_events, 0, n_g + n_r, m_g + m_r)]
+    return [Branch("merged_branch", "Zg", global_events + realtime_events, 0, n_g + n_r, m_g + m_r)]
+
+
+# §3.3 Query-mixed interest extraction -------------------------------------------------------------------------
+
+
+class MixedQueryExtractor(nn.Module):
+    """One branch: the mixed queries `[Q^b ; Φ_b]` attend the branch's sequence tokens.
+
+    Each query slot j has its own `W^Q_j` (what makes the attention heterogeneous); `W^K`, `W^V`, `W^O` are
+    shared; no bias, residual, FFN or norm. Padded keys are masked, and a query over an all-padding sequence
+    returns 0. `forward` is the reference path; the serving path splits it into `keys_values` (per request),
+    `read_fixed` (per request) and `read_dynamic` (per candidate).
+    """
+
+    def __init__(self, dim: int, num_dynamic: int, num_fixed: int, heads: int, key_padding_mask: bool = True
+                 ) -> None:
+        super().__init__()
+        self.num_dynamic, self.heads, self.key_padding_mask = num_dynamic, heads, key_padding_mask
+        self.fixed_queries = nn.Parameter(torch.empty(num_fixed, dim))  # Φ_b
+        self.query_weight = nn.Parameter(torch.empty(num_dynamic + num_fixed, dim, dim))  # W^Q_j as [out, in]
+        self.key = nn.Linear(dim, dim, bias=False)
+        self.value = nn.Linear(dim, dim, bias=False)
+        self.out = nn.Linear(dim, dim, bias=False)
+        if num_fixed:
+            nn.init.xavier_uniform_(self.fixed_queries)
+        nn.init.uniform_(self.query_weight, -1 / math.sqrt(dim), 1 / math.sqrt(dim))  # nn.Linear's default
+
+    def keys_values(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V `[B, H_q, L, d/H_q]` of sequence tokens `[B, L, d]`."""
+        return split_heads(self.key(tokens), self.heads), split_heads(self.value(tokens), self.heads)
+
+    def read(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
+             slots: slice, shared_keys: bool = False) -> torch.Tensor:
+        """`z_j = W^O concat_heads(Σ_t α_jt v_t)` for queries `[B, Q, d]` in query slots `slots`.
+
+        shared_keys: keys, values and mask hold one row that every query row reads (one request's cache); the
+            rows' queries are then stacked into one attention call instead of broadcasting K and V B times.
+        """
+        q = split_heads(torch.einsum("bjd,jed->bje", queries, self.query_weight[slots]), self.heads)
+        if shared_keys:
+            size, heads, num_queries, width = q.shape
+            q = q.transpose(0, 1).reshape(1, heads, size * num_queries, width)
+        attended = masked_attention(q, keys, values, mask if self.key_padding_mask else None)
+        if shared_keys:
+            attended = attended.view(heads, size, num_queries, width).transpose(0, 1)
+        return self.out(merge_heads(attended))
+
+    def read_dynamic(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
+                     shared_keys: bool = False) -> torch.Tensor:
+        return self.read(queries, keys, values, mask, slice(0, self.num_dynamic), shared_keys)
+
+    def read_fixed(self, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        fixed = self.fixed_queries.expand(keys.shape[0], -1, -1)
+        return self.read(fixed, keys, values, mask, slice(self.num_dynamic, None))
+
+    def forward(self, dynamic_queries: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """`Z_b [B, n_b + m_b, d]` from this branch's dynamic queries `[B, n_b, d]` and tokens `[B, L, d]`."""
+        fixed = self.fixed_queries.expand(tokens.shape[0], -1, -1)
+        keys, values = self.keys_values(tokens)
+        return self.read(torch.cat([dynamic_queries, fixed], dim=1), keys, values, mask, slice(None))
+
+
+# §3.4 HeteroMixer ---------------------------------------------------------------------------------------------
+
+
+def fuse(y: torch.Tensor, heads: int) -> torch.Tensor:
+    """Step 1: `[B, N, d]` → H mix-tokens `[B, H, N·c]`, mix-token h = the h-th width-c chunk of every token."""
+    return y.unflatten(2, (heads, y.shape[2] // heads)).transpose(1, 2).flatten(2)
+
+
+def unfuse(g: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """Step 3, the exact inverse of `fuse`: chunk i of mix-token h returns to slot h of token i."""
+    return g.unflatten(2, (num_tokens, g.shape[2] // num_tokens)).transpose(1, 2).flatten(2)
+
+
+class LowRankHeads(nn.Module):
+    """Step 2: `Ĝ_h = B_h ReLU(A_h G_h + a_h) + b_h`, one low-rank MLP per mix-token (one shared by all when
+    `shared`). Xavier-uniform weights, zero biases."""
+
+    def __init__(self, heads: int, width: int, rank: int, shared: bool = False) -> None:
+        super().__init__()
+        self.heads = heads
+        own = 1 if shared else heads
+        self.down = nn.Parameter(torch.empty(own, width, rank))
+        self.down_bias = nn.Parameter(torch.zeros(own, rank))
+        self.up = nn.Parameter(torch.empty(own, rank, width))
+        self.up_bias = nn.Parameter(torch.zeros(own, width))
+        for h in range(own):
+            nn.init.xavier_uniform_(self.down[h])
+            nn.init.xavier_uniform_(self.up[h])
+
+    def forward(self, g: torch.Tensor) -> torch.Tensor:
+        down, up = self.down.expand(self.heads, -1, -1), self.up.expand(self.heads, -1, -1)
+        hidden = F.relu(torch.einsum("bhd,hdr->bhr", g, down) + self.down_bias)
+        return torch.einsum("bhr,hrd->bhd", hidden, up) + self.up_bias
+
+
+class HeteroMixing(nn.Module):
+    """HeteroMixing over `[B, N, d]`: fusion, per-mix-token low-rank interaction, group-aligned reconstruction.
+
+    groups: token indices fused together (default one group of all tokens); each group has its own MLPs, with
+        mix-token width D_h = |group|·d/H and rank r (None: max(16, D_h/8)).
+
+    >>> mix = HeteroMixing(num_tokens=12, dim=32, heads=2, rank=4)
+    >>> mix(torch.randn(3, 12, 32)).shape
+    torch.Size([3, 12, 32])
+    """
+
+    def __init__(self, num_tokens: int, dim: int, heads: int, rank: int | None, shared: bool = False,
+                 groups: Sequence[Sequence[int]] | None = None) -> None:
+        super().__init__()
+        groups = [list(g) for g in groups] if groups else [list(range(num_tokens))]
+        order = torch.tensor([i for g in groups for i in g], dtype=torch.long)
+        if sorted(order.tolist()) != list(range(num_tokens)):
+            raise ConfigError(f"fusion groups {groups} must cover each of the {num_tokens} tokens exactly once")
+        self.heads = heads
+        self.sizes = [len(g) for g in groups]
+        self.register_buffer("order", order, persistent=False)
+        self.register_buffer("inverse", torch.argsort(order), persistent=False)
+        widths = [size * dim // heads for size in self.sizes]
+        self.mlps = nn.ModuleList(
+            LowRankHeads(heads, width, rank if rank is not None else max(16, width // 8), shared)
+            for width in widths
+        )
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        parts = y.index_select(1, self.order).split(self.sizes, dim=1)
+        mixed = [unfuse(mlp(fuse(part, self.heads)), size) for part, mlp, size in zip(parts, self.mlps, self.sizes)]
+        return torch.cat(mixed, dim=1).index_select(1, self.inverse)
+
+
+def token_mixing_permutation(num_tokens: int, dim: int) -> torch.Tensor:
+    """RankMixer's parameter-free token mixing (H = N) as a permutation of the N·d flattened features.
+
+    When N divides d it is exactly RankMixer's: output token h = [chunk h of token 0 ; … ; chunk h of token N−1]
+    with chunks of d/N columns. Otherwise (e.g. N = 12, d = 256) no equal chunks exist, so the token matrix
+    `[N, d]` is read column by column and cut every d features: output token h holds columns ≈ [h·d/N, (h+1)·d/N)
+    of every token (every token is represented whenever d ≥ N).
+    """
+    index = torch.arange(num_tokens * dim)
+    if dim % num_tokens == 0:
+        return index.view(num_tokens, num_tokens, dim // num_tokens).transpose(0, 1).reshape(-1)
+    return index.view(num_tokens, dim).t().reshape(-1)
+
+
+class TokenMixing(nn.Module):
+    """RankMixer-style parameter-free token mixing `[B, N, d]` → `[B, N, d]` (`token_mixing_permutation`)."""
+
+    def __init__(self, num_tokens: int, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("permutation", token_mixing_permutation(num_tokens, dim), persistent=False)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return y.flatten(1).index_select(1, self.permutation).view_as(y)
+
+
+class SelfAttentionMixing(nn.Module):
+    """Ablation `mixer="attention"`: multi-head self-attention over the N tokens (4d² parameters, no bias)."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.attention = MultiHeadAttention(dim, heads)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.attention(y, y, None)
+
+
+class PerTokenFFN(nn.Module):
+    """HeteroFFN: token i has its own `FFN_i(y) = W2_i GELU(W1_i y + b1_i) + b2_i`, hidden width `hidden`.
+    Xavier-uniform weights, zero biases."""
+
+    def __init__(self, num_tokens: int, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.w1 = nn.Parameter(torch.empty(num_tokens, dim, hidden))
+        self.b1 = nn.Parameter(torch.zeros(num_tokens, hidden))
+        self.w2 = nn.Parameter(torch.empty(num_tokens, hidden, dim))
+        self.b2 = nn.Parameter(torch.zeros(num_tokens, dim))
+        for i in range(num_tokens):
+            nn.init.xavier_uniform_(self.w1[i])
+            nn.init.xavier_uniform_(self.w2[i])
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        hidden = F.gelu(torch.einsum("bnd,ndh->bnh", y, self.w1) + self.b1)
+        return torch.einsum("bnh,nhd->bnd", hidden, self.w2) + self.b2
+
+
+def make_norm(kind: str, dim: int) -> nn.Module:
+    return nn.RMSNorm(dim) if kind == "rmsnorm" else nn.LayerNorm(dim)
+
+
+class HeteroMixerBlock(nn.Module):
+    """A token-mixer block with any mixing sub-layer (None: FFN only).
+
+    pre-norm:  U = X + Mix(LN X);  X' = U + FFN(LN U)
+    post-norm: U = LN(X + Mix X);  X' = LN(U + FFN U)   (RankMixer's Add&Norm)
+    """
+
+    def __init__(self, mix: nn.Module | None, ffn: nn.Module, dim: int, norm: str = "layernorm",
+                 norm_position: str = "pre") -> None:
+        super().__init__()
+        self.pre_norm = norm_position == "pre"
+        self.mix = mix
+        self.mix_norm = make_norm(norm, dim) if mix is not None else None
+        self.ffn = ffn
+        self.ffn_norm = make_norm(norm, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pre_norm:
+            if self.mix is not None:
+                x = x + self.mix(self.mix_norm(x))
+            return x + self.ffn(self.ffn_norm(x))
+        if self.mix is not None:
+            x = self.mix_norm(x + self.mix(x))
+        return self.ffn_norm(x + self.ffn(x))
+
+
+class FlatMLPMixer(nn.Module):
+    """Ablation `mixer="mlp"`: `n_layers` hidden layers of width w on flatten(X^0), then a Linear to d; w is
+    solved so the parameter count matches `target_params` (the block stack it replaces)."""
+
+    def __init__(self, in_dim: int, dim: int, n_layers: int, target_params: int) -> None:
+        super().__init__()
+        # params(w) = (L-1)·w² + (in + L + d)·w + d
+        a, b, c = n_layers - 1, in_dim + n_layers + dim, dim - target_params
+        width = -c / b if a == 0 else (-b + math.sqrt(b * b - 4 * a * c)) / (2 * a)
+        width = max(1, round(width))
+        self.net = mlp([in_dim, *[width] * n_layers, dim], activation=nn.GELU, last_activation=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.flatten(1))
+
+
+# §11 Serving ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class UserCache:
+    """What `HeMix.encode_user` computes once per request (R requests; usually R = 1).
+
+    query_request_part: `A^req x_req` of the dynamic-query tokenizer `[R, (n_g+n_r)·d]`.
+    keys, values: per branch, the sequence K and V `[R, H_q, L_b, d/H_q]` (the costly part, 2·L_s·d²).
+    masks: per branch `[R, L_b]`, True on events.
+    fixed_outputs: per branch, the fixed queries' outputs `[R, m_b, d]` (candidate-independent).
+    """
+
+    query_request_part: torch.Tensor
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    masks: list[torch.Tensor]
+    fixed_outputs: list[torch.Tensor]
+
+    @property
+    def num_requests(self) -> int:
+        return self.query_request_part.shape[0]
+
+    def select(self, rows: torch.Tensor) -> UserCache:
+        """The cache rows of each candidate (`rows [C]` indexes requests)."""
+        def take(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+            return [t.index_select(0, rows) for t in tensors]
+        return UserCache(self.query_request_part.index_select(0, rows), take(self.keys), take(self.values),
+                         take(self.masks), take(self.fixed_outputs))
+
+
+# The model ------------------------------------------------------------------------------------------------------
+
+PARAMETER_GROUPS = (
+    ("fixed_queries", r"extractors\.\w+\.fixed_queries$"),
+    ("extraction", r"extractors\."),
+    ("tokenizer", r"tokenizer\."),
+    ("sequence_projection", r"sequence_tokens\."),
+    ("mixing", r"blocks\.\d+\.mix\.|mlp_mixer\."),
+    ("ffn", r"blocks\.\d+\.ffn\."),
+    ("block_norms", r"blocks\.\d+\.(mix|ffn)_norm\."),
+    ("towers", r"towers\."),
+)
+
+
+class HeMix(RankingModel):
+    """HeMix ranker: `logits(batch) -> [B, T]` (reference path), `encode_user` + `score` (serving path)."""
+
+    def __init__(self, layout: FieldLayout, config: HeMixConfig) -> None:
+        super().__init__(layout, esmm=config.esmm)
+        self.config = config
+        e, d = config.embedding_dim, config.dim
+        self.embedder = FieldEmbedder(layout, e)
+        n_queries = config.n_g + config.n_r
+        self.tokenizer = DynamicQueryTokenizer(self._query_input_width(), n_queries, d, self._request_columns())
+        self.sequence_tokens = SequenceTokenizer((self.embedder.num_item_fields + 1) * e, d)
+        global_events, realtime_events = split_streams(layout, config.realtime_len)
+        if not config.use_global and not realtime_events or config.drop_realtime_events and not global_events:
+            raise ConfigError("this HeMix ablation leaves no behaviour events to read on this dataset "
+                              f"(streams: {[s.role for s in layout.sequences]}); pick another switch.")
+        self.branches = plan_branches(config, global_events, realtime_events)
+        self.used_streams = sorted({ev.stream for b in self.branches for ev in b.events})
+        self.extractors = nn.ModuleDict({
+            b.name: MixedQueryExtractor(d, b.num_dynamic, b.num_fixed, config.extraction_heads,
+                                        config.key_padding_mask)
+            for b in self.branches
+        })
+        self.segments = {b.segment: b.num_dynamic + b.num_fixed for b in self.branches} | {"Q": n_queries}
+        self.num_tokens = sum(self.segments.values())
+        if config.mixer == "mlp":
+            stack_params = sum(p.numel() for p in self._blocks(replace(config, mixer="heteromixer")).parameters())
+            self.mlp_mixer = FlatMLPMixer(self.num_tokens * d, d, config.n_layers, stack_params)
+            self.blocks = nn.ModuleList()
+        else:
+            self.mlp_mixer = None
+            self.blocks = self._blocks(config)
+        self.towers = TaskTowers(d, self.tasks, config.tower)
+
+    # -- construction helpers --
+
+    def _query_input_fields(self) -> list[tuple[str, int]]:
+        """(batch key, width) of each block of u = [x_ns ; x_dense ; x_t], in column order."""
+        e, layout = self.config.embedding_dim, self.layout
+        return ([(key, e) for key, _ in layout.ns] + [(key, e) for key, _ in layout.multi_valued]
+                + [(key, 1) for key in layout.dense] + [(key, e) for key, _ in layout.target])
+
+    def _query_input_width(self) -> int:
+        return sum(width for _, width in self._query_input_fields())
+
+    def _request_columns(self) -> list[int]:
+        columns, start = [], 0
+        target = {key for key, _ in self.layout.target}
+        for key, width in self._query_input_fields():
+            if key not in target and self.layout.level_of(key) == "request":
+                columns.extend(range(start, start + width))
+            start += width
+        return columns
+
+    def _fusion_groups(self) -> list[list[int]] | None:
+        if self.config.fusion_groups is None:
+            return None
+        first, start = {}, 0
+        for name in SEGMENTS:
+            if name in self.segments:
+                first[name] = range(start, start + self.segments[name])
+                start += self.segments[name]
+        groups = [[i for name in group if name in first for i in first[name]] for group in self.config.fusion_groups]
+        return [g for g in groups if g]
+
+    def _mixing(self, config: HeMixConfig) -> nn.Module | None:
+        n, d = self.num_tokens, config.dim
+        if config.mixer == "heteromixer":
+            return HeteroMixing(n, d, config.mix_heads, config.rank, config.shared_lowrank, self._fusion_groups())
+        if config.mixer == "attention":
+            return SelfAttentionMixing(d, config.extraction_heads)
+        if config.mixer == "rankmixer":
+            return TokenMixing(n, d)
+        return None
+
+    def _blocks(self, config: HeMixConfig) -> nn.ModuleList:
+        return nn.ModuleList(
+            HeteroMixerBlock(self._mixing(config), PerTokenFFN(self.num_tokens, config.dim, config.ffn_mult * config.dim),
+                             config.dim, config.norm, config.norm_position)
+            for _ in range(config.n_layers)
+        )
+
+    # -- shared pieces of both paths --
+
+    def _stream_tokens(self, streams: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+                       ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        return {i: (self.sequence_tokens(*streams[i]), streams[i][2]) for i in self.used_streams}
+
+    def _branch_events(self, tokens: dict[int, tuple[torch.Tensor, torch.Tensor]], branch: Branch,
+                       like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A branch's sequence tokens `[B, L_b, d]` and mask; a branch without events reads one padded token."""
+        if not branch.events:
+            return (like.new_zeros((like.shape[0], 1, self.config.dim)),
+                    torch.zeros((like.shape[0], 1), dtype=torch.bool, device=like.device))
+        parts = [(tokens[ev.stream][0][:, ev.start:ev.stop], tokens[ev.stream][1][:, ev.start:ev.stop])
+                 for ev in branch.events]
+        return torch.cat([p[0] for p in parts], dim=1), torch.cat([p[1] for p in parts], dim=1)
+
+    def interact(self, x: torch.Tensor) -> torch.Tensor:
+        """The mixer stack over X^0 `[B, N, d]` and the mean-pooled readout `[B, d]`."""
+        if self.mlp_mixer is not None:
+            return self.mlp_mixer(x)
+        for block in self.blocks:
+            x = block(x)
+        return x.mean(dim=1)
+
+    # -- reference path --
+
+    def tokens(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """X^0 = [Z_r ; Z_g ; Q] `[B, N, d]`."""
+        emb = self.embedder(batch)
+        u = torch.cat([emb.ns.flatten(1), emb.dense, emb.target.flatten(1)], dim=1)
+        queries = self.tokenizer(u)
+        stream_tokens = self._stream_tokens(emb.streams)
+        z = []
+        for branch, extractor in zip(self.branches, self.extractors.values()):
+            events, mask = self._branch_events(stream_tokens, branch, u)
+            z.append(extractor(queries[:, branch.dynamic_start:branch.dynamic_stop], events, mask))
+        return torch.cat([*z, queries], dim=1)
+
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.towers(self.interact(self.tokens(batch)))
+
+    # -- serving path (§11) --
+
+    def encode_user(self, request: dict[str, torch.Tensor]) -> UserCache:
+        """Everything that does not depend on the candidate, for the requests in `request` (one row each; only
+        request-level fields and the behaviour streams are read)."""
+        embedder = self.embedder
+        u_request = torch.cat([embedder.ns_vectors(request, "request").flatten(1),
+                               embedder.dense_values(request, "request")], dim=1)
+        stream_tokens = self._stream_tokens(embedder.stream_vectors(request))
+        keys, values, masks, fixed = [], [], [], []
+        for branch, extractor in zip(self.branches, self.extractors.values()):
+            events, mask = self._branch_events(stream_tokens, branch, u_request)
+            k, v = extractor.keys_values(events)
+            keys.append(k)
+            values.append(v)
+            masks.append(mask)
+            fixed.append(extractor.read_fixed(k, v, mask))
+        return UserCache(self.tokenizer.request_part(u_request), keys, values, masks, fixed)
+
+    def score_logits(self, cache: UserCache, candidates: dict[str, torch.Tensor],
+                     rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits `[C, T]` of candidates (candidate-level fields and the target item) given a `UserCache`.
+
+        rows: the cache row (request) of each candidate; None broadcasts a one-request cache to all of them.
+        """
+        if rows is None and cache.num_requests != 1:
+            raise ValueError(f"the cache holds {cache.num_requests} requests; pass `rows` to say which request "
+                             "each candidate belongs to")
+        if rows is not None:
+            cache = cache.select(rows)
+        embedder = self.embedder
+        u_candidate = torch.cat([embedder.ns_vectors(candidates, "candidate").flatten(1),
+                                 embedder.dense_values(candidates, "candidate"),
+                                 embedder.target_vectors(candidates).flatten(1)], dim=1)
+        size = u_candidate.shape[0]
+        queries = self.tokenizer.from_parts(cache.query_request_part, u_candidate)
+        z = []
+        for i, (branch, extractor) in enumerate(zip(self.branches, self.extractors.values())):
+            fixed = cache.fixed_outputs[i].expand(size, -1, -1)
+            if branch.num_dynamic:
+                dynamic = extractor.read_dynamic(queries[:, branch.dynamic_start:branch.dynamic_stop],
+                                                 cache.keys[i], cache.values[i], cache.masks[i],
+                                                 shared_keys=rows is None)
+                fixed = torch.cat([dynamic, fixed], dim=1)
+            z.append(fixed)
+        return self.towers(self.interact(torch.cat([*z, queries], dim=1)))
+
+    def score(self, cache: UserCache, candidates: dict[str, torch.Tensor],
+              rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-task probabilities `[C, T]`, equal to `forward` on the same rows (ESMM: p(click), p(click∧order))."""
+        return self.probabilities(self.score_logits(cache, candidates, rows))
+
+    # -- accounting (§4) --
+
+    def count_params(self) -> dict[str, int]:
+        """Dense parameters by part (`tokenizer`, `sequence_projection`, `fixed_queries`, `extraction`,
+        `mixing`, `ffn`, `block_norms`, `towers`), their total `dense`, and `embeddings`."""
+        return parameter_breakdown(self, PARAMETER_GROUPS)
