@@ -30,7 +30,7 @@ _DENSE_LUT_MAX = 1 << 24  # beyond this max id, binary search instead of a dense
 _QUANTILE_SAMPLE = 1 << 21  # rows per numeric column used for quantile bucket boundaries
 
 
-def _mix64(values: np.ndarray) -> np.ndarray:
+def mix64(values: np.ndarray) -> np.ndarray:
     """SplitMix64 finaliser: a fast, well-spread, platform-independent hash of int64 values."""
     x = values.astype(np.uint64, copy=True)
     with np.errstate(over="ignore"):
@@ -83,7 +83,7 @@ class GroupVocab:
         if n == 0:
             return np.zeros(0, dtype=np.int64)
         if self.policy == "hash":
-            hashed = hash_strings(values) if self.dtype == "string" else _mix64(values.to_numpy())
+            hashed = hash_strings(values) if self.dtype == "string" else mix64(values.to_numpy())
             return (hashed % np.uint64(self.size - NUM_RESERVED_IDS)).astype(np.int64) + NUM_RESERVED_IDS
         if self.dtype == "string":
             idx = pc.index_in(values, value_set=self.values)
@@ -122,7 +122,7 @@ class Vocabulary:
     # ---- building -----------------------------------------------------------------------------------
 
     @classmethod
-    def build(cls, schema: Schema, train_files: Iterable[Path], batch_rows: int = 1 << 16) -> Vocabulary:
+    def build(cls, schema: Schema, train_files: Iterable[Path], batch_rows: int = 1 << 14) -> Vocabulary:
         """Count every built group's values over the train split (streaming) and fix the id mapping."""
         groups = schema.embedding_groups()
         counters: dict[str, Counter] = {g: Counter() for g, cols in groups.items() if cols[0].vocab.policy == "build"}
