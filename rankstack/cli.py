@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--split", default="train")
     bl.add_argument("--batch-size", type=int, default=4096)
     bl.add_argument("--repeats", type=int, default=5)
-    bl.add_argument("--max-batches", type=int, default=100)
+    bl.add_argument("--max-batches", type=int, default=0, help="stop each repeat early (0: a whole epoch)")
     bl.set_defaults(func=cmd_bench_loader)
 
     demo = sub.add_parser("demo", help="generate the small world and train the ranking baseline on it")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
@@ -60,10 +61,39 @@ def bayes_report(dataset: Dataset, split: str, tasks: list[str], labels: dict[st
     return report
 
 
+def item_rate_report(dataset: Dataset, split: str, tasks: list[str], labels: dict[str, np.ndarray],
+                     groups: np.ndarray | None, prior_weight: float = 20.0) -> dict[str, float]:
+    """The popularity baseline: each candidate scored by its item's smoothed train rate of the task's label.
+
+    The item is the first `item` column of the schema (e.g. `poi_id`); rates are shrunk to the global rate
+    with `prior_weight` pseudo-impressions so that rare items don't get extreme scores.
+    """
+    items = [c.name for c in dataset.schema.by_role("item") if c.kind == "categorical"]
+    if not items:
+        return {}
+    item = items[0]
+    train = pq.read_table(dataset.split_file("train"), columns=[item, *tasks])
+    rows = pq.read_table(dataset.split_file(split), columns=[item]).column(item).to_numpy()[: len(labels[tasks[0]])]
+    report: dict[str, float] = {}
+    for task in tasks:
+        stats = train.group_by(item).aggregate([(task, "sum"), (task, "count")])
+        keys = stats.column(item).to_numpy()
+        prior = float(pc.mean(train.column(task)).as_py())
+        rate = (stats.column(f"{task}_sum").to_numpy() + prior_weight * prior) / (
+            stats.column(f"{task}_count").to_numpy() + prior_weight)
+        order = np.argsort(keys)
+        pos = np.clip(np.searchsorted(keys[order], rows), 0, len(keys) - 1)
+        found = keys[order][pos] == rows
+        scores = np.where(found, rate[order][pos], prior)
+        report.update(metrics.binary_report(labels[task], scores, groups, prefix=f"{task}_"))
+    return report
+
+
 def evaluate_ranking(model: torch.nn.Module, dataset: Dataset, split: str, batch_size: int = 4096,
                      device: str | torch.device = "cpu", max_rows: int | None = None,
                      with_bayes: bool = True) -> dict[str, Any]:
-    """`{task}_auc`, `{task}_gauc`, `{task}_logloss` per task, and under `bayes` the truth's figures."""
+    """`{task}_auc`, `{task}_gauc`, `{task}_logloss` per task; with `with_bayes`, also the truth's figures under
+    `bayes` (synthetic worlds) and the item-popularity baseline's under `popularity`."""
     pred = predict_split(model, dataset, split, batch_size, device, max_rows)
     groups = pred.get("group")
     report: dict[str, Any] = {}
@@ -73,4 +103,5 @@ def evaluate_ranking(model: torch.nn.Module, dataset: Dataset, split: str, batch
         bayes = bayes_report(dataset, split, list(model.tasks), pred, groups)
         if bayes:
             report["bayes"] = bayes
+        report["popularity"] = item_rate_report(dataset, split, list(model.tasks), pred, groups)
     return report

@@ -136,18 +136,19 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
 
 
 def format_results(report: dict[str, Any], tasks: list[str]) -> str:
-    """A small table: model metrics beside the Bayes-optimal ones, per task."""
-    bayes = report.get("bayes", {})
-    lines = [f"{'metric':18} {'model':>9} {'bayes':>9} {'gap':>8}"]
+    """A small table per task: the model beside the item-popularity baseline and the Bayes-optimal figure."""
+    bayes, popularity = report.get("bayes", {}), report.get("popularity", {})
+    lines = [f"{'metric':18} {'model':>9} {'popularity':>11} {'bayes':>9} {'gap':>8}"]
     for task in tasks:
         for metric in ("auc", "gauc", "logloss"):
             key = f"{task}_{metric}"
             if key not in report:
                 continue
-            value, best = report[key], bayes.get(f"{task}_{metric}")
-            gap = "" if best is None else f"{best - value:+.4f}" if metric != "logloss" else f"{value - best:+.4f}"
-            best_text = "" if best is None else f"{best:.4f}"
-            lines.append(f"{key:18} {value:9.4f} {best_text:>9} {gap:>8}")
+            value, best, base = report[key], bayes.get(key), popularity.get(key)
+            gap = "" if best is None else f"{abs(best - value):.4f}"
+            lines.append(f"{key:18} {value:9.4f} {'' if base is None else f'{base:.4f}':>11} "
+                         f"{'' if best is None else f'{best:.4f}':>9} {gap:>8}")
+    lines.append("gap = distance to the Bayes-optimal figure of the true probabilities (the ceiling)")
     return "\n".join(lines)
 
 
