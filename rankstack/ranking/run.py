@@ -148,7 +148,8 @@ def format_results(report: dict[str, Any], tasks: list[str]) -> str:
             gap = "" if best is None else f"{abs(best - value):.4f}"
             lines.append(f"{key:18} {value:9.4f} {'' if base is None else f'{base:.4f}':>11} "
                          f"{'' if best is None else f'{best:.4f}':>9} {gap:>8}")
-    lines.append("gap = distance to the Bayes-optimal figure of the true probabilities (the ceiling)")
+    if bayes:
+        lines.append("gap = distance to the Bayes-optimal figure of the true probabilities (the ceiling)")
     return "\n".join(lines)
 
 
