@@ -18,25 +18,9 @@ from rankstack.data.converters.common import Option
 from rankstack.data.dataset import Dataset
 from rankstack.data.formats import relevance_schema
 from rankstack.errors import DataError, RankstackError
+from tests._converters import assert_no_output, real, rows
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-
-
-def real(path: str) -> Path:
-    full = DATA / path
-    if not full.exists():
-        pytest.skip(f"{full} is absent: the real-data check needs ../shared/data/{path} (see its README)")
-    return full
-
-
-def rows(out: Path, split: str) -> list[dict]:
-    return pq.read_table(out / f"{split}.parquet").to_pylist()
-
-
-def assert_no_output(out: Path) -> None:
-    assert not out.exists()
-    assert not list(out.parent.glob(f".{out.name}.tmp-*")), "a temporary folder was left behind"
 
 
 def split_counts(out: Path) -> dict[str, int]:

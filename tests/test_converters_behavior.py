@@ -23,24 +23,7 @@ from rankstack.data.converters.behavior import (
 from rankstack.data.converters.foursquare import filter_checkins
 from rankstack.data.dataset import Dataset
 from rankstack.errors import DataError
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def real(path: str) -> Path:
-    full = DATA / path
-    if not full.exists():
-        pytest.skip(f"{full} is absent: the real-data check needs ../shared/data/{path} (see its README)")
-    return full
-
-
-def rows(out: Path, split: str) -> list[dict]:
-    return pq.read_table(out / f"{split}.parquet").to_pylist()
-
-
-def assert_no_output(out: Path) -> None:
-    assert not out.exists()
-    assert not list(out.parent.glob(f".{out.name}.tmp-*")), "a temporary folder was left behind"
+from tests._converters import assert_no_output, real, rows
 
 
 def requests(table: list[dict]) -> dict[int, list[dict]]:

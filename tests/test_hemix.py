@@ -26,27 +26,15 @@ from rankstack.ranking.hemix import (
     split_streams,
     unfuse,
 )
-from tests.test_ranking_models import first_batch, left_pad, perturb, write_datasets, write_tiny_world
+from tests._ranking import (
+    first_batch,
+    left_pad,
+    perturb,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SMALL = {"dim": 24, "n_layers": 2, "rank": 4, "realtime_len": 3, "tower": [16]}
-
-
-@pytest.fixture(scope="module")
-def datasets(tmp_path_factory):
-    return write_datasets(tmp_path_factory.mktemp("hemix"))
-
-
-@pytest.fixture(scope="module")
-def tiny_world(tmp_path_factory):
-    return write_tiny_world(tmp_path_factory.mktemp("world"))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def fake_layout(streams: tuple[tuple[str, int], ...] = (("history", 100),), num_ns: int = 13, num_items: int = 6,
