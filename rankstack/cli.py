@@ -4,8 +4,11 @@
     rankstack data convert --format NAME --input PATH --out DIR [--option key=value ...]
     rankstack data inspect DIR [--json]
     rankstack train ranking --config FILE [--out DIR] [--set key.path=value ...] [--resume]
+    rankstack train retrieval --config FILE --out DIR [--set ...]           (fits the semantic-ID tokenizer)
+    rankstack train relevance --stage sft --config FILE --out DIR [--set ...]
     rankstack eval --run DIR [--split test]
     rankstack bench loader --data DIR [--batch-size N] [--repeats N]
+    rankstack bench retrieval --config FILE --out DIR                       (popularity / geo baselines)
     rankstack demo [--out DIR]
 
 User mistakes (a bad file, column or config key) print one sentence naming what was wrong and how to fix it, and
@@ -76,6 +79,26 @@ def cmd_train_ranking(args: argparse.Namespace) -> None:
             print(dumps(results))
 
 
+def cmd_train_retrieval(args: argparse.Namespace) -> None:
+    from rankstack.retrieval.run import build_tokenizer, load_run_config
+
+    report = build_tokenizer(load_run_config(args.config, _overrides(args.set)), args.out, overwrite=args.overwrite)
+    print(json.dumps(report, indent=2, default=str))
+
+
+def cmd_bench_retrieval(args: argparse.Namespace) -> None:
+    from rankstack.retrieval.run import bench_baselines, format_baselines, load_run_config
+
+    print(format_baselines(bench_baselines(load_run_config(args.config, _overrides(args.set)), args.out)))
+
+
+def cmd_train_relevance(args: argparse.Namespace) -> None:
+    from rankstack.relevance import train_relevance
+
+    metrics = train_relevance(args.stage, args.config, _overrides(args.set), args.out)
+    print(json.dumps(metrics, indent=2, default=str))
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     from rankstack.ranking.run import dumps, evaluate_run, format_results
 
@@ -143,6 +166,19 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("--json", action="store_true", help="also print results.json")
     rank.set_defaults(func=cmd_train_ranking)
 
+    retr = train.add_parser("retrieval", help="fit the GeoGR semantic-ID tokenizer (the LM stages are not built yet)")
+    retr.add_argument("--config", required=True)
+    retr.add_argument("--out", required=True)
+    retr.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a config key")
+    retr.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    retr.set_defaults(func=cmd_train_retrieval)
+    rel = train.add_parser("relevance", help="train a relevance stage (sft today; dpo/grpo/srpo/agrl planned)")
+    rel.add_argument("--stage", required=True, choices=["sft", "dpo", "grpo", "srpo", "agrl"])
+    rel.add_argument("--config", required=True)
+    rel.add_argument("--out", required=True)
+    rel.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a config key")
+    rel.set_defaults(func=cmd_train_relevance)
+
     ev = sub.add_parser("eval", help="evaluate a finished run")
     ev.add_argument("--run", required=True)
     ev.add_argument("--split", default="test")
@@ -157,6 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--repeats", type=int, default=5)
     bl.add_argument("--max-batches", type=int, default=0, help="stop each repeat early (0: a whole epoch)")
     bl.set_defaults(func=cmd_bench_loader)
+
+    br = bench.add_parser("retrieval", help="next-POI baselines (popularity, geo-nearest popular) and the oracle")
+    br.add_argument("--config", required=True)
+    br.add_argument("--out", required=True)
+    br.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a config key")
+    br.set_defaults(func=cmd_bench_retrieval)
 
     demo = sub.add_parser("demo", help="generate the small world and train the ranking baseline on it")
     demo.add_argument("--out", default="runs/demo")

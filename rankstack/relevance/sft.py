@@ -1,0 +1,315 @@
+"""TaoSR1 stage 1: CoT supervised fine-tuning over TRL's `SFTTrainer` (relevance.md §3.1, §7, §8).
+
+The loss is causal-LM cross-entropy on the completion only (TRL's prompt/completion format with
+`completion_only_loss=True`): the label, then the five-section rationale rendered from the gold steps
+(`data.render_completion`). `variant` switches to the ablations `label_only` and `think_first`.
+
+The policy is either a local pretrained checkpoint (`model.path`, e.g. the converted SmolLM2-135M of §8) or a
+causal LM built from a config (Llama or Qwen2 shaped; random init) with a tokenizer trained on the train split
+(`tokenizer.py`). `train_sft` writes a run folder:
+
+    <out>/model/            the checkpoint: model (safetensors) + tokenizer + relevance.json (variant, prompt
+                            settings, label token ids), loadable by `load_checkpoint` and by later stages
+    <out>/config.yaml       the resolved stage config
+    <out>/train_log.jsonl   TRL's log history (loss, lr, grad norm, token accuracy, …)
+    <out>/metrics.json      completion loss and label metrics on a train subset and on the eval split,
+                            before and after training, and the largest parameter change
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach the hub: every model and tokenizer here is local
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from datasets import Dataset as HFDataset  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModelForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+from trl import SFTConfig, SFTTrainer  # noqa: E402
+
+from rankstack.config import dump_yaml  # noqa: E402
+from rankstack.errors import ConfigError  # noqa: E402
+from rankstack.relevance.cumpt import RelevanceScorer, argmax_tiers, tier_report  # noqa: E402
+from rankstack.relevance.data import (  # noqa: E402
+    RelevanceRecord,
+    load_rule_table,
+    load_split,
+    sft_examples,
+)
+from rankstack.relevance.format import label_token_ids  # noqa: E402
+from rankstack.relevance.tokenizer import load_tokenizer, train_tokenizer, training_corpus  # noqa: E402
+from rankstack.train.checkpoint import save_json  # noqa: E402
+from rankstack.train.rng import seed_everything  # noqa: E402
+
+CHECKPOINT_META = "relevance.json"
+
+
+@dataclass
+class DataConfig:
+    """The pairs and how they are written.
+
+    Args:
+        dataset: A relevance dataset folder (`relevance_schema`: the city's `relevance/`, ESCI, WANDS).
+        world_preset: Instead of `dataset`, generate the city of this preset (tiny, small, …) under the run folder.
+        world_seed: The seed of that city.
+        variant: `label_first` (default: label, then the five sections), `think_first` or `label_only`.
+        rule_text: Write each retrieved rule's text into the prompt (False: only the rule ids).
+        max_train_examples: Use the first N train pairs only (None: all).
+        eval_split: The held-out split evaluated before and after training.
+        max_eval_examples: Pairs evaluated per split (the first N of the eval split and of train).
+    """
+
+    dataset: str | None = None
+    world_preset: str | None = None
+    world_seed: int = 0
+    variant: Literal["label_first", "think_first", "label_only"] = "label_first"
+    rule_text: bool = True
+    max_train_examples: int | None = None
+    eval_split: str = "valid"
+    max_eval_examples: int = 256
+
+    def __post_init__(self) -> None:
+        if (self.dataset is None) == (self.world_preset is None):
+            raise ValueError("data: set exactly one of `dataset` (a relevance dataset folder) and `world_preset` "
+                             "(generate the city).")
+
+
+@dataclass
+class TokenizerConfig:
+    """Args:
+        path: Load this tokenizer folder (default: the model's folder when `model.path` is set, else train one).
+        vocab_size: Size of the BPE trained on the train split.
+        min_frequency: Minimum pair count for a BPE merge.
+    """
+
+    path: str | None = None
+    vocab_size: int = 1024
+    min_frequency: int = 2
+
+
+@dataclass
+class ModelConfig:
+    """Args:
+        path: A local pretrained causal-LM folder (fine-tuned in full, fp32); None builds one from the fields below.
+        arch: `llama` or `qwen2` for a model built from a config (random init).
+        hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size, max_position_embeddings,
+        tie_word_embeddings: the shape of that model.
+    """
+
+    path: str | None = None
+    arch: Literal["llama", "qwen2"] = "llama"
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 128
+    max_position_embeddings: int = 1024
+    tie_word_embeddings: bool = True
+
+
+@dataclass
+class TrainingConfig:
+    """Optimisation (§3.1 defaults: cosine with 5 % warm-up, AdamW (0.9, 0.999), clip 1.0).
+
+    Args:
+        learning_rate: 1e-3 tiny test model, 5e-4 small from-scratch model, 2e-5 SmolLM2-135M.
+        num_epochs: Passes over the train pairs (ignored when `max_steps` > 0).
+        max_steps: Stop after this many optimizer steps (-1: run `num_epochs`).
+        batch_size: Pairs per device step; the effective batch is batch_size × gradient_accumulation_steps.
+        max_length: Longest prompt + completion in tokens (longer ones are truncated on the right).
+        bf16: bfloat16 mixed precision (GPU).
+        seed: Seeds model init, data order and the paraphrase templates.
+    """
+
+    learning_rate: float = 1e-3
+    num_epochs: float = 1.0
+    max_steps: int = -1
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    warmup_ratio: float = 0.05
+    lr_scheduler: str = "cosine"
+    max_grad_norm: float = 1.0
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    max_length: int = 1024
+    logging_steps: int = 10
+    bf16: bool = False
+    seed: int = 0
+
+
+@dataclass
+class SFTStageConfig:
+    """The SFT stage: data, tokenizer, model and training (configs/relevance/sft_*.yaml)."""
+
+    data: DataConfig
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+
+def resolve_dataset(data: DataConfig, out_dir: Path) -> Path:
+    """The relevance dataset folder: `data.dataset`, or the city generated under `out_dir` (reused if there)."""
+    if data.dataset is not None:
+        return Path(data.dataset)
+    from rankstack.world import WorldConfig, generate
+
+    world_dir = out_dir / f"world-{data.world_preset}-{data.world_seed}"
+    if not (world_dir / "relevance").is_dir():
+        generate(WorldConfig.preset(data.world_preset), seed=data.world_seed, out=world_dir, overwrite=True)
+    return world_dir / "relevance"
+
+
+def build_tokenizer(config: SFTStageConfig, train_records: list[RelevanceRecord],
+                    rule_table: dict[str, str]) -> Any:
+    """The configured tokenizer: loaded from a folder, or trained on the train split."""
+    path = config.tokenizer.path or config.model.path
+    if path is not None:
+        return load_tokenizer(path)
+    return train_tokenizer(training_corpus(train_records, rule_table), config.tokenizer.vocab_size,
+                           config.tokenizer.min_frequency)
+
+
+def build_model(model: ModelConfig, tokenizer: Any) -> PreTrainedModel:
+    """A local pretrained causal LM (fp32), or a random one of the configured shape sized to the tokenizer."""
+    if model.path is not None:
+        return AutoModelForCausalLM.from_pretrained(model.path, dtype=torch.float32)
+    config_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[
+        model.arch]
+    config = config_cls(vocab_size=len(tokenizer), hidden_size=model.hidden_size,
+                        intermediate_size=model.intermediate_size, num_hidden_layers=model.num_layers,
+                        num_attention_heads=model.num_heads, num_key_value_heads=model.num_kv_heads,
+                        max_position_embeddings=model.max_position_embeddings,
+                        tie_word_embeddings=model.tie_word_embeddings, pad_token_id=tokenizer.pad_token_id,
+                        eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
+    return model_cls(config)
+
+
+def completion_loss(model: torch.nn.Module, tokenizer: Any, examples: list[dict[str, str]],
+                    batch_size: int = 16) -> float:
+    """Mean cross-entropy per completion token (completion + eos, as SFTTrainer trains it), without gradients."""
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(examples), batch_size):
+            rows, labels = [], []
+            for ex in examples[start:start + batch_size]:
+                prompt = tokenizer(ex["prompt"], add_special_tokens=False)["input_ids"]
+                full = tokenizer(ex["prompt"] + ex["completion"] + tokenizer.eos_token,
+                                 add_special_tokens=False)["input_ids"]
+                rows.append(full)
+                labels.append([-100] * len(prompt) + full[len(prompt):])
+            width = max(len(r) for r in rows)
+            input_ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows], device=device)
+            attention = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
+            target = torch.tensor([lab + [-100] * (width - len(lab)) for lab in labels], device=device)
+            with torch.no_grad():
+                logits = model(input_ids=input_ids, attention_mask=attention, use_cache=False).logits
+            loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target[:, 1:].flatten(),
+                                                     ignore_index=-100, reduction="sum")
+            total += float(loss)
+            count += int((target[:, 1:] != -100).sum())
+    finally:
+        model.train(was_training)
+    return total / max(count, 1)
+
+
+def evaluate_sft(model: torch.nn.Module, tokenizer: Any, records: list[RelevanceRecord],
+                 rule_table: dict[str, str], data: DataConfig, seed: int) -> dict[str, float]:
+    """Completion loss, and (unless think-first) the first-token label distribution's log loss on the gold label
+    and the label metrics of its argmax."""
+    examples = sft_examples(records, tokenizer, rule_table, data.variant, seed, data.rule_text)
+    report = {"completion_loss": completion_loss(model, tokenizer, examples)}
+    if data.variant != "think_first":
+        probs = RelevanceScorer(model, tokenizer).score_prompts([e["prompt"] for e in examples])
+        labels = np.array([r.label for r in records])
+        report["label_log_loss"] = float(-np.log(probs[np.arange(len(labels)), labels - 1] + 1e-12).mean())
+        report.update(tier_report(labels, argmax_tiers(probs)))
+    return report
+
+
+def train_sft(config: SFTStageConfig, out_dir: str | Path) -> dict[str, Any]:
+    """Run the SFT stage into `out_dir`; returns the metrics written to `metrics.json`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    train_cfg, data = config.training, config.data
+    seed_everything(train_cfg.seed)
+    dataset_dir = resolve_dataset(data, out)
+    rule_table = load_rule_table(dataset_dir)
+    train_records = load_split(dataset_dir, "train", data.max_train_examples)
+    eval_records = {"train": train_records[:data.max_eval_examples],
+                    data.eval_split: load_split(dataset_dir, data.eval_split, data.max_eval_examples)}
+    tokenizer = build_tokenizer(config, train_records, rule_table)
+    label_ids = label_token_ids(tokenizer)
+    model = build_model(config.model, tokenizer)
+    dump_yaml(config, out / "config.yaml")
+
+    def evaluate() -> dict[str, dict[str, float]]:
+        return {split: evaluate_sft(model, tokenizer, records, rule_table, data, train_cfg.seed)
+                for split, records in eval_records.items()}
+
+    before = evaluate()
+    initial = {n: p.detach().cpu().clone() for n, p in model.named_parameters()}
+    examples = sft_examples(train_records, tokenizer, rule_table, data.variant, train_cfg.seed, data.rule_text)
+    args = SFTConfig(
+        output_dir=str(out / "trainer"), learning_rate=train_cfg.learning_rate, num_train_epochs=train_cfg.num_epochs,
+        max_steps=train_cfg.max_steps, per_device_train_batch_size=train_cfg.batch_size,
+        gradient_accumulation_steps=train_cfg.gradient_accumulation_steps, warmup_steps=train_cfg.warmup_ratio,
+        lr_scheduler_type=train_cfg.lr_scheduler, max_grad_norm=train_cfg.max_grad_norm,
+        weight_decay=train_cfg.weight_decay, adam_beta1=train_cfg.adam_beta1, adam_beta2=train_cfg.adam_beta2,
+        max_length=train_cfg.max_length, completion_only_loss=True, packing=False,
+        bf16=train_cfg.bf16, logging_steps=train_cfg.logging_steps, save_strategy="no", report_to="none",
+        seed=train_cfg.seed, data_seed=train_cfg.seed, disable_tqdm=True, dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=HFDataset.from_list(examples),
+                         processing_class=tokenizer)
+    result = trainer.train()
+    after = evaluate()
+
+    checkpoint = out / "model"
+    trainer.save_model(str(checkpoint))
+    tokenizer.save_pretrained(str(checkpoint))
+    save_json({"stage": "sft", "variant": data.variant, "rule_text": data.rule_text, "label_token_ids": label_ids,
+               "dataset": str(dataset_dir)}, checkpoint / CHECKPOINT_META)
+    with open(out / "train_log.jsonl", "w") as log:
+        for row in trainer.state.log_history:
+            log.write(json.dumps(row) + "\n")
+    metrics = {"checkpoint": str(checkpoint), "train_pairs": len(examples), "steps": trainer.state.global_step,
+               "train_loss": float(result.training_loss), "max_parameter_change": _max_parameter_change(initial, model),
+               "before": before, "after": after}
+    save_json(metrics, out / "metrics.json")
+    return metrics
+
+
+def load_checkpoint(path: str | Path) -> tuple[PreTrainedModel, Any, dict[str, Any]]:
+    """A saved relevance checkpoint: (model in fp32, tokenizer padding left, its relevance.json settings)."""
+    path = Path(path)
+    meta_path = path / CHECKPOINT_META
+    if not meta_path.is_file():
+        raise ConfigError(f"{path} is not a relevance checkpoint ({CHECKPOINT_META} is missing); pass the `model/` "
+                          "folder of a run written by train_sft.")
+    return (AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32), load_tokenizer(path),
+            json.loads(meta_path.read_text()))
+
+
+def _max_parameter_change(before: dict[str, torch.Tensor], model: torch.nn.Module) -> float:
+    return max(float((p.detach().cpu() - before[n]).abs().max()) for n, p in model.named_parameters())
+
+
+__all__ = ["DataConfig", "TokenizerConfig", "ModelConfig", "TrainingConfig", "SFTStageConfig", "resolve_dataset",
+           "build_tokenizer", "build_model", "completion_loss", "evaluate_sft", "train_sft", "load_checkpoint"]

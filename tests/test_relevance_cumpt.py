@@ -1,0 +1,97 @@
+"""CumPT tiering and the single-pass scorer (relevance.md §3.4)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from rankstack.metrics import macro_f1  # noqa: E402
+from rankstack.relevance.cumpt import (  # noqa: E402
+    BETA_GRID,
+    RelevanceScorer,
+    argmax_tiers,
+    cumpt_tiers,
+    expected_tier,
+    page_tiers,
+    tier_report,
+    tune_beta,
+)
+from rankstack.relevance.format import label_token_ids  # noqa: E402
+from rankstack.relevance.sft import ModelConfig, build_model  # noqa: E402
+from rankstack.relevance.tokenizer import train_tokenizer  # noqa: E402
+
+
+def test_cumpt_on_hand_made_distributions() -> None:
+    probs = np.array([
+        [0.1, 0.2, 0.3, 0.4],   # upper tails 1.0, 0.9, 0.7, 0.4
+        [0.0, 0.0, 0.5, 0.5],   # tail from 4 reaches exactly 0.5
+        [0.7, 0.1, 0.1, 0.1],
+        [0.25, 0.25, 0.25, 0.25],
+    ])
+    np.testing.assert_array_equal(cumpt_tiers(probs, 0.5), [3, 4, 1, 3])
+    np.testing.assert_array_equal(cumpt_tiers(probs, 0.3), [4, 4, 2, 3])  # 0.1 + 0.1 + 0.1 reaches 0.3
+    np.testing.assert_array_equal(cumpt_tiers(probs, 0.8), [2, 3, 1, 1])
+    np.testing.assert_array_equal(cumpt_tiers(probs, 1.0), [1, 3, 1, 1])
+    np.testing.assert_array_equal(argmax_tiers(probs), [4, 3, 1, 1])
+    np.testing.assert_allclose(expected_tier(probs), [3.0, 3.5, 1.6, 2.5])
+    assert page_tiers([4, 3, 2, 1]).tolist() == ["Good", "Good", "Mid", "Bad"]
+
+
+def test_beta_one_half_is_the_ordinal_median_and_larger_beta_is_more_conservative() -> None:
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(4), size=2000)
+    # The median tier: the smallest k whose lower cumulative Σ_{j ≤ k} p_j exceeds 1/2.
+    median = np.argmax(np.cumsum(probs, axis=1) > 0.5, axis=1) + 1
+    np.testing.assert_array_equal(cumpt_tiers(probs, 0.5), median)
+    previous = cumpt_tiers(probs, BETA_GRID[0])
+    for beta in BETA_GRID[1:]:
+        current = cumpt_tiers(probs, beta)
+        assert (current <= previous).all()
+        previous = current
+    with pytest.raises(ValueError, match="beta"):
+        cumpt_tiers(probs, 0.0)
+
+
+def test_tune_beta_finds_the_beta_that_labelled_the_dev_set() -> None:
+    rng = np.random.default_rng(1)
+    probs = rng.dirichlet(np.full(4, 0.7), size=3000)
+    labels = cumpt_tiers(probs, 0.66)
+    beta, scores = tune_beta(probs, labels)
+    assert set(scores) == set(BETA_GRID)
+    assert abs(beta - 0.66) < 0.011 and scores[beta] == pytest.approx(1.0)
+    assert scores[0.5] < 0.95 and scores[0.8] < 0.95
+    assert macro_f1(labels, cumpt_tiers(probs, beta), [1, 2, 3, 4]) == pytest.approx(1.0)
+
+
+def test_tier_report_counts_unparseable_as_wrong() -> None:
+    report = tier_report([4, 3, 2, 1], [4, 3, 2, 0])
+    assert report["accuracy"] == 0.75 and report["f1_1"] == 0.0 and report["f1_4"] == 1.0
+    assert report["macro_f1"] == pytest.approx(0.75)
+    assert report["page_macro_f1"] == pytest.approx((1.0 + 1.0 + 0.0) / 3)
+
+
+def test_batched_scorer_equals_one_prompt_at_a_time() -> None:
+    texts = [f"Query: item {i} is {'very ' * i}good\nAnswer: 1 2 3 4" for i in range(8)]
+    tokenizer = train_tokenizer(texts * 4, vocab_size=300, min_frequency=1)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                                    intermediate_size=64), tokenizer).eval()
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
+                                             add_generation_prompt=True) for t in texts]
+    label_ids = label_token_ids(tokenizer)
+    one_by_one = []
+    for prompt in prompts:
+        ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, -1, label_ids]
+        one_by_one.append(torch.softmax(logits, -1).numpy())
+    batched = RelevanceScorer(model, tokenizer, batch_size=3).score_prompts(prompts)
+    np.testing.assert_allclose(batched, np.stack(one_by_one), atol=1e-5)
+    np.testing.assert_allclose(batched.sum(axis=1), 1.0, atol=1e-9)
+    lengths = {len(tokenizer(p)["input_ids"]) for p in prompts}
+    assert len(lengths) > 3  # the batches really were padded
