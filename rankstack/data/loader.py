@@ -53,17 +53,29 @@ class EncodedWindow:
     """Rows read from Parquet, checked and mapped to ids once; batches gather rows from it.
 
     scalars: batch key → `[N]` array (ids, floats, keys, buckets).
-    sequences: column → (list offsets `[N+1]`, encoded ids of every element `[total]`, max_len).
+    sequences: column → (layout index, encoded ids of every element `[total]`).
+    layouts: distinct (list offsets `[N+1]`, max_len); the columns of one behaviour stream share one, so the
+        padding positions are computed once per stream and batch, not once per column.
     """
 
     num_rows: int
     scalars: dict[str, np.ndarray] = field(default_factory=dict)
-    sequences: dict[str, tuple[np.ndarray, np.ndarray, int]] = field(default_factory=dict)
+    sequences: dict[str, tuple[int, np.ndarray]] = field(default_factory=dict)
+    layouts: list[tuple[np.ndarray, int]] = field(default_factory=list)
+
+    def add_sequence(self, name: str, offsets: np.ndarray, ids: np.ndarray, max_len: int) -> None:
+        same = (i for i, (known, known_len) in enumerate(self.layouts)
+                if known_len == max_len and np.array_equal(known, offsets))
+        index = next(same, len(self.layouts))
+        if index == len(self.layouts):
+            self.layouts.append((offsets, max_len))
+        self.sequences[name] = (index, ids)
 
     def gather(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
         batch = {key: torch.from_numpy(values[rows]) for key, values in self.scalars.items()}
-        for name, (offsets, ids, max_len) in self.sequences.items():
-            source, target = pad_sequences(offsets, rows, max_len)
+        slots = [pad_sequences(offsets, rows, max_len) for offsets, max_len in self.layouts]
+        for name, (index, ids) in self.sequences.items():
+            (source, target), max_len = slots[index], self.layouts[index][1]
             out = np.zeros(len(rows) * max_len, dtype=np.int64)
             out[target] = ids[source]
             batch[name] = torch.from_numpy(out.reshape(len(rows), max_len))
@@ -203,12 +215,12 @@ class BatchLoader:
                 keys = hash_strings(arr).view(np.int64) if col.dtype == "string" else arr.to_numpy(zero_copy_only=False)
                 window.scalars[col.name] = np.asarray(keys, dtype=np.int64)
             elif col.kind == "categorical":
-                window.scalars[col.name] = self.dataset.vocab.encode(col, arr)
+                window.scalars[col.name] = self.dataset.vocab.encode(col, arr).astype(np.int64, copy=False)
             else:
                 offsets = arr.offsets.to_numpy().astype(np.int64)
                 # Encode only the elements the lists cover (a sliced array's child can be longer).
                 flat = arr.values.slice(offsets[0], offsets[-1] - offsets[0])
-                window.sequences[col.name] = (offsets - offsets[0], self.dataset.vocab.encode(col, flat), col.max_len)
+                window.add_sequence(col.name, offsets - offsets[0], self.dataset.vocab.encode(col, flat), col.max_len)
         return window
 
 

@@ -71,14 +71,15 @@ class GroupVocab:
             ids = np.arange(NUM_RESERVED_IDS, NUM_RESERVED_IDS + len(raw), dtype=np.int64)
             if raw.min() >= 0 and raw.max() < _DENSE_LUT_MAX:
                 # One slot past the largest known id catches every larger (unseen) id as OOV.
-                self._lut = np.full(int(raw.max()) + 2, OOV_ID, dtype=np.int64)
+                self._lut = np.full(int(raw.max()) + 2, OOV_ID, dtype=np.int32)  # ids fit; half the bytes
                 self._lut[raw] = ids
             else:
                 order = np.argsort(raw)
                 self._sorted = (raw[order], ids[order])
 
     def encode(self, values: pa.Array) -> np.ndarray:
-        """Map raw values (an Arrow array without nulls) to int64 ids; unseen values → OOV."""
+        """Map raw values (an Arrow array without nulls) to integer ids (int32 from the dense lookup table, else
+        int64); unseen values → OOV."""
         n = len(values)
         if n == 0:
             return np.zeros(0, dtype=np.int64)
@@ -90,7 +91,10 @@ class GroupVocab:
             return pc.fill_null(idx, OOV_ID - NUM_RESERVED_IDS).to_numpy().astype(np.int64) + NUM_RESERVED_IDS
         raw = values.to_numpy()
         if self._lut is not None:
-            # Index -1 is the last slot, so clipping sends negative and too-large ids alike to OOV.
+            # The slot past the largest known id is OOV, so clipping sends every larger (unseen) id there; index
+            # -1 is that slot too, which sends negative ids to OOV on the (rare) path that needs it.
+            if raw.min() >= 0:
+                return np.take(self._lut, raw, mode="clip")
             return self._lut[np.clip(raw, -1, len(self._lut) - 1)]
         if self._sorted is None:  # empty vocabulary: everything is out of vocabulary
             return np.full(n, OOV_ID, dtype=np.int64)
