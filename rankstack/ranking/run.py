@@ -92,16 +92,15 @@ def train_ranking(config: RankingRunConfig, run_dir: str | Path, where: str = "c
         dump_yaml(dataclasses.replace(config, trainer=trainer_config), run_dir / "config.yaml")
     loader = BatchLoader(dataset, "train", config.batch_size, shuffle=True, seed=trainer_config.seed,
                          shuffle_window=config.shuffle_window, rank=rank, world_size=world_size)
-    device = torch.device("cuda") if trainer_config.device in ("auto", "cuda") and torch.cuda.is_available() \
-        else torch.device("cpu")
 
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
-        report = evaluate_ranking(m, dataset, "valid", config.eval_batch_size, device, config.eval_max_rows,
-                                  with_bayes=False)
+        report = evaluate_ranking(m, dataset, "valid", config.eval_batch_size, trainer.device,
+                                  config.eval_max_rows, with_bayes=False)
         return {k: v for k, v in report.items() if isinstance(v, float)}
 
     trainer = Trainer(model, loader, trainer_config, run_dir, evaluate=evaluate)
     train_metrics = trainer.fit()
+    device = trainer.device
     results: dict[str, Any] = {}
     if is_main_process():
         best = best_weights_path(run_dir)
