@@ -83,12 +83,6 @@ def write_datasets(root: Path) -> dict[str, Dataset]:
     }
 
 
-def write_tiny_world(root: Path) -> Dataset:
-    from rankstack.world import WorldConfig, generate
-
-    return Dataset.open(generate(WorldConfig.preset("tiny"), seed=0, out=root / "world") / "ranking")
-
-
 def make_model(name: str, dataset: Dataset, seed: int = 0, **overrides) -> RankingModel:
     torch.manual_seed(seed)
     return build_model(name, {**SMALL_ARGS[name], **overrides}, FieldLayout.from_dataset(dataset))

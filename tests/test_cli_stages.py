@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from rankstack.cli import main
-from rankstack.world import WorldConfig, generate
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return generate(WorldConfig.preset("tiny"), seed=0, out=tmp_path_factory.mktemp("cli-stages") / "world")
+def world(tiny_world_dir: Path):
+    return tiny_world_dir
 
 
 def test_train_and_bench_retrieval(world, tmp_path, capsys):

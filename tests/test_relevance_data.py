@@ -36,12 +36,11 @@ from rankstack.relevance.rules import (  # noqa: E402
     verify_steps,
 )
 from rankstack.relevance.tokenizer import load_tokenizer, train_tokenizer, training_corpus  # noqa: E402
-from rankstack.world import WorldConfig, generate  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return generate(WorldConfig.preset("tiny"), seed=0, out=tmp_path_factory.mktemp("rel") / "world") / "relevance"
+def world(tiny_world_dir: Path) -> Path:
+    return tiny_world_dir / "relevance"
 
 
 @pytest.fixture(scope="module")

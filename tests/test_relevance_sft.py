@@ -16,7 +16,6 @@ from rankstack.relevance import train_relevance  # noqa: E402
 from rankstack.relevance.data import load_rule_table, load_split, sft_examples  # noqa: E402
 from rankstack.relevance.format import label_token_ids  # noqa: E402
 from rankstack.relevance.sft import completion_loss, load_checkpoint  # noqa: E402
-from rankstack.world import WorldConfig, generate  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "relevance" / "sft_tiny.yaml"
 # Short prompts (rule ids only) and a handful of steps keep each run to seconds on 2 CPU cores.
@@ -25,8 +24,8 @@ FAST = {"data.rule_text": False, "data.max_train_examples": 64, "data.max_eval_e
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return generate(WorldConfig.preset("tiny"), seed=0, out=tmp_path_factory.mktemp("rel") / "world") / "relevance"
+def world(tiny_world_dir: Path) -> Path:
+    return tiny_world_dir / "relevance"
 
 
 def run(world: Path, out: Path, **overrides: Any) -> dict[str, Any]:

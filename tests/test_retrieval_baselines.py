@@ -23,14 +23,13 @@ from rankstack.retrieval.baselines import (
 from rankstack.retrieval.data import haversine_km, load_retrieval_data
 from rankstack.retrieval.evaluate import evaluate_topk, oracle_metrics, ranks_in_lists
 from rankstack.retrieval.run import bench_baselines, format_baselines, load_run_config
-from rankstack.world import WorldConfig, generate
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "retrieval" / "city_tiny.yaml"
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return generate(WorldConfig.preset("tiny"), seed=0, out=tmp_path_factory.mktemp("world") / "w")
+def world(tiny_world_dir: Path) -> Path:
+    return tiny_world_dir
 
 
 @pytest.fixture(scope="module")

@@ -41,15 +41,14 @@ from rankstack.retrieval.semantic_ids import (
     swing_scores,
     top_partner_mask,
 )
-from rankstack.world import WorldConfig, generate
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "retrieval" / "city_tiny.yaml"
 H = 3600
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return generate(WorldConfig.preset("tiny"), seed=0, out=tmp_path_factory.mktemp("world") / "w")
+def world(tiny_world_dir: Path) -> Path:
+    return tiny_world_dir
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from rankstack.config import dump_yaml, from_dict, read_yaml, set_dotted
+from rankstack.config import dump_yaml, load_yaml
 from rankstack.data.dataset import Dataset
 from rankstack.data.loader import BatchLoader
 from rankstack.errors import ConfigError
@@ -63,10 +63,8 @@ class RankingRunConfig:
 
 
 def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RankingRunConfig:
-    data = read_yaml(path)
-    for key, value in (overrides or {}).items():
-        set_dotted(data, key, value)
-    return from_dict(RankingRunConfig, data, where=str(path))
+    """Read a YAML run config; `overrides` maps dotted keys to values (`trainer.seed: 1`)."""
+    return load_yaml(RankingRunConfig, path, overrides)
 
 
 def build_for(config: RankingRunConfig, where: str = "config") -> tuple[Dataset, FieldLayout, RankingModel]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rankstack.config import dump_yaml, from_dict, read_yaml, set_dotted
+from rankstack.config import dump_yaml, load_yaml
 from rankstack.retrieval.baselines import BaselineConfig, run_baselines
 from rankstack.retrieval.data import load_retrieval_data
 from rankstack.retrieval.semantic_ids import SemanticIdConfig, build_semantic_ids
@@ -40,11 +40,8 @@ class RetrievalRunConfig:
 
 
 def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RetrievalRunConfig:
-    """Read a YAML run config; `overrides` maps dotted keys to values (`semantic_ids.seed: 1`)."""
-    data = read_yaml(path)
-    for key, value in (overrides or {}).items():
-        set_dotted(data, key, value)
-    return from_dict(RetrievalRunConfig, data, where=str(path))
+    """Read a YAML run config; `overrides` maps dotted keys to values (`trainer.seed: 1`)."""
+    return load_yaml(RetrievalRunConfig, path, overrides)
 
 
 def build_tokenizer(config: RetrievalRunConfig, out: str | Path, overwrite: bool = False) -> dict[str, Any]:
