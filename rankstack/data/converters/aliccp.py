@@ -20,7 +20,14 @@ from rankstack.data.converters.common import (
     read_header,
     require_columns,
 )
-from rankstack.data.converters.tabular import TabularField, TabularFormat, categorical_vocab, write_tabular
+from rankstack.data.converters.tabular import (
+    SPLIT_FILE_OPTIONS,
+    VOCAB_OPTIONS,
+    TabularField,
+    TabularFormat,
+    categorical_vocab,
+    write_tabular,
+)
 from rankstack.data.schema import ColumnSpec, Schema
 
 NAME = "ali-ccp"
@@ -91,12 +98,8 @@ CONVERTER = Converter(
         Option("click_label", "click", "CSV column of the click label"),
         Option("conversion_label", "purchase", "CSV column of the conversion label"),
         Option("numeric_fill", None, "value of an empty D* cell (default: an error)", kind="float"),
-        Option("hash_buckets", 0, "hash categoricals into N buckets instead of building vocabularies (0 = build)"),
-        Option("min_count", 1, "train count below which a categorical value maps to OOV"),
-        Option("train", "", "train file name in the folder (default: detected)"),
-        Option("valid", "", "valid file name in the folder (default: detected)"),
-        Option("test", "", "test file name in the folder (default: detected)"),
-        Option("max_rows", 0, "read at most N rows per file (0 = all)"),
+        *VOCAB_OPTIONS,
+        *SPLIT_FILE_OPTIONS,
     ),
     run=convert_aliccp,
 )

@@ -20,6 +20,7 @@ from rankstack.data.converters.common import (
     require_positive,
 )
 from rankstack.data.converters.tabular import (
+    VOCAB_OPTIONS,
     TabularField,
     TabularFormat,
     categorical_vocab,
@@ -167,11 +168,7 @@ _SPLIT_OPTIONS = (
     Option("test_fraction", 0.1, "share of rows in test"),
     Option("seed", 0, "seed of split=random"),
 )
-_VOCAB_OPTIONS = (
-    Option("hash_buckets", 0, "hash categoricals into N buckets instead of building vocabularies (0 = build)"),
-    Option("min_count", 1, "train count below which a categorical value maps to OOV"),
-    Option("max_rows", 0, "read at most N rows (0 = all)"),
-)
+_VOCAB_OPTIONS = (*VOCAB_OPTIONS, Option("max_rows", 0, "read at most N rows (0 = all)"))
 CRITEO = Converter(
     name="criteo",
     description="Criteo display-ad CTR (label, I1-I13 counts, C1-C26) → CTR dataset, log(1+x) counts",

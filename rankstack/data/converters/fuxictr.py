@@ -31,6 +31,8 @@ from rankstack.data.converters.common import (
 )
 from rankstack.data.converters.tabular import (
     MISSING_TOKEN,
+    SPLIT_FILE_OPTIONS,
+    VOCAB_OPTIONS,
     TabularField,
     TabularFormat,
     categorical_vocab,
@@ -192,12 +194,8 @@ CONVERTER = Converter(
         Option("missing_token", MISSING_TOKEN, "value of an empty categorical cell"),
         Option("numeric_fill", None, "value of an empty numeric cell (default: an error)", kind="float"),
         Option("sequence_max_len", 50, "events kept per sequence"),
-        Option("hash_buckets", 0, "hash categoricals into N buckets instead of building vocabularies (0 = build)"),
-        Option("min_count", 1, "train count below which a categorical value maps to OOV"),
-        Option("train", "", "train file name in the folder (default: detected)"),
-        Option("valid", "", "valid file name in the folder (default: detected)"),
-        Option("test", "", "test file name in the folder (default: detected)"),
-        Option("max_rows", 0, "read at most N rows per file (0 = all)"),
+        *VOCAB_OPTIONS,
+        *SPLIT_FILE_OPTIONS,
     ),
     run=convert_fuxictr,
 )

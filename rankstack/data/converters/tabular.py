@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rankstack.data.converters.common import (
+    Option,
     check_binary,
     iter_csv,
     parse_numeric,
@@ -30,6 +31,19 @@ from rankstack.data.schema import ColumnSpec, Schema, VocabSpec
 from rankstack.errors import DataError
 
 MISSING_TOKEN = "<missing>"
+
+#: Vocabulary options of every flat-table converter.
+VOCAB_OPTIONS = (
+    Option("hash_buckets", 0, "hash categoricals into N buckets instead of building vocabularies (0 = build)"),
+    Option("min_count", 1, "train count below which a categorical value maps to OOV"),
+)
+#: Options of the converters that read a folder holding one CSV file per split.
+SPLIT_FILE_OPTIONS = (
+    Option("train", "", "train file name in the folder (default: detected)"),
+    Option("valid", "", "valid file name in the folder (default: detected)"),
+    Option("test", "", "test file name in the folder (default: detected)"),
+    Option("max_rows", 0, "read at most N rows per file (0 = all)"),
+)
 
 
 def signed_log1p(values: np.ndarray) -> np.ndarray:
