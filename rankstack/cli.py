@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -126,6 +127,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
         generate(WorldConfig.preset("small"), seed=args.seed, out=world)
         print(f"generated the small world in {time.perf_counter() - start:.1f} s → {world}")
     config = load_run_config(DEMO_CONFIG, {"data": str(world / "ranking")})
+    # The demo retrains from scratch each time; the world above is reused.
+    shutil.rmtree(out / "dlrm", ignore_errors=True)
     start = time.perf_counter()
     results = train_ranking(config, out / "dlrm", where=str(DEMO_CONFIG))
     print(f"\nDLRM on the small world (trained in {time.perf_counter() - start:.0f} s), test split:")
