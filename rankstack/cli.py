@@ -28,6 +28,8 @@ from typing import Any
 
 from rankstack.config import parse_override
 from rankstack.errors import RankstackError
+from rankstack.relevance import PLANNED_STAGES as PLANNED_RELEVANCE_STAGES
+from rankstack.relevance import STAGES as RELEVANCE_STAGES
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "ranking" / "dlrm_world_small.yaml"
 
@@ -136,6 +138,16 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"\nrun folder: {out / 'dlrm'} (config.yaml, train_log.csv, tb/, metrics.json, results.json)")
 
 
+def _add_run_args(parser: argparse.ArgumentParser, out_help: str | None = None) -> None:
+    """--config, --out and --set, shared by every command that runs from a YAML config."""
+    parser.add_argument("--config", required=True)
+    if out_help is None:
+        parser.add_argument("--out", required=True)
+    else:
+        parser.add_argument("--out", help=out_help)
+    parser.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a config key")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rankstack", description="An industrial search & recommendation cascade.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -162,24 +174,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a stage").add_subparsers(dest="stage", required=True)
     rank = train.add_parser("ranking", help="train a ranking model")
-    rank.add_argument("--config", required=True)
-    rank.add_argument("--out", help="run folder (default runs/<config>-<time>)")
-    rank.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a config key")
+    _add_run_args(rank, out_help="run folder (default runs/<config>-<time>)")
     rank.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     rank.add_argument("--json", action="store_true", help="also print results.json")
     rank.set_defaults(func=cmd_train_ranking)
 
     retr = train.add_parser("retrieval", help="fit the GeoGR semantic-ID tokenizer (the LM stages are not built yet)")
-    retr.add_argument("--config", required=True)
-    retr.add_argument("--out", required=True)
-    retr.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a config key")
+    _add_run_args(retr)
     retr.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     retr.set_defaults(func=cmd_train_retrieval)
     rel = train.add_parser("relevance", help="train a relevance stage (sft today; dpo/grpo/srpo/agrl planned)")
-    rel.add_argument("--stage", required=True, choices=["sft", "dpo", "grpo", "srpo", "agrl"])
-    rel.add_argument("--config", required=True)
-    rel.add_argument("--out", required=True)
-    rel.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a config key")
+    rel.add_argument("--stage", required=True, choices=[*RELEVANCE_STAGES, *PLANNED_RELEVANCE_STAGES])
+    _add_run_args(rel)
     rel.set_defaults(func=cmd_train_relevance)
 
     ev = sub.add_parser("eval", help="evaluate a finished run")
@@ -198,9 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     bl.set_defaults(func=cmd_bench_loader)
 
     br = bench.add_parser("retrieval", help="next-POI baselines (popularity, geo-nearest popular) and the oracle")
-    br.add_argument("--config", required=True)
-    br.add_argument("--out", required=True)
-    br.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a config key")
+    _add_run_args(br)
     br.set_defaults(func=cmd_bench_retrieval)
 
     demo = sub.add_parser("demo", help="generate the small world and train the ranking baseline on it")

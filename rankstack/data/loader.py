@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -58,7 +57,6 @@ class EncodedWindow:
         padding positions are computed once per stream and batch, not once per column.
     """
 
-    num_rows: int
     scalars: dict[str, np.ndarray] = field(default_factory=dict)
     sequences: dict[str, tuple[int, np.ndarray]] = field(default_factory=dict)
     layouts: list[tuple[np.ndarray, int]] = field(default_factory=list)
@@ -203,7 +201,7 @@ class BatchLoader:
 
     def encode_window(self, table: pa.Table) -> EncodedWindow:
         """Map a checked table's columns to ids once; batches then gather their rows."""
-        window = EncodedWindow(table.num_rows)
+        window = EncodedWindow()
         for col in self.columns:
             arr = table.column(col.name).combine_chunks()
             if col.kind == "numeric":
@@ -245,11 +243,3 @@ def _concat(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     if len(parts) == 1:
         return parts[0]
     return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
-
-
-def make_loader(dataset: Dataset, split: str, batch_size: int, **kwargs: Any) -> BatchLoader:
-    """A `BatchLoader` sharded for the current `torch.distributed` process group, if one is initialised."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        kwargs.setdefault("rank", torch.distributed.get_rank())
-        kwargs.setdefault("world_size", torch.distributed.get_world_size())
-    return BatchLoader(dataset, split, batch_size, **kwargs)
