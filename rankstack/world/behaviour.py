@@ -41,9 +41,9 @@ from rankstack.world.places import Districts, Pois, Users
 HOUR_PMF = np.array([0.4, 0.2, 0.1, 0.1, 0.1, 0.3, 1.0, 2.2, 3.0, 2.2, 2.0, 3.0, 3.6, 2.6, 2.2, 2.2, 2.6, 3.2,
                      4.0, 3.8, 3.4, 2.8, 1.8, 0.9])
 MAX_STEPS = 3
-VIEW_MEAN = 3.0
+VIEW_MEAN = 3.0  # every step has at least one view, so a request always follows a view that reveals its intent
 MAX_VIEWS = 8
-INTENT_VIEW_SHARE = 0.8  # the rest of a step's views are browsing noise from other categories
+INTENT_VIEW_SHARE = 0.9  # the rest of a step's views are browsing noise from other categories
 COMPLETE_SHARE = 0.7
 CHAIN_CONTINUE = 0.6  # P(continue along a chain) at covisit_chains = 1
 SESSION_GAP_S = 4 * 3600
@@ -264,8 +264,8 @@ class World:
                 cat = rng.categorical("intent", self.intent_probs(ctx), u_k, s_k, k)
             else:
                 cat = rng.categorical("intent", city.CHAIN_MATRIX[prev_cat], u_k, s_k, k)
-            n_views = np.minimum(np.floor(-np.log(rng.uniform("n_views", u_k, s_k, k)) * VIEW_MEAN),
-                                 MAX_VIEWS).astype(np.int64)
+            n_views = 1 + np.minimum(np.floor(-np.log(rng.uniform("n_views", u_k, s_k, k)) * (VIEW_MEAN - 1)),
+                                     MAX_VIEWS - 1).astype(np.int64)
             row = np.repeat(np.arange(len(active)), n_views)
             v = ranks(row)
             gap = 60 + rng.integers("view_gap", 180, u_k[row], s_k[row], k, v)
