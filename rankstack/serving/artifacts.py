@@ -75,7 +75,10 @@ def export_run(run_dir: str | Path, world_dir: str | Path | None = None) -> Path
     weights = best_weights_path(run_dir)
     if not weights.is_file():
         raise ConfigError(f"{run_dir} has no {weights.name}; the run has not finished an evaluation yet.")
-    data_dir = resolve_data_path(config.data, run_dir)
+    if world_dir is not None and not Path(config.data).is_dir():
+        data_dir = Path(world_dir).resolve() / "ranking"  # the run was trained elsewhere; its world is given
+    else:
+        data_dir = resolve_data_path(config.data, run_dir)
     world = Path(world_dir).resolve() if world_dir else data_dir.parent
     tables = WorldTables.load(world)  # fails now, naming the file, if the world is incomplete
     dataset = Dataset.open(data_dir)

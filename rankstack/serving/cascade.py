@@ -17,8 +17,8 @@ city, an unknown POI id) raise `RequestError`, which the HTTP layer answers with
 
 from __future__ import annotations
 
+import itertools
 import os
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,7 +78,8 @@ class CascadeConfig:
     relevance_beta: CumPT β (relevance.md §3.4).
     score_batch_size: candidates per ranking forward pass.
     use_user_cache: HeMix scores through its user-side cache (False: the reference path, for comparison).
-    threads: torch intra-op threads; None picks min(4, CPU cores).
+    threads: torch intra-op threads per request (1: requests run in parallel in the server's thread pool, one core
+        each, without oversubscribing the machine; raise it for few large requests on many cores).
     """
 
     feed: StageBudgets = field(default_factory=StageBudgets)
@@ -90,7 +91,7 @@ class CascadeConfig:
     relevance_beta: float = 0.5
     score_batch_size: int = 512
     use_user_cache: bool = True
-    threads: int | None = None
+    threads: int = 1
 
     def __post_init__(self) -> None:
         if not 1 <= self.default_k <= self.max_k:
@@ -138,22 +139,21 @@ class StageReport:
 
 
 class Cascade:
-    """Loaded once; answers feed and search requests. Thread-safe: model calls run one at a time per process
-    (torch already uses `threads` cores inside each call)."""
+    """Loaded once; answers feed and search requests. Thread-safe: the server runs requests in parallel in its
+    thread pool (inference only reads the model), each with `threads` intra-op threads."""
 
     def __init__(self, tables: WorldTables, config: CascadeConfig, retriever: Retriever, search_retriever: Retriever,
                  preranker: PreRanker, ranker: Ranker, relevance: RelevanceScorer, parser: QueryParser) -> None:
         self.tables, self.config = tables, config
         self.retriever, self.search_retriever = retriever, search_retriever
         self.preranker, self.ranker, self.relevance, self.parser = preranker, ranker, relevance, parser
-        self._lock = threading.Lock()
-        self._served = 0
+        self._served = itertools.count(1)  # numbers served requests (keys their noise fields); atomic under the GIL
 
     @classmethod
     def load(cls, run_dir: str | Path, world_dir: str | Path | None = None,
              config: CascadeConfig | None = None) -> Cascade:
         config = config or CascadeConfig()
-        torch.set_num_threads(config.threads or max(1, min(4, os.cpu_count() or 1)))
+        torch.set_num_threads(max(1, min(config.threads, os.cpu_count() or 1)))
         artifacts: Artifacts = load_artifacts(run_dir, world_dir)
         tables = WorldTables.load(artifacts.world_dir)
         if len(artifacts.popularity) != tables.n_pois:
@@ -263,9 +263,7 @@ class Cascade:
         t = report("retrieval", retriever, n_catalogue, len(retrieved), start)
         survivors = self.preranker.prerank(request, retrieved, budgets.preranking)
         t = report("preranking", self.preranker, len(retrieved), len(survivors), t)
-        with self._lock:
-            self._served += 1
-            ranked = self.ranker.rank(request, survivors, self._served)
+        ranked = self.ranker.rank(request, survivors, next(self._served))
         t = report("ranking", self.ranker, len(survivors), len(ranked), t)
         tiers = None
         if query is not None:

@@ -22,6 +22,7 @@ server runs honest, clearly named baselines and says so in every response (`base
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -144,7 +145,9 @@ class GeoNearestPopular:
 
 
 def _normalise(text: str) -> str:
-    return " " + " ".join(re.findall(r"[a-z0-9]+", text.lower())) + " "
+    """Lower case, accents folded (Café → cafe), words separated by single spaces, padded with one space."""
+    folded = unicodedata.normalize("NFKD", text.lower()).encode("ascii", "ignore").decode()
+    return " " + " ".join(re.findall(r"[a-z0-9]+", folded)) + " "
 
 
 def _phrase_in(phrase: str, text: str) -> bool:
