@@ -10,7 +10,7 @@ mixed feed/search load at concurrency 8 for S seconds and samples the server's r
 every 5 s, to show whether memory stays flat. Users are drawn uniformly (5% cold-start ids with a position in
 town), hours uniformly, search queries from the world's query bank.
 
-Writes one JSON row to benchmarks/results/serving_load.json and prints the command that produced it.
+Writes one JSON row to `--out` (default benchmarks/results/serving_load.json) and prints the command.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "serving_load.json"
-STAGES = ("retrieval", "preranking", "ranking", "relevance")
+STAGES = ("queue", "retrieval", "preranking", "ranking", "relevance")
 
 
 def _free_port() -> int:
@@ -111,7 +111,9 @@ async def run_level(url: str, workload: Workload, kinds: list[str], concurrency:
                 if r.status_code != 200:
                     errors.append(f"{r.status_code}: {r.text[:200]}")
                     continue
-                for stage in r.json()["funnel"]:
+                answer = r.json()
+                stages["queue"].append(answer["queue_ms"] / 1000)
+                for stage in answer["funnel"]:
                     stages[stage["stage"]].append(stage["latency_ms"] / 1000)
 
         start = time.perf_counter()
@@ -166,6 +168,7 @@ def main() -> None:
     parser.add_argument("--soak", type=float, default=0.0, help="seconds of mixed load at concurrency 8 (0: none)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--note", default="", help="free text stored with the result row")
+    parser.add_argument("--out", default=str(RESULTS), help=f"result row (default {RESULTS.relative_to(ROOT)})")
     args = parser.parse_args()
     if not args.url and not args.run:
         parser.error("give --run (a server is started) or --url (a running server)")
@@ -194,8 +197,9 @@ def main() -> None:
            "server": {"stages": {k: v["method"] for k, v in health["stages"].items()}, "pois": health["pois"],
                       "users": health["users"]},
            "levels": levels, "soak": soaked}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(row, indent=1))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(row, indent=1))
     print(f"{'kind':7} {'conc':>4} {'qps':>7} {'errors':>6} {'p50':>8} {'p95':>8} {'p99':>8}   per stage p50/p99 (ms)")
     for level in levels:
         e = level["end_to_end_ms"]
@@ -205,7 +209,7 @@ def main() -> None:
     if soaked:
         print(f"soak {soaked['seconds']} s at concurrency 8: {soaked['requests']} requests, {soaked['errors']} errors, "
               f"RSS MB (t, MB): {soaked['rss_mb']}")
-    print(f"\nwritten to {RESULTS}\ncommand: {command}")
+    print(f"\nwritten to {out}\ncommand: {command}")
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ def test_feed_runs_every_stage_within_its_budget(client):
     assert [s["stage"] for s in answer["funnel"]] == ["retrieval", "preranking", "ranking"]
     counts = [(s["candidates_in"], s["candidates_out"]) for s in answer["funnel"]]
     assert counts == [(300, 120), (120, 60), (60, 60)]
-    assert all(s["latency_ms"] >= 0 for s in answer["funnel"])
+    assert all(s["latency_ms"] >= 0 for s in answer["funnel"]) and answer["queue_ms"] >= 0
     retrieval, preranking, ranking = answer["funnel"]
     assert retrieval["baseline"] and preranking["baseline"] and not ranking["baseline"]
     assert ranking["method"] == "hemix"
@@ -127,6 +127,7 @@ def test_health_metrics_openapi_and_demo_page(client):
     assert 'rankstack_requests_total{endpoint="/v1/feed",status="200"}' in metrics
     assert 'rankstack_errors_total{endpoint="/v1/feed",kind="4xx"}' in metrics
     assert 'rankstack_stage_latency_seconds_bucket{kind="feed",le="0.001",stage="ranking"}' in metrics
+    assert 'rankstack_stage_latency_seconds_count{kind="feed",stage="queue"}' in metrics
     assert "process_resident_memory_bytes" in metrics
     schema = client.get("/openapi.json").json()
     assert {"/v1/feed", "/v1/search", "/healthz", "/metrics"} <= set(schema["paths"])

@@ -17,6 +17,8 @@ user is a cold start, not an error.
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from importlib.resources import files
 from typing import Any, Literal
@@ -120,7 +122,8 @@ class CascadeOut(BaseModel):
     k: int
     results: list[ResultOut]
     funnel: list[StageOut]
-    latency_ms: float
+    latency_ms: float = Field(description="the cascade's own time, stage by stage")
+    queue_ms: float = Field(description="time the request waited for a free worker before the cascade ran")
 
 
 class BodyLimit:
@@ -209,13 +212,28 @@ def _validation_message(err: RequestValidationError) -> str:
     return "; ".join(parts)
 
 
-def create_app(cascade: Cascade, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
-    """The FastAPI app answering from `cascade` (loaded once, before the app is made)."""
+def create_app(cascade: Cascade, max_body_bytes: int = MAX_BODY_BYTES, workers: int | None = None) -> FastAPI:
+    """The FastAPI app answering from `cascade` (loaded once, before the app is made).
+
+    workers: cascade calls that run at once (default: the config's `parallel_requests`, else the CPU cores). Requests beyond it wait their turn instead
+        of thrashing the cores; the wait is reported as `queue_ms` and in the `queue` stage of the metrics.
+    """
     app = FastAPI(title="rankstack", version="0.1.0",
                   description="The rankstack search & recommendation cascade: retrieval → pre-ranking → ranking "
                               "(→ relevance). Stages still on a baseline say so in each answer's funnel.")
     metrics = Metrics()
     app.state.cascade, app.state.metrics = cascade, metrics
+    slots = threading.BoundedSemaphore(workers or cascade.config.parallel_requests or os.cpu_count() or 1)
+
+    def answer(kind: str, call: Any) -> dict[str, Any]:
+        start = time.perf_counter()
+        with slots:
+            waited = time.perf_counter() - start
+            result = call()
+        result["queue_ms"] = round(1000 * waited, 3)
+        metrics.stage_latency.labels(kind, "queue").observe(waited)
+        metrics.observe_cascade(kind, result)
+        return result
     app.add_middleware(BodyLimit, limit=max_body_bytes)  # inside the counting middleware: 413s are counted
 
     @app.middleware("http")
@@ -247,17 +265,14 @@ def create_app(cascade: Cascade, max_body_bytes: int = MAX_BODY_BYTES) -> FastAP
     @app.post("/v1/feed", response_model=CascadeOut, responses={422: {"description": "invalid request"},
                                                                 413: {"description": "body too large"}})
     def feed(body: FeedIn) -> dict[str, Any]:
-        answer = cascade.feed(body.user_id, _context(body.context), body.k, body.exclude_poi_ids)
-        metrics.observe_cascade("feed", answer)
-        return answer
+        return answer("feed", lambda: cascade.feed(body.user_id, _context(body.context), body.k,
+                                                   body.exclude_poi_ids))
 
     @app.post("/v1/search", response_model=CascadeOut, responses={422: {"description": "invalid request"},
                                                                   413: {"description": "body too large"}})
     def search(body: SearchIn) -> dict[str, Any]:
-        answer = cascade.search(body.user_id, body.query, _context(body.context), body.k, body.exclude_poi_ids,
-                                body.explain)
-        metrics.observe_cascade("search", answer)
-        return answer
+        return answer("search", lambda: cascade.search(body.user_id, body.query, _context(body.context), body.k,
+                                                       body.exclude_poi_ids, body.explain))
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:

@@ -80,6 +80,8 @@ class CascadeConfig:
     use_user_cache: HeMix scores through its user-side cache (False: the reference path, for comparison).
     threads: torch intra-op threads per request (1: requests run in parallel in the server's thread pool, one core
         each, without oversubscribing the machine; raise it for few large requests on many cores).
+    parallel_requests: cascade calls the HTTP server runs at once (None: the CPU cores); more requests wait their
+        turn (reported as `queue_ms`) instead of thrashing the cores.
     """
 
     feed: StageBudgets = field(default_factory=StageBudgets)
@@ -92,6 +94,7 @@ class CascadeConfig:
     score_batch_size: int = 512
     use_user_cache: bool = True
     threads: int = 1
+    parallel_requests: int | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.default_k <= self.max_k:
