@@ -11,10 +11,10 @@ probabilities (`rankstack.world.truth.WorldTruth`, every POI as if shown at posi
 - recall@K: share of the true K best POIs that the list holds;
 - retrieval_recall@K: share of the true K best that survive retrieval at all (a ceiling for every later stage).
 
-Variants, each a cascade with one stage swapped: `cascade` (the run's ranker), `ranking=retrieval_order` (the
-ranker replaced by its baseline: the retrieval score order) and `ranking=oracle` (the ranker replaced by the true
-probabilities, i.e. the best any ranker could do on these candidates). Search answers also pass the relevance
-stage, which may drop candidates. Writes benchmarks/results/cascade_quality.json.
+Variants, each a cascade with one stage swapped: `cascade` (as served), `ranking=retrieval_order` (the ranker
+replaced by its baseline: the retrieval score order), `ranking=oracle` (the ranker replaced by the true
+probabilities: the best any ranker could do on these candidates), `preranking=off` (the ranker scores every
+retrieved candidate) and, for search, `relevance=off` (no tiers: nothing dropped or demoted). Writes benchmarks/results/cascade_quality.json.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -77,15 +78,29 @@ def main() -> None:
             order = np.argsort(-p, kind="stable")
             return Ranked(candidates.pois[order], p[order], {})
 
-    def swapped(ranker: Any) -> Cascade:
-        return Cascade(base.tables, base.config, base.retriever, base.search_retriever, base.preranker, ranker,
-                       base.relevance, base.parser)
+    class NoRelevance:
+        name, baseline, note = "none", True, "relevance stage off: every candidate Good"
 
-    variants = {"cascade": base, "ranking=retrieval_order": swapped(RetrievalOrder()), "ranking=oracle": swapped(Oracle())}
+        def tier_probabilities(self, query: Any, pois: np.ndarray) -> np.ndarray:
+            return np.tile([0.0, 0.0, 0.0, 1.0], (len(pois), 1))
+
+        def rationale(self, query: Any, poi: int) -> str:
+            return ""
+
+    def swapped(ranker: Any = None, relevance: Any = None, config: Any = None) -> Cascade:
+        return Cascade(base.tables, config or base.config, base.retriever, base.search_retriever, base.preranker,
+                       ranker or base.ranker, relevance or base.relevance, base.parser)
+
+    everything = replace(base.config, feed=replace(base.config.feed, preranking=base.config.feed.retrieval),
+                         search=replace(base.config.search, preranking=base.config.search.retrieval))
+    variants = {"cascade": base, "ranking=retrieval_order": swapped(RetrievalOrder()),
+                "ranking=oracle": swapped(Oracle()), "preranking=off": swapped(config=everything),
+                "relevance=off": swapped(relevance=NoRelevance())}
     k = args.k
     scores: dict[str, dict[str, list[float]]] = {v: {"feed": [], "search": []} for v in variants}
     recalls: dict[str, dict[str, list[float]]] = {v: {"feed": [], "search": []} for v in variants}
     retrieval_recall: dict[str, list[float]] = {"feed": [], "search": []}
+    preranking_recall: dict[str, list[float]] = {"feed": [], "search": []}
     start = time.perf_counter()
     for row in requests.itertuples():
         current["rid"] = int(row.request_id)
@@ -96,11 +111,17 @@ def main() -> None:
         context = Context(lat=float(lat), lon=float(lon), weather=int(row.weather), timestamp=int(row.timestamp))
         kind = "search" if row.query_id else "feed"
         query = queries.get(row.query_id, "")
+        budgets = base.config.search if query else base.config.feed
+        parsed = base.parser.parse(query) if query else None
+        request = base.resolve(int(row.user_id), context, parsed.category_l2 if parsed else -1)
         retrieved = (base.search_retriever if kind == "search" else base.retriever).retrieve(
-            base.resolve(int(row.user_id), context, base.parser.parse(query).category_l2 if query else -1),
-            base.parser.parse(query) if query else None, (base.config.search if query else base.config.feed).retrieval)
+            request, parsed, budgets.retrieval)
+        survivors = base.preranker.prerank(request, retrieved, budgets.preranking)
         retrieval_recall[kind].append(len(set(best) & set(retrieved.pois.tolist())) / k)
+        preranking_recall[kind].append(len(set(best) & set(survivors.pois.tolist())) / k)
         for name, cascade in variants.items():
+            if name == "relevance=off" and kind == "feed":
+                continue
             answer = (cascade.search(int(row.user_id), query, context, k) if kind == "search"
                       else cascade.feed(int(row.user_id), context, k))
             listed = np.array([r["poi_id"] - 1 for r in answer["results"]], dtype=np.int64)
@@ -111,8 +132,11 @@ def main() -> None:
         n = len(retrieval_recall[kind])
         if not n:
             continue
-        summary[kind] = {"requests": n, f"retrieval_recall@{k}": round(float(np.mean(retrieval_recall[kind])), 4)}
+        summary[kind] = {"requests": n, f"retrieval_recall@{k}": round(float(np.mean(retrieval_recall[kind])), 4),
+                         f"preranking_recall@{k}": round(float(np.mean(preranking_recall[kind])), 4)}
         for name in variants:
+            if not scores[name][kind]:
+                continue
             summary[kind][name] = {f"ndcg@{k}": round(float(np.mean(scores[name][kind])), 4),
                                    f"recall@{k}": round(float(np.mean(recalls[name][kind])), 4)}
     command = " ".join(["python", *sys.argv])

@@ -175,25 +175,33 @@ def test_user_cache_scores_equal_the_reference_path(cascade, run_dir):
 
 
 def test_online_features_reproduce_the_logged_training_rows(cascade, tiny_world_dir):
-    """Train/serve skew check: a logged test request, rebuilt online from the tables, gets the same features."""
-    rows = pq.read_table(tiny_world_dir / "ranking" / "test.parquet").slice(0, 40).to_pylist()
-    row = rows[0]
-    same = [r for r in rows if r["request_id"] == row["request_id"]]
-    x, y = from_latlon(row["user_lat"], row["user_lon"])
-    request = RequestContext(row["user_id"], row["user_id"] - 1, float(x), float(y), row["timestamp"], row["hour"],
-                             row["weekday"], row["weather"], row["query_category_l2"] - 1)
-    online = cascade.ranker.features.table(request, np.array([r["poi_id"] - 1 for r in same])).to_pylist()
+    """Train/serve skew check: logged test requests (feed and search), rebuilt online from the tables, get the
+    same features as their logged rows."""
+    rows = pq.read_table(tiny_world_dir / "ranking" / "test.parquet").slice(0, 400).to_pylist()
+    by_request: dict[int, list[dict]] = {}
+    for r in rows:
+        by_request.setdefault(r["request_id"], []).append(r)
+    feeds = [rid for rid, rs in by_request.items() if rs[0]["scene"] == 0][:2]
+    searches = [rid for rid, rs in by_request.items() if rs[0]["scene"] == 1][:2]
+    assert feeds and searches
     exact = ["hour", "weekday", "weather", "scene", "query_category_l2", "user_district", "user_grid", "age_band",
              "income_band", "loyalty_band", "poi_id", "category_l2", "brand", "attributes", "user_poi_visits",
              "user_cat_visits", "user_brand_visits", "realtime_poi_id", "realtime_action", "longterm_poi_id",
              "longterm_category_l2"]
     close = ["distance_km", "user_cat_ctr", "user_price_gap", "days_since_cat", "district_distance_km",
              "user_cat_ctr_stale"]
-    for logged, served in zip(same, online):
-        for name in exact:
-            assert served[name] == logged[name], name
-        for name in close:
-            assert served[name] == pytest.approx(logged[name], rel=1e-4, abs=1e-4), name
+    for rid in feeds + searches:
+        same = by_request[rid]
+        row = same[0]
+        x, y = from_latlon(row["user_lat"], row["user_lon"])
+        request = RequestContext(row["user_id"], row["user_id"] - 1, float(x), float(y), row["timestamp"],
+                                 row["hour"], row["weekday"], row["weather"], row["query_category_l2"] - 1)
+        online = cascade.ranker.features.table(request, np.array([r["poi_id"] - 1 for r in same])).to_pylist()
+        for logged, served in zip(same, online, strict=True):
+            for name in exact:
+                assert served[name] == logged[name], (rid, name)
+            for name in close:
+                assert served[name] == pytest.approx(logged[name], rel=1e-4, abs=1e-4), (rid, name)
 
 
 def _corrupt(run_dir, tmp_path, edit):
