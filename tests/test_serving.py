@@ -190,10 +190,13 @@ def test_online_features_reproduce_the_logged_training_rows(cascade, tiny_world_
              "longterm_category_l2"]
     close = ["distance_km", "user_cat_ctr", "user_price_gap", "days_since_cat", "district_distance_km",
              "user_cat_ctr_stale"]
+    # The logged request's position in km (the dataset stores lat/lon as float32, too coarse for distances).
+    positions = pq.read_table(tiny_world_dir / "truth" / "requests.parquet").to_pandas().set_index("request_id")
     for rid in feeds + searches:
         same = by_request[rid]
         row = same[0]
-        x, y = from_latlon(row["user_lat"], row["user_lon"])
+        x, y = positions.loc[rid, "x_km"], positions.loc[rid, "y_km"]
+        assert np.allclose(from_latlon(row["user_lat"], row["user_lon"]), (x, y), atol=1e-3)
         request = RequestContext(row["user_id"], row["user_id"] - 1, float(x), float(y), row["timestamp"],
                                  row["hour"], row["weekday"], row["weather"], row["query_category_l2"] - 1)
         online = cascade.ranker.features.table(request, np.array([r["poi_id"] - 1 for r in same])).to_pylist()
