@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rankstack.cli import build_parser
+from rankstack.cli import build_parser, main
 from rankstack.errors import ConfigError
 from rankstack.serving.app import create_app
 from rankstack.serving.cascade import Cascade, CascadeConfig, Context, StageBudgets
@@ -229,3 +229,10 @@ def test_missing_or_corrupt_artifact_fails_at_start_up_naming_it(run_dir, tmp_pa
 def test_serve_binds_to_loopback_by_default():
     args = build_parser().parse_args(["serve", "--run", "runs/demo/dlrm"])
     assert args.host == "127.0.0.1"
+
+
+def test_export_of_a_folder_that_is_not_a_run_is_a_clear_cli_error(tmp_path, capsys):
+    assert main(["export", "--run", str(tmp_path)]) == 2
+    assert "has no config.yaml" in capsys.readouterr().err
+    assert main(["serve", "--run", str(tmp_path / "missing")]) == 2
+    assert "has no config.yaml" in capsys.readouterr().err
