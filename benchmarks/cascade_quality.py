@@ -48,11 +48,12 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cascade_quality.json"))
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from rankstack.serving.cascade import Cascade, Context
+    from rankstack.serving.cascade import Cascade, CascadeConfig, Context, configure_threads
     from rankstack.serving.stages import Candidates, Ranked
     from rankstack.world.places import to_latlon
     from rankstack.world.truth import WorldTruth
 
+    configure_threads(CascadeConfig())
     base = Cascade.load(args.run, args.world)
     world = base.tables.root
     truth = WorldTruth(world)

@@ -33,8 +33,9 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "user_cache.json"))
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from rankstack.serving.cascade import Cascade, CascadeConfig, Context
+    from rankstack.serving.cascade import Cascade, CascadeConfig, Context, configure_threads
 
+    configure_threads(CascadeConfig())
     cascade = Cascade.load(args.run, args.world, CascadeConfig())
     ranker = cascade.ranker
     if not ranker.use_user_cache:

@@ -151,12 +151,14 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     from rankstack.serving.app import create_app
     from rankstack.serving.artifacts import SERVING_DIR, export_run
-    from rankstack.serving.cascade import Cascade, load_cascade_config
+    from rankstack.serving.cascade import Cascade, configure_threads, load_cascade_config
 
     if not (Path(args.run) / SERVING_DIR).exists():
         print(f"{Path(args.run) / SERVING_DIR} does not exist yet: exporting the run's artifacts first")
         export_run(args.run, args.world)
-    cascade = Cascade.load(args.run, args.world, load_cascade_config(args.config))
+    config = load_cascade_config(args.config)
+    configure_threads(config)
+    cascade = Cascade.load(args.run, args.world, config)
     print(f"rankstack serving {args.run} on http://{args.host}:{args.port}/ (demo page), API docs at /docs")
     uvicorn.run(create_app(cascade), host=args.host, port=args.port, log_level=args.log_level)
 

@@ -111,6 +111,14 @@ def load_cascade_config(path: str | Path | None) -> CascadeConfig:
     return CascadeConfig() if path is None else load_yaml(CascadeConfig, path)
 
 
+def configure_threads(config: CascadeConfig) -> int:
+    """Set torch's intra-op threads for a serving process (the server's entry point calls this, not `load`, so
+    a library user's own thread settings are left alone); returns the count."""
+    threads = max(1, min(config.threads, os.cpu_count() or 1))
+    torch.set_num_threads(threads)
+    return threads
+
+
 @dataclass
 class Context:
     """Where and when a request happens. Every field is optional.
@@ -156,7 +164,6 @@ class Cascade:
     def load(cls, run_dir: str | Path, world_dir: str | Path | None = None,
              config: CascadeConfig | None = None) -> Cascade:
         config = config or CascadeConfig()
-        torch.set_num_threads(max(1, min(config.threads, os.cpu_count() or 1)))
         artifacts: Artifacts = load_artifacts(run_dir, world_dir)
         tables = WorldTables.load(artifacts.world_dir)
         if len(artifacts.popularity) != tables.n_pois:
