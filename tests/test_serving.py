@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from rankstack.cli import build_parser, main
 from rankstack.errors import ConfigError
 from rankstack.serving.app import create_app
-from rankstack.serving.cascade import Cascade, CascadeConfig, Context, StageBudgets
+from rankstack.serving.cascade import Cascade, CascadeConfig, Context, StageBudgets, load_cascade_config
 from rankstack.serving.features import RequestContext, from_latlon
 from tests._serving import write_tiny_run
 
@@ -89,6 +89,8 @@ BAD_REQUESTS = [
     ("/v1/feed", {"user_id": 1, "exclude_poi_ids": [0]}, 422, "poi_id 0 is not a POI"),
     ("/v1/feed", {"user_id": 1, "exclude_poi_ids": [301]}, 422, "poi_id 301 is not a POI"),
     ("/v1/feed", {"user_id": 1, "context": {"timestamp": 10**12}}, 422, "outside the world's time"),
+    ("/v1/feed", {"user_id": 1, "context": {"timestamp": 3600, "hour": 5}}, 422, "hour disagrees"),
+    ("/v1/feed", {"user_id": 1, "context": {"timestamp": 3600, "weekday": 5}}, 422, "weekday disagrees"),
     ("/v1/search", {"user_id": 1}, 422, "query: Field required"),
     ("/v1/search", {"user_id": 1, "query": ""}, 422, "query: String should have at least 1 character"),
     ("/v1/search", {"user_id": 1, "query": "   "}, 422, "query is empty"),
@@ -224,6 +226,17 @@ def _corrupt(run_dir, tmp_path, edit):
 def test_missing_or_corrupt_artifact_fails_at_start_up_naming_it(run_dir, tmp_path, name, edit):
     with pytest.raises(ConfigError, match=name.replace(".", r"\.")):
         Cascade.load(_corrupt(run_dir, tmp_path, edit))
+
+
+def test_serving_config_from_yaml(tmp_path):
+    path = tmp_path / "serving.yaml"
+    path.write_text("feed: {retrieval: 200, preranking: 80}\nmax_k: 20\nobjective: {click: 1.0, order: 2.0}\n")
+    config = load_cascade_config(path)
+    assert (config.feed.retrieval, config.feed.preranking, config.max_k) == (200, 80, 20)
+    assert config.objective == {"click": 1.0, "order": 2.0}
+    path.write_text("feed: {retrieval: 50, preranking: 80}\n")
+    with pytest.raises(ConfigError, match="preranking"):
+        load_cascade_config(path)
 
 
 def test_serve_binds_to_loopback_by_default():

@@ -209,6 +209,8 @@ class Cascade:
             t = int(context.timestamp)
             if context.hour is not None and context.hour != (t % 86400) // 3600:
                 raise RequestError("context.hour disagrees with context.timestamp; give one of them.")
+            if context.weekday is not None and context.weekday != (t // 86400) % 7:
+                raise RequestError("context.weekday disagrees with context.timestamp; give one of them.")
         else:
             day = end // 86400
             if context.weekday is not None:
