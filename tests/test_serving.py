@@ -108,6 +108,9 @@ def test_bad_requests_get_a_4xx_with_a_message(client, path, body, status, messa
 def test_malformed_json_and_huge_bodies(client):
     r = client.post("/v1/feed", content=b'{"user_id": 1,', headers={"content-type": "application/json"})
     assert r.status_code == 422 and "malformed JSON" in r.json()["detail"]
+    for body in (b"[" * 30000 + b"]" * 30000, b"\xff\xfe", b"", b"null", b'"x"', b"[]"):
+        r = client.post("/v1/feed", content=body, headers={"content-type": "application/json"})
+        assert 400 <= r.status_code < 500 and r.json()["detail"], body[:10]
     big = b'{"user_id": 1, "pad": "' + b"x" * (10 * 1024 * 1024) + b'"}'
     r = client.post("/v1/feed", content=big, headers={"content-type": "application/json"})
     assert r.status_code == 413 and "bytes" in r.json()["detail"]
