@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install --quiet $(TORCH_CPU); fi
-	$(PY) -m pip install --quiet -e '.[dev,bench,retrieval,relevance]'
+	$(PY) -m pip install --quiet -e '.[dev,bench,retrieval,relevance,serving]'
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -10,6 +10,8 @@
     rankstack bench loader --data DIR [--batch-size N] [--repeats N]
     rankstack bench retrieval --config FILE --out DIR                       (popularity / geo baselines)
     rankstack demo [--out DIR]
+    rankstack export --run DIR [--world DIR]                                (serving artifacts → DIR/serving/)
+    rankstack serve --run DIR [--world DIR] [--config FILE] [--host 127.0.0.1] [--port 8000]
 
 User mistakes (a bad file, column or config key) print one sentence naming what was wrong and how to fix it, and
 exit with status 2; no traceback.
@@ -138,6 +140,29 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"\nrun folder: {out / 'dlrm'} (config.yaml, train_log.csv, tb/, metrics.json, results.json)")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from rankstack.serving.artifacts import export_run
+
+    print(f"serving artifacts written to {export_run(args.run, args.world)}")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from rankstack.serving.app import create_app
+    from rankstack.serving.artifacts import SERVING_DIR, export_run
+    from rankstack.serving.cascade import Cascade, configure_threads, load_cascade_config
+
+    if not (Path(args.run) / SERVING_DIR).exists():
+        print(f"{Path(args.run) / SERVING_DIR} does not exist yet: exporting the run's artifacts first")
+        export_run(args.run, args.world)
+    config = load_cascade_config(args.config)
+    configure_threads(config)
+    cascade = Cascade.load(args.run, args.world, config)
+    print(f"rankstack serving {args.run} on http://{args.host}:{args.port}/ (demo page), API docs at /docs")
+    uvicorn.run(create_app(cascade), host=args.host, port=args.port, log_level=args.log_level)
+
+
 def _add_run_args(parser: argparse.ArgumentParser, out_help: str | None = None) -> None:
     """--config, --out and --set, shared by every command that runs from a YAML config."""
     parser.add_argument("--config", required=True)
@@ -211,6 +236,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=cmd_demo)
+
+    export = sub.add_parser("export", help="write a ranking run's serving artifacts (safetensors + JSON)")
+    export.add_argument("--run", required=True, help="a run folder (e.g. runs/demo/dlrm)")
+    export.add_argument("--world", help="the world folder (default: the parent of the run's dataset)")
+    export.set_defaults(func=cmd_export)
+    serve = sub.add_parser("serve", help="serve the cascade over HTTP (feed, search, metrics, demo page)")
+    serve.add_argument("--run", required=True, help="a run folder (e.g. runs/demo/dlrm); exported if needed")
+    serve.add_argument("--world", help="the world folder (default: the one the run was exported with)")
+    serve.add_argument("--config", help="serving config YAML (stage budgets, max_k, ...; see docs/serving.md)")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--log-level", default="warning")
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -27,7 +27,8 @@ import pyarrow.parquet as pq
 import torch
 
 from rankstack.data.dataset import Dataset, check_values
-from rankstack.data.vocab import hash_strings
+from rankstack.data.schema import ColumnSpec
+from rankstack.data.vocab import Vocabulary, hash_strings
 from rankstack.errors import DataError
 
 
@@ -201,25 +202,31 @@ class BatchLoader:
 
     def encode_window(self, table: pa.Table) -> EncodedWindow:
         """Map a checked table's columns to ids once; batches then gather their rows."""
-        window = EncodedWindow()
-        for col in self.columns:
-            arr = table.column(col.name).combine_chunks()
-            if col.kind == "numeric":
-                values = np.array(arr.to_numpy(zero_copy_only=False), dtype=np.float32)
-                window.scalars[col.name] = values
-                if col.num_buckets:
-                    window.scalars[f"{col.name}__bucket"] = self.dataset.vocab.bucketize(col.name, values)
-            elif col.role == "key":
-                keys = hash_strings(arr).view(np.int64) if col.dtype == "string" else arr.to_numpy(zero_copy_only=False)
-                window.scalars[col.name] = np.asarray(keys, dtype=np.int64)
-            elif col.kind == "categorical":
-                window.scalars[col.name] = self.dataset.vocab.encode(col, arr).astype(np.int64, copy=False)
-            else:
-                offsets = arr.offsets.to_numpy().astype(np.int64)
-                # Encode only the elements the lists cover (a sliced array's child can be longer).
-                flat = arr.values.slice(offsets[0], offsets[-1] - offsets[0])
-                window.add_sequence(col.name, offsets - offsets[0], self.dataset.vocab.encode(col, flat), col.max_len)
-        return window
+        return encode_columns(self.columns, self.dataset.vocab, table)
+
+
+def encode_columns(columns: list[ColumnSpec], vocab: Vocabulary, table: pa.Table) -> EncodedWindow:
+    """Map `columns` of a checked Arrow table to ids with `vocab`: the one encoding shared by training
+    (`BatchLoader`) and serving (`rankstack.serving.features`), so the two cannot drift apart."""
+    window = EncodedWindow()
+    for col in columns:
+        arr = table.column(col.name).combine_chunks()
+        if col.kind == "numeric":
+            values = np.array(arr.to_numpy(zero_copy_only=False), dtype=np.float32)
+            window.scalars[col.name] = values
+            if col.num_buckets:
+                window.scalars[f"{col.name}__bucket"] = vocab.bucketize(col.name, values)
+        elif col.role == "key":
+            keys = hash_strings(arr).view(np.int64) if col.dtype == "string" else arr.to_numpy(zero_copy_only=False)
+            window.scalars[col.name] = np.asarray(keys, dtype=np.int64)
+        elif col.kind == "categorical":
+            window.scalars[col.name] = vocab.encode(col, arr).astype(np.int64, copy=False)
+        else:
+            offsets = arr.offsets.to_numpy().astype(np.int64)
+            # Encode only the elements the lists cover (a sliced array's child can be longer).
+            flat = arr.values.slice(offsets[0], offsets[-1] - offsets[0])
+            window.add_sequence(col.name, offsets - offsets[0], vocab.encode(col, flat), col.max_len)
+    return window
 
 
 Pieces = list[tuple[EncodedWindow | None, np.ndarray]]

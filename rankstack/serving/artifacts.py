@@ -1,0 +1,161 @@
+"""Serving artifacts: what `rankstack export` writes into `<run>/serving/` and what a server loads at start-up.
+
+    <run>/serving/manifest.json        format version, the world folder, and the SHA-256 of every file below
+    <run>/serving/ranking.json         ranking model name, hyper-parameters, tasks and feature columns
+    <run>/serving/ranking.safetensors  the run's best ranking weights
+    <run>/serving/schema.yaml          the ranking dataset's schema (column kinds, levels, sequence lengths)
+    <run>/serving/vocab/               the ranking dataset's vocabulary (index.json + one Parquet file per group)
+    <run>/serving/retrieval.safetensors  `popularity` [P]: physical visits (order/navigate) per POI in the log
+
+Everything is safetensors, JSON, YAML or Parquet: nothing is unpickled at serve time. `load_artifacts` checks each
+file against the manifest's hash before reading it, so a missing, truncated or edited file stops the server at
+start-up with a message naming the file, never at the first request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rankstack.data.dataset import Dataset
+from rankstack.data.schema import Schema
+from rankstack.data.vocab import Vocabulary
+from rankstack.errors import ConfigError
+from rankstack.nn.features import FieldLayout
+from rankstack.ranking import build_model
+from rankstack.ranking.base import RankingModel
+from rankstack.train.checkpoint import atomic_write, best_weights_path, load_weights, save_json, save_weights
+from rankstack.world import city
+
+FORMAT_VERSION = 1
+SERVING_DIR = "serving"
+MANIFEST = "manifest.json"
+PHYSICAL_ACTIONS = (city.ORDER, city.NAVIGATE)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_data_path(data: str, run_dir: Path) -> Path:
+    """A run config's `data` folder: as written (relative to the current directory), else relative to the folders
+    above the run (a run trained from the repository root and served from elsewhere)."""
+    path = Path(data)
+    if path.is_absolute() or path.is_dir():
+        return path.resolve()
+    for base in [run_dir.resolve(), *run_dir.resolve().parents]:
+        if (base / path).is_dir():
+            return (base / path).resolve()
+    raise ConfigError(f"{run_dir / 'config.yaml'} trains on `{data}`, which is not a folder from here or above the "
+                      "run; run the command from the folder the run was trained in, or pass --world.")
+
+
+def export_run(run_dir: str | Path, world_dir: str | Path | None = None) -> Path:
+    """Write `<run_dir>/serving/` from a finished ranking run (its config.yaml and best weights) and its world."""
+    from rankstack.ranking.run import load_run_config
+    from rankstack.serving.features import WorldTables
+
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise ConfigError(f"{run_dir} has no config.yaml; pass `--run` a folder written by `rankstack train ranking` "
+                          "or `rankstack demo` (e.g. runs/demo/dlrm).")
+    config = load_run_config(config_path)
+    weights = best_weights_path(run_dir)
+    if not weights.is_file():
+        raise ConfigError(f"{run_dir} has no {weights.name}; the run has not finished an evaluation yet.")
+    if world_dir is not None and not Path(config.data).is_dir():
+        data_dir = Path(world_dir).resolve() / "ranking"  # the run was trained elsewhere; its world is given
+    else:
+        data_dir = resolve_data_path(config.data, run_dir)
+    world = Path(world_dir).resolve() if world_dir else data_dir.parent
+    tables = WorldTables.load(world)  # fails now, naming the file, if the world is incomplete
+    dataset = Dataset.open(data_dir)
+    out = run_dir / SERVING_DIR
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    layout = FieldLayout.from_dataset(Dataset.open(data_dir, columns=config.features or None), config.tasks or None)
+    state = load_weights(weights)
+    model = build_model(config.model.name, config.model.args, layout, str(config_path))
+    model.load_state_dict(state)  # proves the weights fit the model before they are exported
+    save_weights(model.state_dict(), out / "ranking.safetensors")
+    save_json({"model": config.model.name, "args": config.model.args, "tasks": list(layout.labels),
+               "features": list(config.features)}, out / "ranking.json")
+    dataset.schema.save(out / "schema.yaml")
+    dataset.vocab.save(out / "vocab")
+    physical = np.isin(tables.events.action, PHYSICAL_ACTIONS)
+    popularity = np.bincount(tables.events.poi[physical], minlength=tables.n_pois).astype(np.float32)
+    save_weights({"popularity": torch.from_numpy(popularity)}, out / "retrieval.safetensors")
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    manifest = {"format": FORMAT_VERSION, "world": str(world), "run": str(run_dir.resolve()),
+                "files": {name: _sha256(out / name) for name in files}}
+    atomic_write(out / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+    return out
+
+
+@dataclass
+class Artifacts:
+    """Everything a `Cascade` loads from a run's serving folder."""
+
+    root: Path
+    world_dir: Path
+    ranking_name: str
+    ranking: RankingModel
+    schema: Schema
+    vocab: Vocabulary
+    popularity: np.ndarray
+
+
+def _fail(path: Path, problem: str) -> ConfigError:
+    return ConfigError(f"serving artifact {path} {problem}; re-export it with `rankstack export --run "
+                       f"{path.parent.parent}`.")
+
+
+def load_artifacts(run_dir: str | Path, world_dir: str | Path | None = None) -> Artifacts:
+    """Load and check `<run_dir>/serving/`; every problem raises a `ConfigError` naming the file."""
+    root = Path(run_dir) / SERVING_DIR
+    manifest_path = root / MANIFEST
+    if not manifest_path.is_file():
+        raise _fail(manifest_path, "is missing")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files: dict[str, str] = manifest["files"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise _fail(manifest_path, f"is not a valid manifest ({err})") from None
+    if manifest.get("format") != FORMAT_VERSION:
+        raise _fail(manifest_path, f"has format {manifest.get('format')}, this server reads {FORMAT_VERSION}")
+    for name, digest in files.items():
+        path = root / name
+        if not path.is_file():
+            raise _fail(path, "is missing")
+        if _sha256(path) != digest:
+            raise _fail(path, "does not match the hash in manifest.json (truncated, corrupt or edited)")
+    for name in ("ranking.json", "ranking.safetensors", "schema.yaml", "vocab/index.json", "retrieval.safetensors"):
+        if name not in files:
+            raise _fail(root / name, "is not listed in manifest.json")
+    spec: dict[str, Any] = json.loads((root / "ranking.json").read_text())
+    schema = Schema.load(root / "schema.yaml")
+    vocab = Vocabulary.load(root / "vocab")
+    dataset = Dataset(root, schema.select(spec["features"]) if spec["features"] else schema, vocab)
+    layout = FieldLayout.from_dataset(dataset, spec["tasks"])
+    model = build_model(spec["model"], spec["args"], layout, str(root / "ranking.json"))
+    try:
+        model.load_state_dict(load_weights(root / "ranking.safetensors"))
+    except (RuntimeError, ValueError, OSError) as err:
+        raise _fail(root / "ranking.safetensors", f"does not fit the model in ranking.json ({err})") from None
+    model.eval()
+    popularity = load_weights(root / "retrieval.safetensors")["popularity"].numpy().astype(np.float64)
+    world = Path(world_dir) if world_dir else Path(manifest["world"])
+    return Artifacts(root, world, spec["model"], model, dataset.schema, vocab, popularity)

@@ -1,0 +1,25 @@
+"""A tiny trained HeMix run on the tiny world, exported for serving (shared by the serving tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from rankstack.ranking.run import load_run_config, train_ranking
+from rankstack.serving.artifacts import export_run
+
+TINY_HEMIX = {"embedding_dim": 8, "dim": 16, "n_layers": 1, "rank": 4, "ffn_mult": 2, "tower": [16]}
+
+
+def write_tiny_run(world_dir: Path, out: Path) -> Path:
+    """Train HeMix for a few steps on the tiny world's ranking data and export it; returns the run folder."""
+    config_path = out.parent / "hemix_tiny.yaml"
+    config_path.write_text(yaml.safe_dump({
+        "data": str(world_dir / "ranking"), "model": {"name": "hemix", "args": TINY_HEMIX}, "batch_size": 256,
+        "eval_batch_size": 4096, "eval_max_rows": 2000,
+        "trainer": {"epochs": 1, "max_steps": 8, "eval_every_steps": 8, "checkpoint_every_steps": 8,
+                    "progress_bar": False, "tensorboard": False, "seed": 0}}))
+    train_ranking(load_run_config(config_path), out)
+    export_run(out)
+    return out
