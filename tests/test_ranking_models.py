@@ -7,6 +7,7 @@ level, and on the tiny synthetic world.
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -237,3 +238,27 @@ def test_gpu_benchmark_script_runs_on_the_cpu_in_smoke_mode(tmp_path, monkeypatc
     assert result["train_flops_per_sample"] > 2 * result["forward_flops_per_sample"] > 0
     assert result["bf16_vs_fp32"]["within_tolerance"]
     assert result["params"]["dense"] > 0
+
+
+def test_sweep_runs_once_reads_finished_runs_back_and_tabulates(tiny_world_dir, tmp_path):
+    from rankstack.ranking.sweep import format_table, model_cost, run_or_load, summarise
+
+    config = CONFIG_DIR / "dlrm_world_small.yaml"
+    overrides = {"data": str(tiny_world_dir / "ranking"), "trainer.max_steps": 2, "model.args.top_mlp": [16],
+                 "eval_max_rows": 500}
+    first = run_or_load(config, overrides, tmp_path / "dlrm")
+    stamp = (tmp_path / "dlrm" / "results.json").stat().st_mtime_ns
+    again = run_or_load(config, {**overrides, "trainer.max_steps": 1000}, tmp_path / "dlrm")
+    assert again == json.loads(json.dumps(first)) and (tmp_path / "dlrm" / "results.json").stat().st_mtime_ns == stamp
+    assert first["train"]["steps"] == 2
+
+    other = {**first["test"], "click_auc": first["test"]["click_auc"] + 0.01}
+    rows = [{"model": "dlrm", "test": first["test"]}, {"model": "dlrm", "test": other}]
+    summary = summarise(rows, "model", ("click", "order"))
+    mean, std = summary["dlrm"]["click_auc"]
+    assert summary["dlrm"]["runs"] == 2
+    assert mean == pytest.approx(first["test"]["click_auc"] + 0.005) and std == pytest.approx(0.01 / np.sqrt(2))
+    table = format_table(summary, ("click", "order"))
+    assert "| dlrm | 2 |" in table and "| bayes |" in table and "| popularity |" in table
+    cost = model_cost(config, overrides)
+    assert cost["dense_params"] > 0 and cost["forward_flops_per_sample"] > 0
