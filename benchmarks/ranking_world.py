@@ -9,6 +9,7 @@ item-popularity baseline and the Bayes-optimal figures of the world's true proba
 
     python benchmarks/ranking_world.py --data /tmp/world-medium/ranking --recipe medium --out runs/world-table \\
         [--models hemix dlrm dcnv2 din rankmixer transformer] [--seeds 0 1 2] [--set trainer.lr_dense=3e-4]
+        [--set transformer:trainer.lr_dense=1e-3]
 
 `--max-steps` and `--eval-max-rows` cap each run for smoke checks; such tables are not results.
 """
@@ -32,6 +33,19 @@ from rankstack.ranking.sweep import format_table, run_or_load, summarise  # noqa
 TASKS = ("click", "order")
 
 
+def model_overrides(pairs: list[str], model: str) -> dict:
+    """The `--set` overrides that apply to `model`: unprefixed ones, and `model:`-prefixed ones."""
+    chosen = []
+    for pair in pairs:
+        prefix, _, rest = pair.partition(":")
+        if rest and "=" not in prefix:
+            if prefix == model:
+                chosen.append(rest)
+        else:
+            chosen.append(pair)
+    return dict(parse_override(p) for p in chosen)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="a world's ranking dataset folder")
@@ -43,8 +57,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--max-steps", type=int, help="cap on optimiser steps per run (smoke checks)")
     parser.add_argument("--eval-max-rows", type=int, help="cap on validation rows per evaluation")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
-                        help="an override for every run")
+    parser.add_argument("--set", action="append", default=[], metavar="[MODEL:]KEY.PATH=VALUE",
+                        help="an override for every run, or only for MODEL's runs (transformer:model.args.dim=64)")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
@@ -58,7 +72,7 @@ def main() -> None:
             overrides = {"data": args.data, "trainer.seed": seed,
                          **({"trainer.max_steps": args.max_steps} if args.max_steps else {}),
                          **({"eval_max_rows": args.eval_max_rows} if args.eval_max_rows else {}),
-                         **dict(parse_override(p) for p in args.set)}
+                         **model_overrides(args.set, model)}
             results = run_or_load(config, overrides, out / "runs" / f"{model}-seed{seed}")
             rows.append({"model": model, "seed": seed, "config": str(config), "params": results["params"],
                          "wall_time_s": results["train"]["wall_time_s"],
