@@ -59,17 +59,17 @@ def plot(rows: list[dict], bayes: float | None, path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    auc = [r["click_auc"] for r in rows]
     for ax, key, label in ((axes[0], "dense_params", "dense parameters"),
                            (axes[1], "forward_flops_per_sample", "forward FLOPs per sample")):
-        x = [r[key] for r in rows]
+        ordered = sorted(rows, key=lambda r: r[key])
+        x, auc = [r[key] for r in ordered], [r["click_auc"] for r in ordered]
         ax.plot(x, auc, "o-")
-        for r, xi, yi in zip(rows, x, auc):
+        for r, xi, yi in zip(ordered, x, auc):
             ax.annotate(f"d={r['dim']}, L={r['n_layers']}", (xi, yi), textcoords="offset points", xytext=(4, 4),
                         fontsize=8)
         if bayes is not None:
             ax.axhline(bayes, linestyle="--", color="grey", label=f"Bayes-optimal {bayes:.4f}")
-            ax.legend(loc="lower right")
+            ax.legend(loc="center right")
         ax.set_xscale("log")
         ax.set_xlabel(label)
         ax.grid(True, alpha=0.3)
