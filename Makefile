@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 # build. pyproject.toml itself stays permissive (torch>=2.4) for users with GPUs.
 TORCH_CPU := torch==2.13.0
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo test bench bench-env lint clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,15 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/foundation.py
+
+# The benchmark environment for the FuxiCTR peer check (benchmarks/ranking_fuxictr.py): a separate venv that also
+# sees rankstack's packages (a .pth file), so pip adds only what FuxiCTR needs (ray, polars, h5py) and both models
+# run on the same torch. FuxiCTR never enters rankstack's own environment.
+FUXI_VENV ?= /tmp/fuxi-venv
+bench-env: setup
+	$(PY) -m venv $(FUXI_VENV)
+	$(PY) -c "import site; print(site.getsitepackages()[0])" > "$$($(FUXI_VENV)/bin/python -c "import site; print(site.getsitepackages()[0])")/rankstack-venv.pth"
+	$(FUXI_VENV)/bin/pip install --quiet fuxictr==2.3.10
 
 lint: setup
 	$(VENV)/bin/ruff check rankstack tests benchmarks

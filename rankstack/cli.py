@@ -9,6 +9,7 @@
     rankstack eval --run DIR [--split test]
     rankstack bench loader --data DIR [--batch-size N] [--repeats N]
     rankstack bench retrieval --config FILE --out DIR                       (popularity / geo baselines)
+    rankstack bench ranking [--repeats N] [--candidates C] [--longterm-len L ...] [--json FILE]
     rankstack demo [--out DIR]
     rankstack export --run DIR [--world DIR]                                (serving artifacts → DIR/serving/)
     rankstack serve --run DIR [--world DIR] [--config FILE] [--host 127.0.0.1] [--port 8000]
@@ -118,6 +119,17 @@ def cmd_bench_loader(args: argparse.Namespace) -> None:
 
     result = bench_loader(args.data, args.split, args.batch_size, args.repeats, args.max_batches)
     print(json.dumps(result, indent=2))
+
+
+def cmd_bench_ranking(args: argparse.Namespace) -> None:
+    from rankstack.ranking.bench import bench_ranking, format_bench_ranking
+
+    result = bench_ranking(args.tokens, args.dim, args.batch_size, args.repeats, args.candidates,
+                           tuple(args.longterm_len), args.threads)
+    print(format_bench_ranking(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+        print(f"written to {args.json}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -231,6 +243,18 @@ def build_parser() -> argparse.ArgumentParser:
     br = bench.add_parser("retrieval", help="next-POI baselines (popularity, geo-nearest popular) and the oracle")
     _add_run_args(br)
     br.set_defaults(func=cmd_bench_retrieval)
+
+    bk = bench.add_parser("ranking", help="HeteroMixer vs self-attention timing; HeMix serving with/without the "
+                                          "user cache (hemix.md §12.5, §12.7)")
+    bk.add_argument("--tokens", type=int, default=12)
+    bk.add_argument("--dim", type=int, default=256)
+    bk.add_argument("--batch-size", type=int, default=1024)
+    bk.add_argument("--repeats", type=int, default=7)
+    bk.add_argument("--candidates", type=int, default=500, help="candidates per request")
+    bk.add_argument("--longterm-len", type=int, nargs="+", default=[100], help="long-term stream length(s)")
+    bk.add_argument("--threads", type=int, default=1)
+    bk.add_argument("--json", help="also write the result to this JSON file")
+    bk.set_defaults(func=cmd_bench_ranking)
 
     demo = sub.add_parser("demo", help="generate the small world and train the ranking baseline on it")
     demo.add_argument("--out", default="runs/demo")

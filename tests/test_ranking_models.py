@@ -7,6 +7,7 @@ level, and on the tiny synthetic world.
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -190,3 +191,74 @@ def test_a_fixed_seed_gives_the_same_model_and_the_same_training(name, datasets)
         assert torch.equal(a, b), key
     assert any(not torch.equal(a, b) for a, b in zip(first.parameters(), other.parameters()))
     assert train_steps(first, dataset, steps=4, seed=1) == train_steps(second, dataset, steps=4, seed=1)
+
+
+# -- benchmarks (rankstack.ranking.bench, benchmarks/ranking_gpu.py) ---------------------------------------------
+
+
+def test_synthetic_request_shares_user_fields_and_cached_serving_matches():
+    from rankstack.ranking.bench import serving_throughput, synthetic_layout, synthetic_request
+    from rankstack.ranking.hemix import HeMixConfig
+
+    layout = synthetic_layout(request_ns=3, candidate_ns=2, item_fields=3, sequence_item_fields=2,
+                              streams=(("longterm_seq", 12), ("realtime_seq", 4)), item_vocab=50)
+    request = synthetic_request(layout, 9)
+    for key, _ in layout.ns:
+        shared = bool((request[key] == request[key][0]).all())
+        assert shared == (layout.level_of(key) == "request"), key
+    assert (request["longterm_seq_action"] == request["longterm_seq_action"][0]).all()
+    result = serving_throughput(layout, HeMixConfig(dim=16, n_layers=1, rank=4, realtime_len=4, tower=[8]),
+                                candidates=9, repeats=1)
+    assert result["cached_equals_uncached"] and result["max_abs_difference"] < 1e-5
+    assert result["min_score_spread"] > 1e-4, "candidates must score differently for the check to mean anything"
+    assert result["candidates_per_s"]["cached"] > 0 and result["candidates_per_s"]["uncached"] > 0
+
+
+def test_mixing_cost_model_equals_the_counted_macs():
+    from rankstack.ranking.bench import mixing_vs_attention
+
+    result = mixing_vs_attention(tokens=6, dim=32, batch=4, rank=4, attention_heads=4, repeats=1)
+    counted, model = result["counted_macs_per_sample"], result["cost_model"]
+    assert counted["heteromixing"] == model["heteromixing_macs"]
+    assert counted["self_attention"] == model["attention_macs"]
+    assert counted["heteromixer_block"] == model["heteromixing_macs"] + model["ffn_macs"]
+    assert set(result["seconds_median"]) == {"heteromixing", "self_attention", "heteromixer_block", "attention_block"}
+
+
+def test_gpu_benchmark_script_runs_on_the_cpu_in_smoke_mode(tmp_path, monkeypatch):
+    import json
+    import runpy
+
+    out = tmp_path / "gpu.json"
+    script = CONFIG_DIR.parent.parent / "benchmarks" / "ranking_gpu.py"
+    monkeypatch.setattr("sys.argv", [str(script), "--device", "cpu", "--smoke", "--out", str(out)])
+    runpy.run_path(str(script), run_name="__main__")
+    result = json.loads(out.read_text())
+    assert result["smoke"] and result["samples_per_s"] > 0
+    assert result["train_flops_per_sample"] > 2 * result["forward_flops_per_sample"] > 0
+    assert result["bf16_vs_fp32"]["within_tolerance"]
+    assert result["params"]["dense"] > 0
+
+
+def test_sweep_runs_once_reads_finished_runs_back_and_tabulates(tiny_world_dir, tmp_path):
+    from rankstack.ranking.sweep import format_table, model_cost, run_or_load, summarise
+
+    config = CONFIG_DIR / "dlrm_world_small.yaml"
+    overrides = {"data": str(tiny_world_dir / "ranking"), "trainer.max_steps": 2, "model.args.top_mlp": [16],
+                 "eval_max_rows": 500}
+    first = run_or_load(config, overrides, tmp_path / "dlrm")
+    stamp = (tmp_path / "dlrm" / "results.json").stat().st_mtime_ns
+    again = run_or_load(config, {**overrides, "trainer.max_steps": 1000}, tmp_path / "dlrm")
+    assert again == json.loads(json.dumps(first)) and (tmp_path / "dlrm" / "results.json").stat().st_mtime_ns == stamp
+    assert first["train"]["steps"] == 2
+
+    other = {**first["test"], "click_auc": first["test"]["click_auc"] + 0.01}
+    rows = [{"model": "dlrm", "test": first["test"]}, {"model": "dlrm", "test": other}]
+    summary = summarise(rows, "model", ("click", "order"))
+    mean, std = summary["dlrm"]["click_auc"]
+    assert summary["dlrm"]["runs"] == 2
+    assert mean == pytest.approx(first["test"]["click_auc"] + 0.005) and std == pytest.approx(0.01 / np.sqrt(2))
+    table = format_table(summary, ("click", "order"))
+    assert "| dlrm | 2 |" in table and "| bayes |" in table and "| popularity |" in table
+    cost = model_cost(config, overrides)
+    assert cost["dense_params"] > 0 and cost["forward_flops_per_sample"] > 0

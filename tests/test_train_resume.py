@@ -20,18 +20,20 @@ from rankstack.train import load_checkpoint
 
 # 64 steps per epoch, 3 epochs; checkpoints every 10 steps, evals every 7, log rows every 3. The killed run stops
 # after step 105: its last checkpoint is step 100 (mid-epoch, with a partial log window of one step), and rows and
-# an evaluation past it are already on disk, so resuming must also drop those.
+# an evaluation past it are already on disk, so resuming must also drop those. The learning rate warms up over
+# 150 steps, so the resumed run must also pick the schedule up where the checkpoint left it.
 KILL_AFTER_STEP = 105
+WARMUP = ("--warmup-steps", 150)
 
 
 def test_killed_run_resumes_bit_identical(tmp_path):
     full, cut = tmp_path / "full", tmp_path / "cut"
     uninterrupted = start(
-        python_command("--run-dir", full / "run", "--record-dir", full / "rec"), full / "log"
+        python_command("--run-dir", full / "run", "--record-dir", full / "rec", *WARMUP), full / "log"
     )
     interrupted = start(
         python_command(
-            "--run-dir", cut / "run", "--record-dir", cut / "rec", "--pause-after-step", KILL_AFTER_STEP
+            "--run-dir", cut / "run", "--record-dir", cut / "rec", "--pause-after-step", KILL_AFTER_STEP, *WARMUP
         ),
         cut / "log",
     )
@@ -47,7 +49,7 @@ def test_killed_run_resumes_bit_identical(tmp_path):
         assert len(csv_rows(cut / "run")) > state["log_rows"]
         assert not (cut / "run" / "metrics.json").exists()
 
-        run(python_command("--run-dir", cut / "run", "--record-dir", cut / "rec", "--resume"))
+        run(python_command("--run-dir", cut / "run", "--record-dir", cut / "rec", "--resume", *WARMUP))
         finish(uninterrupted, full / "log")
     finally:
         if uninterrupted.poll() is None:

@@ -101,6 +101,25 @@ def test_learns_and_writes_csv_tensorboard_and_metrics(tmp_path):
     assert set(best) == set(ToyModel().state_dict())
 
 
+def test_linear_warmup_raises_both_rates_to_their_value_then_holds_them(tmp_path):
+    config = toy_config(warmup_steps=10, log_every_steps=1, eval_every_steps=None, epochs=1)
+    train_toy(tmp_path, config)
+    rows = [r for r in read_csv(tmp_path / "train_log.csv") if r["loss"]]
+    assert [int(r["step"]) for r in rows] == list(range(1, 33))
+    for row in rows:
+        scale = min(1.0, int(row["step"]) / 10)
+        assert float(row["lr"]) == pytest.approx(config.lr_dense * scale, rel=1e-12)
+        assert float(row["lr_embedding"]) == pytest.approx(config.lr_embedding * scale, rel=1e-12)
+
+
+def test_warmup_changes_training_and_zero_warmup_is_the_default(tmp_path):
+    assert TrainerConfig().warmup_steps == 0
+    plain, _ = train_toy(tmp_path / "plain", toy_config(epochs=1))
+    warm, _ = train_toy(tmp_path / "warm", toy_config(epochs=1, warmup_steps=16))
+    differs = [not torch.equal(a, b) for a, b in zip(plain.state_dict().values(), warm.state_dict().values())]
+    assert any(differs)
+
+
 def test_embeddings_and_dense_params_have_their_own_optimizer_and_lr(tmp_path):
     model = ToyModel()
     config = toy_config(lr_dense=1e-3, lr_embedding=5e-2, weight_decay=0.1, embedding_optimizer="adagrad")
@@ -293,6 +312,7 @@ def test_fresh_run_refuses_a_folder_with_a_checkpoint(tmp_path):
         ({"early_stopping_patience": 2}, "early_stopping_metric is not"),
         ({"precision": "fp16"}, "precision must be one of"),
         ({"grad_clip_norm": 0.0}, "grad_clip_norm must be positive"),
+        ({"warmup_steps": -1}, "warmup_steps must be a non-negative integer"),
         ({"device": "gpu0"}, "is not a device"),
     ],
 )

@@ -77,6 +77,7 @@ def main() -> None:
     parser.add_argument("--log-every", type=int, default=3)
     parser.add_argument("--patience", type=int, default=5)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--warmup-steps", type=int, default=0)
     args = parser.parse_args()
 
     rank, world_size, _ = init_distributed()
@@ -86,6 +87,7 @@ def main() -> None:
     config = TrainerConfig(
         epochs=args.epochs,
         lr_dense=3e-3,
+        warmup_steps=args.warmup_steps,
         lr_embedding=3e-2,
         weight_decay=1e-4,
         grad_clip_norm=5.0,

@@ -111,6 +111,10 @@ class TrainerConfig:
             Optimiser of the dense parameters: `"adamw"` (decoupled weight decay) or `"adam"` (L2 penalty).
         embedding_optimizer (`str`, *optional*, defaults to `"adam"`):
             Optimiser of the embedding tables: `"adam"` or `"adagrad"`.
+        warmup_steps (`int`, *optional*, defaults to `0`):
+            Linear learning-rate warm-up: optimiser step s (counted from 1) uses `lr · min(1, s / warmup_steps)` in
+            both groups, then the rate stays constant (hemix.md §6 warms up over the first 2 % of the steps). `0`
+            disables it. The rate is a function of the step alone, so a resumed run follows the same schedule.
         grad_clip_norm (`float` or `None`, *optional*, defaults to `None`):
             Clip the global L2 norm of all gradients (both groups together) to this value; `None` disables
             clipping (the norm is still computed and logged).
@@ -159,6 +163,7 @@ class TrainerConfig:
     weight_decay: float = 0.0
     dense_optimizer: Literal["adamw", "adam"] = "adamw"
     embedding_optimizer: Literal["adam", "adagrad"] = "adam"
+    warmup_steps: int = 0
     grad_clip_norm: float | None = None
     eval_every_steps: int | None = None
     early_stopping_metric: str | None = None
@@ -187,6 +192,11 @@ class TrainerConfig:
 
         positive_int("epochs", optional=False)
         positive_int("log_every_steps", optional=False)
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ConfigError(
+                f"TrainerConfig.warmup_steps must be a non-negative integer (0 disables warm-up), got "
+                f"{self.warmup_steps!r}; fix it in the config."
+            )
         for name in ("max_steps", "eval_every_steps", "checkpoint_every_steps", "early_stopping_patience"):
             positive_int(name, optional=True)
         for name in ("lr_dense", "lr_embedding", "weight_decay"):
@@ -388,6 +398,12 @@ class Trainer:
             emb_cls = torch.optim.Adam if config.embedding_optimizer == "adam" else torch.optim.Adagrad
             self.embedding_optimizer = emb_cls(embedding_params, lr=config.lr_embedding, weight_decay=0.0)
 
+        self._base_lrs = [
+            (optimizer, lr)
+            for optimizer, lr in ((self.dense_optimizer, config.lr_dense), (self.embedding_optimizer, config.lr_embedding))
+            if optimizer is not None
+        ]
+
         self._loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor] = self.model.loss
         if self.world_size > 1:
             # Building DDP broadcasts rank 0's parameters, so every rank starts from the same weights.
@@ -538,6 +554,11 @@ class Trainer:
         # Always measured (max_norm=inf scales by exactly 1.0) so that every log row can report it.
         max_norm = self.config.grad_clip_norm if self.config.grad_clip_norm is not None else math.inf
         self._last_grad_norm = torch.nn.utils.clip_grad_norm_(self._params, max_norm)
+        if self.config.warmup_steps:
+            scale = min(1.0, self.state.step / self.config.warmup_steps)
+            for optimizer, lr in self._base_lrs:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * scale
         for optimizer in (self.dense_optimizer, self.embedding_optimizer):
             if optimizer is not None:
                 optimizer.step()

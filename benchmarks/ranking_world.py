@@ -1,0 +1,92 @@
+"""The ranking issue's world table (hemix.md §12.2): every model × seeds on one world, mean ± std beside Bayes.
+
+Trains `configs/ranking/<model>_world_<recipe>.yaml` for each model and seed on a world's ranking dataset and
+writes the table of test AUC, GAUC and log-loss for click and conversion (mean ± std over seeds), with the
+item-popularity baseline and the Bayes-optimal figures of the world's true probabilities:
+- `<out>/runs/<model>-seed<s>/`: each run (resumable: a run whose `results.json` exists is read, not retrained;
+  one stopped half-way continues from its checkpoint), so running the same command again finishes a table;
+- `<out>/ranking_world.json` (rows and summary) and `<out>/ranking_world.md` (the table).
+
+    python benchmarks/ranking_world.py --data /tmp/world-medium/ranking --recipe medium --out runs/world-table \\
+        [--models hemix dlrm dcnv2 din rankmixer transformer] [--seeds 0 1 2] [--set trainer.lr_dense=3e-4]
+        [--set transformer:trainer.lr_dense=1e-3]
+
+`--max-steps` and `--eval-max-rows` cap each run for smoke checks; such tables are not results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from rankstack.config import parse_override  # noqa: E402
+from rankstack.ranking import MODELS  # noqa: E402
+from rankstack.ranking.bench import machine_info  # noqa: E402
+from rankstack.ranking.sweep import format_table, run_or_load, summarise  # noqa: E402
+
+TASKS = ("click", "order")
+
+
+def model_overrides(pairs: list[str], model: str) -> dict:
+    """The `--set` overrides that apply to `model`: unprefixed ones, and `model:`-prefixed ones."""
+    chosen = []
+    for pair in pairs:
+        prefix, _, rest = pair.partition(":")
+        if rest and "=" not in prefix:
+            if prefix == model:
+                chosen.append(rest)
+        else:
+            chosen.append(pair)
+    return dict(parse_override(p) for p in chosen)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="a world's ranking dataset folder")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--recipe", default="medium", choices=["small", "medium"],
+                        help="which configs/ranking/<model>_world_<recipe>.yaml to train")
+    parser.add_argument("--models", nargs="+", default=["hemix", "dlrm", "dcnv2", "din", "rankmixer", "transformer"],
+                        choices=sorted(MODELS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--max-steps", type=int, help="cap on optimiser steps per run (smoke checks)")
+    parser.add_argument("--eval-max-rows", type=int, help="cap on validation rows per evaluation")
+    parser.add_argument("--set", action="append", default=[], metavar="[MODEL:]KEY.PATH=VALUE",
+                        help="an override for every run, or only for MODEL's runs (transformer:model.args.dim=64)")
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    out = Path(args.out)
+    rows = []
+    for model in args.models:
+        config = ROOT / "configs" / "ranking" / f"{model}_world_{args.recipe}.yaml"
+        for seed in args.seeds:
+            overrides = {"data": args.data, "trainer.seed": seed,
+                         **({"trainer.max_steps": args.max_steps} if args.max_steps else {}),
+                         **({"eval_max_rows": args.eval_max_rows} if args.eval_max_rows else {}),
+                         **model_overrides(args.set, model)}
+            results = run_or_load(config, overrides, out / "runs" / f"{model}-seed{seed}")
+            rows.append({"model": model, "seed": seed, "config": str(config), "params": results["params"],
+                         "wall_time_s": results["train"]["wall_time_s"],
+                         "samples_per_s": results["train"]["samples_per_s"], "test": results["test"]})
+            print(f"{model} seed {seed}: click AUC {results['test']['click_auc']:.4f}", flush=True)
+    summary = summarise(rows, "model", TASKS)
+    table = format_table(summary, TASKS)
+    command = " ".join(["python", *sys.argv])
+    (out / "ranking_world.json").write_text(json.dumps(
+        {"command": command, **machine_info(), "data": args.data, "recipe": args.recipe, "seeds": args.seeds,
+         "max_steps": args.max_steps, "rows": rows, "summary": summary}, indent=2))
+    (out / "ranking_world.md").write_text(f"```\n{command}\n```\n\n{table}\n")
+    print(f"\n{table}\n\ncommand: {command}\nwritten {out / 'ranking_world.json'} and {out / 'ranking_world.md'}")
+
+
+if __name__ == "__main__":
+    main()
