@@ -8,6 +8,7 @@ plain mapping and checks it on the way: an unknown key, a missing required key o
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +19,8 @@ import yaml
 from rankstack.errors import ConfigError
 
 T = TypeVar("T")
+#: A number in scientific notation without a dot (`1e-3`), which YAML 1.1 leaves as a string.
+SCIENTIFIC = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
 
 
 def _type_name(tp: Any) -> str:
@@ -92,6 +95,8 @@ def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
             raise fail()
         return value
     if tp is float:
+        if isinstance(value, str) and SCIENTIFIC.fullmatch(value.strip()):
+            return float(value)  # PyYAML (YAML 1.1) reads `1e-3`, without a dot, as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise fail()
         return float(value)

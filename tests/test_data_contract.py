@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rankstack.config import from_dict, load_yaml
+from rankstack.config import from_dict, load_yaml, parse_override
 from rankstack.data.dataset import Dataset, DatasetWriter
 from rankstack.data.loader import BatchLoader
 from rankstack.data.schema import ColumnSpec, Schema
@@ -42,6 +42,10 @@ class Outer:
 
 def test_config_rejects_unknown_keys_and_wrong_types_by_dotted_path(tmp_path):
     assert from_dict(Outer, {"name": "x", "inner": {"rate": 1}}).inner.rate == 1.0
+    # YAML 1.1 reads `1e-3` as a string; a float field takes it, other strings stay errors.
+    assert from_dict(Outer, {"name": "x", "inner": {"rate": parse_override("r=1e-3")[1]}}).inner.rate == 0.001
+    with pytest.raises(ConfigError, match="key `inner.rate` must be float, got str 'fast'"):
+        from_dict(Outer, {"name": "x", "inner": {"rate": "fast"}})
     with pytest.raises(ConfigError, match=r"unknown key `inner.rat`.*valid keys here are: mode, rate"):
         from_dict(Outer, {"name": "x", "inner": {"rat": 1}})
     with pytest.raises(ConfigError, match=r"key `sizes\[1\]` must be int, got str 'b'"):
