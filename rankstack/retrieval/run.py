@@ -1,28 +1,62 @@
-"""Retrieval runs from a YAML config (`configs/retrieval/*.yaml`): fit a SID tokenizer, score the baselines.
+"""Retrieval runs from a YAML config (`configs/retrieval/*.yaml`): the whole GeoGR pipeline, and the baselines.
 
 The functions a CLI calls:
 
     config = load_run_config("configs/retrieval/city_tiny.yaml", {"data": "runs/world/next_poi"})
-    report = build_tokenizer(config, "runs/sids_city_tiny")      # sids.json, sids.safetensors, tokenizer.json
+    report = train_retrieval(config, "runs/geogr_city_tiny")      # tokenizer -> base LM -> CPT -> SFT -> eval
+    report = build_tokenizer(config, "runs/sids_city_tiny")      # the SID tokenizer alone
     report = bench_baselines(config, "runs/baselines_city_tiny")  # results.json, results.jsonl (one row per method)
     print(format_baselines(report))
 
-Both write the resolved config to `<out>/config.yaml` first.
+`train_retrieval` writes one folder per stage into the run folder (geogr.md §9):
+
+    config.yaml     the resolved config
+    sids/           the SID tokenizer (sids.json, sids.safetensors, tokenizer.json report)
+    base/           the LM with SID tokens added (BPE trained on the CPT corpus, or a local pretrained model)
+    cpt/            after continued pre-training on T1-T4 (absent when `lm.cpt.enabled` is false)
+    sft/            after SFT on context + history -> next SID: the model the retriever serves
+    eval/           metrics.json (GeoGR and the baselines, valid and test), results.jsonl rows
+    retriever.json  what `GeoGRRetriever.from_run` needs
+
+Each stage is built in `<stage>.partial/` and renamed into place when it is complete (its `stage.json` written
+last), so a killed run resumes at the first stage that is not there; `overwrite=True` starts from scratch.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
+import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rankstack.config import dump_yaml, load_yaml
+from rankstack.config import dump_yaml, load_yaml, to_dict
+from rankstack.errors import RankstackError
 from rankstack.retrieval.baselines import BaselineConfig, run_baselines
-from rankstack.retrieval.data import load_retrieval_data
-from rankstack.retrieval.semantic_ids import SemanticIdConfig, build_semantic_ids
+from rankstack.retrieval.data import RetrievalData, load_retrieval_data
+from rankstack.retrieval.evaluate import evaluate_topk
+from rankstack.retrieval.lm import (
+    LMConfig,
+    PromptWriter,
+    area_grid,
+    build_lm,
+    cpt_records,
+    generate_candidates,
+    latency_report,
+    load_lm,
+    resolve_device,
+    save_lm,
+    sft_examples,
+    sid_validity,
+    train_causal_lm,
+)
+from rankstack.retrieval.retriever import save_serving_files
+from rankstack.retrieval.semantic_ids import SemanticIdConfig, SemanticIds, build_semantic_ids
+from rankstack.retrieval.trie import sid_level_offsets
 from rankstack.train.checkpoint import save_json
 
 
@@ -31,11 +65,13 @@ class RetrievalRunConfig:
     """A retrieval run.
 
     data: a next-POI dataset folder (`<world>/next_poi`, or a `foursquare-nyc` / `amazon-s3rec` conversion).
-    semantic_ids: the tokenizer (`SemanticIdConfig`). baselines: the baseline benchmark (`BaselineConfig`).
+    semantic_ids: the tokenizer (`SemanticIdConfig`). lm: the LM stage (`LMConfig`). baselines: the baseline
+    benchmark (`BaselineConfig`), also scored beside GeoGR by `train_retrieval`.
     """
 
     data: str
     semantic_ids: SemanticIdConfig = field(default_factory=SemanticIdConfig)
+    lm: LMConfig = field(default_factory=LMConfig)
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
 
 
@@ -67,17 +103,7 @@ def bench_baselines(config: RetrievalRunConfig, out: str | Path) -> dict[str, An
     report = run_baselines(load_retrieval_data(config.data), config.baselines)
     report["wall_time_s"] = time.perf_counter() - start
     save_json(report, out / "results.json")
-    with open(out / "results.jsonl", "a") as rows:
-        for method, entry in report.items():
-            if not isinstance(entry, dict):
-                continue
-            for split in ("valid", "test"):
-                if split in entry:
-                    rows.write(json.dumps({"data": config.data, "method": method, "split": split,
-                                           "host": platform.node()} | entry[split]) + "\n")
-            if method == "oracle":
-                rows.write(json.dumps({"data": config.data, "method": method, "split": "test",
-                                       "host": platform.node()} | entry) + "\n")
+    _append_rows(out / "results.jsonl", config.data, report)
     return report
 
 
@@ -91,3 +117,150 @@ def format_baselines(report: dict[str, Any]) -> str:
         row = entry.get("test", entry)
         lines.append(f"{method:22}" + "".join(f"{row[k]:9.4f}" for k in keys) + f"{int(row['width']):5d}")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The GeoGR pipeline
+
+
+def run_stage(out: Path, name: str, build: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    """Build stage `name` into `out/name` once: reuse it when its `stage.json` exists, else build it in
+    `out/name.partial` and rename it into place (a killed stage leaves only the partial folder, rebuilt next time)."""
+    final = out / name
+    if (final / "stage.json").is_file():
+        return json.loads((final / "stage.json").read_text())
+    if final.exists():
+        raise RankstackError(f"{final} exists but has no stage.json (it was not written by train_retrieval); "
+                             "remove it or pass overwrite=True.")
+    partial = out / f"{name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    start = time.perf_counter()
+    report = build(partial)
+    report["stage_wall_time_s"] = time.perf_counter() - start
+    shutil.rmtree(partial / "trainer", ignore_errors=True)
+    save_json(report, partial / "stage.json")
+    os.replace(partial, final)
+    return report
+
+
+def _writer(data: RetrievalData, sids: SemanticIds, lm: LMConfig) -> PromptWriter:
+    return PromptWriter(sids, area_grid(data, lm.prompt), lm.prompt, data.catalogue.lat, data.catalogue.lon)
+
+
+def _lm_corpus(data: RetrievalData, sids: SemanticIds, lm: LMConfig, writer: PromptWriter) -> list[str]:
+    """Texts the BPE is trained on: the CPT corpus and (a sample of) the SFT prompts."""
+    texts = [r["text"] for r in cpt_records(data, sids, lm.cpt, writer.grid, lm.seed)]
+    prompts = [e["prompt"] for e in sft_examples(writer, data.splits["train"], 2000)]
+    return texts + prompts
+
+
+def evaluate_generative(model: Any, tokenizer: Any, sids: SemanticIds, data: RetrievalData, writer: PromptWriter,
+                        lm: LMConfig, splits: tuple[str, ...] = ("valid", "test")) -> dict[str, Any]:
+    """Decode each split's requests with the trie-constrained beam search and score the top-W lists."""
+    trie = sids.trie(sid_level_offsets(tokenizer, sids.level_sizes))
+    report: dict[str, Any] = {}
+    for split in splits:
+        samples = data.splits[split]
+        n = len(samples) if lm.decode.max_eval_samples is None else min(len(samples), lm.decode.max_eval_samples)
+        prompts = writer.prompts(samples)[:n]
+        candidates = generate_candidates(model, tokenizer, prompts, trie, lm.decode.num_beams, lm.decode.batch_size)
+        report[split] = (evaluate_topk(candidates.items, samples.target[:n], len(data.catalogue))
+                         | sid_validity(candidates.codes, sids) | latency_report(candidates))
+    return report
+
+
+def _append_rows(path: Path, data: str, report: dict[str, Any]) -> None:
+    with open(path, "a") as rows:
+        for method, entry in report.items():
+            if not isinstance(entry, dict):
+                continue
+            for split in ("valid", "test"):
+                if split in entry:
+                    rows.write(json.dumps({"data": data, "method": method, "split": split,
+                                           "host": platform.node()} | entry[split]) + "\n")
+            if method == "oracle":
+                rows.write(json.dumps({"data": data, "method": method, "split": "test",
+                                       "host": platform.node()} | entry) + "\n")
+
+
+def train_retrieval(config: RetrievalRunConfig, out: str | Path, overwrite: bool = False) -> dict[str, Any]:
+    """The GeoGR pipeline into the run folder `out` (see the module docstring): tokenizer -> base LM -> CPT ->
+    SFT -> evaluation beside the baselines. Returns `eval/metrics.json`'s content."""
+    out = Path(out)
+    if overwrite:
+        shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    dump_yaml(config, out / "config.yaml")
+    lm = config.lm
+    device = resolve_device(lm.decode.device)
+    data = load_retrieval_data(config.data)
+
+    def tokenizer_stage(tmp: Path) -> dict[str, Any]:
+        tmp.rmdir()  # build_semantic_ids creates its folder
+        start = time.perf_counter()
+        sids = build_semantic_ids(data, config.semantic_ids, tmp)
+        report = {"level_sizes": list(sids.level_sizes), "length": sids.length,
+                  "wall_time_s": time.perf_counter() - start} | sids.meta
+        save_json(report, tmp / "tokenizer.json")
+        return {"stage": "sids", "level_sizes": list(sids.level_sizes), "diagnostics": sids.meta["diagnostics"]}
+
+    stages: dict[str, Any] = {"sids": run_stage(out, "sids", tokenizer_stage)}
+    sids = SemanticIds.load(out / "sids")
+    writer = _writer(data, sids, lm)
+
+    def base_stage(tmp: Path) -> dict[str, Any]:
+        model, tokenizer, offsets = build_lm(lm, sids, _lm_corpus(data, sids, lm, writer))
+        save_lm(model, tokenizer, tmp)
+        return {"stage": "base", "vocab": len(tokenizer), "level_offsets": list(offsets),
+                "parameters": sum(p.numel() for p in model.parameters())}
+
+    stages["base"] = run_stage(out, "base", base_stage)
+    previous = out / "base"
+
+    if lm.cpt.enabled:
+        def cpt_stage(tmp: Path) -> dict[str, Any]:
+            model, tokenizer = load_lm(previous, str(device))
+            records = cpt_records(data, sids, lm.cpt, writer.grid, lm.seed)
+            report = train_causal_lm_report(model, tokenizer, records, lm.cpt.training, tmp)
+            save_lm(model, tokenizer, tmp)
+            counts = {t: sum(r["template"] == t for r in records) for t in lm.cpt.templates}
+            return {"stage": "cpt", "records_per_template": counts} | report
+
+        stages["cpt"] = run_stage(out, "cpt", cpt_stage)
+        previous = out / "cpt"
+
+    def sft_stage(tmp: Path) -> dict[str, Any]:
+        model, tokenizer = load_lm(previous, str(device))
+        examples = sft_examples(writer, data.splits["train"], lm.sft.max_examples)
+        report = train_causal_lm_report(model, tokenizer, examples, lm.sft.training, tmp)
+        save_lm(model, tokenizer, tmp)
+        return {"stage": "sft", "from": previous.name} | report
+
+    stages["sft"] = run_stage(out, "sft", sft_stage)
+
+    def eval_stage(tmp: Path) -> dict[str, Any]:
+        model, tokenizer = load_lm(out / "sft", str(device))
+        report: dict[str, Any] = {"geogr": evaluate_generative(model, tokenizer, sids, data, writer, lm)}
+        report |= run_baselines(data, config.baselines)
+        report["data"] = config.data
+        save_json(report, tmp / "metrics.json")
+        _append_rows(tmp / "results.jsonl", config.data, report)
+        return {"stage": "eval"} | report
+
+    metrics = run_stage(out, "eval", eval_stage)
+    geo = metrics.get("geo_nearest_popular", {})
+    save_serving_files(out, data.catalogue, sids.popularity,
+                       {"sids": "sids", "model": "sft", "prompt": to_dict(lm.prompt), "num_beams": lm.decode.num_beams,
+                        "geo_bandwidth_km": geo.get("bandwidth_km"), "data": config.data})
+    return metrics
+
+
+def train_causal_lm_report(model: Any, tokenizer: Any, records: list[dict[str, str]], training: Any,
+                           out: Path) -> dict[str, Any]:
+    """`lm.train_causal_lm` with its log also written to `out/train_log.jsonl`."""
+    report = train_causal_lm(model, tokenizer, records, training, out)
+    with open(out / "train_log.jsonl", "w") as log:
+        for row in report.pop("log"):
+            log.write(json.dumps(row) + "\n")
+    return report
