@@ -56,7 +56,7 @@ from rankstack.train.rng import seed_everything  # noqa: E402
 
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 TEMPLATES = ("trajectory", "sid_to_text", "text_to_sid", "question")
-SID_PATTERN = re.compile(r"<[a-j]_\d+>")
+SID_PATTERN = re.compile(r"(?:<[a-j]_\d+>)+")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -410,7 +410,7 @@ def build_lm(config: LMConfig, sids: SemanticIds, corpus: Sequence[str]) -> tupl
         tokenizer = train_tokenizer((strip_sids(t) for t in corpus), config.vocab_size, config.min_frequency)
     seed_everything(config.seed)
     model = build_model(config.model, tokenizer)
-    offsets = add_sid_tokens(tokenizer, model, sids.level_sizes)
+    offsets = add_sid_tokens(tokenizer, model, sids.level_sizes, seed=config.seed)
     return model, tokenizer, offsets
 
 

@@ -55,6 +55,7 @@ from rankstack.retrieval.lm import (
     train_causal_lm,
 )
 from rankstack.retrieval.retriever import save_serving_files
+from rankstack.retrieval.sasrec import SASRecConfig, run_sasrec
 from rankstack.retrieval.semantic_ids import SemanticIdConfig, SemanticIds, build_semantic_ids
 from rankstack.retrieval.trie import sid_level_offsets
 from rankstack.train.checkpoint import save_json
@@ -66,13 +67,15 @@ class RetrievalRunConfig:
 
     data: a next-POI dataset folder (`<world>/next_poi`, or a `foursquare-nyc` / `amazon-s3rec` conversion).
     semantic_ids: the tokenizer (`SemanticIdConfig`). lm: the LM stage (`LMConfig`). baselines: the baseline
-    benchmark (`BaselineConfig`), also scored beside GeoGR by `train_retrieval`.
+    benchmark (`BaselineConfig`), also scored beside GeoGR by `train_retrieval`. sasrec: the SASRec-style baseline
+    (`SASRecConfig`), trained beside the others when enabled.
     """
 
     data: str
     semantic_ids: SemanticIdConfig = field(default_factory=SemanticIdConfig)
     lm: LMConfig = field(default_factory=LMConfig)
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
+    sasrec: SASRecConfig = field(default_factory=SASRecConfig)
 
 
 def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RetrievalRunConfig:
@@ -100,7 +103,10 @@ def bench_baselines(config: RetrievalRunConfig, out: str | Path) -> dict[str, An
     out.mkdir(parents=True, exist_ok=True)
     dump_yaml(config, out / "config.yaml")
     start = time.perf_counter()
-    report = run_baselines(load_retrieval_data(config.data), config.baselines)
+    data = load_retrieval_data(config.data)
+    report = run_baselines(data, config.baselines)
+    if config.sasrec.enabled:
+        report["sasrec"] = run_sasrec(data, config.sasrec, out / "sasrec")
     report["wall_time_s"] = time.perf_counter() - start
     save_json(report, out / "results.json")
     _append_rows(out / "results.jsonl", config.data, report)
@@ -243,6 +249,8 @@ def train_retrieval(config: RetrievalRunConfig, out: str | Path, overwrite: bool
         model, tokenizer = load_lm(out / "sft", str(device))
         report: dict[str, Any] = {"geogr": evaluate_generative(model, tokenizer, sids, data, writer, lm)}
         report |= run_baselines(data, config.baselines)
+        if config.sasrec.enabled:
+            report["sasrec"] = run_sasrec(data, config.sasrec, tmp / "sasrec")
         report["data"] = config.data
         save_json(report, tmp / "metrics.json")
         _append_rows(tmp / "results.jsonl", config.data, report)
