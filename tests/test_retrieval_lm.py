@@ -204,3 +204,46 @@ def test_retriever_answers_warm_and_cold_requests(tiny_run, data):
                            data.catalogue.lon).prompts(test)[:3]
     offline = generate_candidates(retriever.model, retriever.tokenizer, prompts, retriever.trie, 20, top_k=10)
     assert (ids[offline.items] == poi_ids[:3]).all()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# EM refinement: the M step's assignment
+
+
+def test_deferred_acceptance_respects_capacity_and_prefers_confident_pois():
+    from rankstack.retrieval.lm import deferred_acceptance
+
+    sizes = (2, 2, 2)
+    # POIs 0, 1, 2 all want code (0,0,0) first; capacity 2 keeps the two most confident (0 and 2); POI 1 moves on
+    # to its second choice. POI 3 proposes only invalid (empty) beams, so it takes the free code nearest its
+    # embedding.
+    codes = np.array([
+        [[0, 0, 0], [1, 1, 1]],
+        [[0, 0, 0], [0, 1, 0]],
+        [[0, 0, 0], [1, 0, 0]],
+        [[-1, -1, -1], [-1, -1, -1]],
+    ])
+    scores = np.array([[-0.1, -2.0], [-0.9, -1.0], [-0.5, -3.0], [-np.inf, -np.inf]])
+    centroids = np.zeros((3, 2, 2))
+    centroids[0] = [[0.0, 0.0], [10.0, 10.0]]  # level 1 separates far apart; the other levels add nothing
+    embeddings = np.array([[0, 0], [0, 0], [0, 0], [9.0, 9.0]])
+    out = deferred_acceptance(codes, scores, 2, sizes, embeddings, centroids)
+    assert out[0].tolist() == [0, 0, 0] and out[2].tolist() == [0, 0, 0]
+    assert out[1].tolist() == [0, 1, 0]
+    assert out[3][0] == 1  # nearest reconstruction to (9, 9) is a level-1 code 1
+    _, counts = np.unique(out, axis=0, return_counts=True)
+    assert counts.max() <= 2
+    unique = deferred_acceptance(codes, scores, 1, sizes, embeddings, centroids)
+    assert len(np.unique(unique, axis=0)) == 4  # capacity 1 forces unique codes
+
+
+def test_reassigned_sids_keep_the_vocabulary_and_rerank_dedup(sids):
+    from rankstack.retrieval.lm import reassigned_sids
+
+    levels = sids.centroids.shape[0]
+    codes = sids.codes[:, :levels].copy()
+    codes[1] = codes[0]  # make POI 1 share POI 0's code
+    new = reassigned_sids(sids, codes, 1, {"changed": 0.0})
+    assert new.level_sizes == sids.level_sizes and new.length == sids.length
+    assert len(np.unique(new.codes, axis=0)) == len(new.codes)  # the dedup token separates every shared code
+    assert new.meta["em_round"] == 1

@@ -152,6 +152,7 @@ class LMConfig:
     cpt: CPTConfig = field(default_factory=CPTConfig)
     sft: SFTStageConfig = field(default_factory=SFTStageConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    em: EMConfig = field(default_factory=lambda: EMConfig())
     seed: int = 0
 
 
@@ -530,3 +531,126 @@ def latency_report(candidates: Candidates) -> dict[str, float]:
             "ms_per_request": 1e3 * candidates.seconds / max(len(candidates.items), 1),
             "ms_per_request_p50": float(1e3 * np.percentile(per_request, 50)) if len(per_request) else 0.0,
             "ms_per_request_p99": float(1e3 * np.percentile(per_request, 99)) if len(per_request) else 0.0}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 5. EM-style SID refinement with the LM (geogr.md §3.6)
+
+
+@dataclass
+class EMConfig:
+    """The iterative refinement of the SIDs with the LM (geogr.md §3.6).
+
+    Parameters:
+        rounds (`int`, defaults to `0`): E/M rounds after the first CPT + SFT (0: no refinement, the "-EM"
+            ablation; the spec's default is up to 3).
+        capacity (`int`, defaults to `4`): POIs one 3-level code may hold (C); capped at the tokenizer's dedup
+            size D so the `<d_…>` vocabulary always suffices (C = 1 when the codes start unique).
+        num_beams (`int`, defaults to `20`): candidates per POI from the full code grid.
+        stop_changed (`float`, defaults to `0.02`): stop when fewer than this share of POIs change code.
+        max_sft_examples (`int` or `None`, defaults to `None`): train samples in each E step (None: all).
+        training (`TrainingConfig`): the E step's optimisation (one epoch).
+    """
+
+    rounds: int = 0
+    capacity: int = 4
+    num_beams: int = 20
+    stop_changed: float = 0.02
+    max_sft_examples: int | None = None
+    training: TrainingConfig = field(default_factory=lambda: TrainingConfig(batch_size=32, max_length=512))
+
+
+def e_step_records(data: RetrievalData, sids: SemanticIds, writer: PromptWriter, grid: AreaGrid | None,
+                   max_sft_examples: int | None, seed: int) -> list[dict[str, str]]:
+    """T2 + T3 records and the train SFT records under the current SIDs, as full-text records (one epoch)."""
+    cpt = cpt_records(data, sids, CPTConfig(templates=("sid_to_text", "text_to_sid")), grid, seed)
+    sft = [{"text": e["prompt"] + e["completion"]} for e in sft_examples(writer, data.splits["train"],
+                                                                          max_sft_examples)]
+    return [{"text": r["text"]} for r in cpt] + sft
+
+
+def grid_candidates(model: Any, tokenizer: Any, descriptions: Sequence[str], level_sizes: Sequence[int],
+                    level_offsets: Sequence[int], num_beams: int, batch_size: int = 64
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """M step's proposals: for each POI, the top `num_beams` 3-level codes over the FULL grid from the T3 prompt,
+    as codes [N, W, levels] and scores [N, W] (Σ log p)."""
+    device = next(model.parameters()).device
+    trie = SidTrie.full_grid(level_sizes, level_offsets).to(device)
+    codes, scores = [], []
+    prompts = [text_to_sid_prompt(d) for d in descriptions]
+    with torch.no_grad():
+        for lo in range(0, len(prompts), batch_size):
+            enc = tokenizer(prompts[lo:lo + batch_size], return_tensors="pt", padding=True,
+                            add_special_tokens=False).to(device)
+            out = trie_beam_search(model, enc["input_ids"], enc["attention_mask"], trie, num_beams)
+            codes.append(out.codes.cpu().numpy())
+            scores.append(out.scores.cpu().numpy())
+    return np.concatenate(codes), np.concatenate(scores)
+
+
+def deferred_acceptance(candidate_codes: np.ndarray, candidate_scores: np.ndarray, capacity: int,
+                        level_sizes: Sequence[int], embeddings: np.ndarray, centroids: np.ndarray
+                        ) -> np.ndarray:
+    """Assign each POI a 3-level code [N, levels] (geogr.md §3.6 M step).
+
+    POIs propose their candidates best first, in the order of their best score; a code keeps its `capacity` best
+    proposers (by score) and rejects the rest, who propose their next candidate. POIs that exhaust their list take
+    the free code (fewer than `capacity` holders) whose residual-k-means reconstruction sum_l C_l[c_l] is nearest
+    to their embedding.
+    """
+    n, width, levels = candidate_codes.shape
+    radix = np.cumprod([1, *level_sizes[:0:-1]])[::-1]  # mixed-radix weights, last level fastest
+    flat = np.where((candidate_codes >= 0).all(axis=2), (candidate_codes * radix).sum(axis=2), -1)
+    holders: dict[int, list[tuple[float, int]]] = {}
+    assigned = np.full(n, -1, dtype=np.int64)
+    next_choice = np.zeros(n, dtype=np.int64)
+    free = [int(p) for p in np.argsort(-candidate_scores[:, 0], kind="stable")[::-1]]  # pop() takes the best
+    exhausted = []
+    while free:
+        p = free.pop()
+        while next_choice[p] < width and flat[p, next_choice[p]] < 0:
+            next_choice[p] += 1
+        if next_choice[p] >= width:
+            exhausted.append(p)
+            continue
+        code, score = int(flat[p, next_choice[p]]), float(candidate_scores[p, next_choice[p]])
+        next_choice[p] += 1
+        group = holders.setdefault(code, [])
+        group.append((score, p))
+        assigned[p] = code
+        if len(group) > capacity:
+            group.sort(key=lambda sp: (-sp[0], sp[1]))
+            _, loser = group.pop()
+            assigned[loser] = -1
+            free.append(loser)
+    if exhausted:
+        total = int(np.prod(level_sizes))
+        grid = np.stack(np.unravel_index(np.arange(total), tuple(level_sizes)), axis=1)
+        recon = sum(centroids[level][grid[:, level]] for level in range(levels))
+        load = np.zeros(total, dtype=np.int64)
+        for code, group in holders.items():
+            load[code] = len(group)
+        for p in exhausted:
+            dist = ((recon - embeddings[p][None, :]) ** 2).sum(axis=1)
+            dist[load >= capacity] = np.inf
+            code = int(dist.argmin())
+            assigned[p] = code
+            load[code] += 1
+    return np.stack(np.unravel_index(assigned, tuple(level_sizes)), axis=1).astype(np.int64)
+
+
+def reassigned_sids(sids: SemanticIds, codes: np.ndarray, round_index: int, stats: dict[str, Any]) -> SemanticIds:
+    """A copy of `sids` with new 3-level codes, the dedup token re-ranked by popularity inside each code and the
+    dedup level kept at its size (so the LM's vocabulary still holds every token)."""
+    from rankstack.retrieval.semantic_ids import assign_sids
+
+    levels = sids.centroids.shape[0]
+    full, dedup = assign_sids(codes, sids.popularity, sids.collisions)
+    if sids.length > levels and full.shape[1] == levels:  # no collision left: keep the d token (always 0)
+        full = np.concatenate([full, np.zeros((len(full), 1), dtype=np.int64)], axis=1)
+    if full.shape[1] > sids.length or (dedup or 1) > (sids.level_sizes[levels] if sids.length > levels else 1):
+        raise ConfigError("the refined codes need a longer dedup vocabulary than the tokenizer has; lower "
+                          "lm.em.capacity.")
+    meta = dict(sids.meta) | {"em_round": round_index, "em": stats}
+    return SemanticIds(sids.poi_ids, full, sids.level_sizes, sids.collisions, sids.centroids, sids.embeddings,
+                       sids.popularity, meta)

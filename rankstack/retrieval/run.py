@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from rankstack.config import dump_yaml, load_yaml, to_dict
 from rankstack.errors import RankstackError
 from rankstack.retrieval.baselines import BaselineConfig, run_baselines
@@ -45,9 +47,14 @@ from rankstack.retrieval.lm import (
     area_grid,
     build_lm,
     cpt_records,
+    deferred_acceptance,
+    e_step_records,
     generate_candidates,
+    grid_candidates,
     latency_report,
     load_lm,
+    poi_descriptions,
+    reassigned_sids,
     resolve_device,
     save_lm,
     sft_examples,
@@ -222,36 +229,51 @@ def train_retrieval(config: RetrievalRunConfig, out: str | Path, overwrite: bool
                 "parameters": sum(p.numel() for p in model.parameters())}
 
     stages["base"] = run_stage(out, "base", base_stage)
-    previous = out / "base"
 
-    if lm.cpt.enabled:
-        def cpt_stage(tmp: Path) -> dict[str, Any]:
+    def lm_stages(prefix: str, sids_dir: str) -> str:
+        """CPT (if enabled) then SFT from the base model under the SIDs in `sids_dir`; returns the SFT folder."""
+        stage_sids = SemanticIds.load(out / sids_dir)
+        stage_writer = _writer(data, stage_sids, lm)
+        previous = out / "base"
+        if lm.cpt.enabled:
+            def cpt_stage(tmp: Path) -> dict[str, Any]:
+                model, tokenizer = load_lm(previous, str(device))
+                records = cpt_records(data, stage_sids, lm.cpt, stage_writer.grid, lm.seed)
+                report = train_causal_lm_report(model, tokenizer, records, lm.cpt.training, tmp)
+                save_lm(model, tokenizer, tmp)
+                counts = {t: sum(r["template"] == t for r in records) for t in lm.cpt.templates}
+                return {"stage": "cpt", "sids": sids_dir, "records_per_template": counts} | report
+
+            stages[f"{prefix}cpt"] = run_stage(out, f"{prefix}cpt", cpt_stage)
+            previous = out / f"{prefix}cpt"
+
+        def sft_stage(tmp: Path) -> dict[str, Any]:
             model, tokenizer = load_lm(previous, str(device))
-            records = cpt_records(data, sids, lm.cpt, writer.grid, lm.seed)
-            report = train_causal_lm_report(model, tokenizer, records, lm.cpt.training, tmp)
+            examples = sft_examples(stage_writer, data.splits["train"], lm.sft.max_examples)
+            report = train_causal_lm_report(model, tokenizer, examples, lm.sft.training, tmp)
             save_lm(model, tokenizer, tmp)
-            counts = {t: sum(r["template"] == t for r in records) for t in lm.cpt.templates}
-            return {"stage": "cpt", "records_per_template": counts} | report
+            return {"stage": "sft", "sids": sids_dir, "from": previous.name} | report
 
-        stages["cpt"] = run_stage(out, "cpt", cpt_stage)
-        previous = out / "cpt"
+        stages[f"{prefix}sft"] = run_stage(out, f"{prefix}sft", sft_stage)
+        return f"{prefix}sft"
 
-    def sft_stage(tmp: Path) -> dict[str, Any]:
-        model, tokenizer = load_lm(previous, str(device))
-        examples = sft_examples(writer, data.splits["train"], lm.sft.max_examples)
-        report = train_causal_lm_report(model, tokenizer, examples, lm.sft.training, tmp)
-        save_lm(model, tokenizer, tmp)
-        return {"stage": "sft", "from": previous.name} | report
-
-    stages["sft"] = run_stage(out, "sft", sft_stage)
+    model_dir = lm_stages("", "sids")
+    sids_dir = "sids"
+    if lm.em.rounds > 0:
+        sids_dir = refine(config, data, out, device, stages)
+        if sids_dir != "sids":
+            model_dir = lm_stages("final_", sids_dir)
+    sids = SemanticIds.load(out / sids_dir)
+    writer = _writer(data, sids, lm)
 
     def eval_stage(tmp: Path) -> dict[str, Any]:
-        model, tokenizer = load_lm(out / "sft", str(device))
+        model, tokenizer = load_lm(out / model_dir, str(device))
         report: dict[str, Any] = {"geogr": evaluate_generative(model, tokenizer, sids, data, writer, lm)}
         report |= run_baselines(data, config.baselines)
         if config.sasrec.enabled:
             report["sasrec"] = run_sasrec(data, config.sasrec, tmp / "sasrec")
         report["data"] = config.data
+        report["served"] = {"model": model_dir, "sids": sids_dir}
         save_json(report, tmp / "metrics.json")
         _append_rows(tmp / "results.jsonl", config.data, report)
         return {"stage": "eval"} | report
@@ -259,9 +281,61 @@ def train_retrieval(config: RetrievalRunConfig, out: str | Path, overwrite: bool
     metrics = run_stage(out, "eval", eval_stage)
     geo = metrics.get("geo_nearest_popular", {})
     save_serving_files(out, data.catalogue, sids.popularity,
-                       {"sids": "sids", "model": "sft", "prompt": to_dict(lm.prompt), "num_beams": lm.decode.num_beams,
+                       {"sids": sids_dir, "model": model_dir, "prompt": to_dict(lm.prompt), "num_beams": lm.decode.num_beams,
                         "geo_bandwidth_km": geo.get("bandwidth_km"), "data": config.data})
     return metrics
+
+
+def refine(config: RetrievalRunConfig, data: RetrievalData, out: Path, device: Any,
+           stages: dict[str, Any]) -> str:
+    """The EM rounds (geogr.md §3.6) as stages `em_1`, `em_2`, …; returns the folder (relative to `out`) of the
+    SIDs to train the final model on: those whose E-step model scored the best valid Acc@5.
+
+    Round r: E = one epoch of T2 + T3 + next-POI records under the current SIDs, continuing from the previous
+    round's model (round 1: the SFT model); the E-step model is scored on valid under those SIDs (its Acc@5 is
+    the score of the SIDs it trained on); M = beam search over the full code grid from each POI's T3 prompt, then
+    deferred acceptance with capacity C, and the dedup token re-ranked. Stops when fewer than `stop_changed` of
+    the POIs change code.
+    """
+    lm = config.lm
+    em = lm.em
+    current_sids, current_model = "sids", "sft"
+    scored: list[tuple[float, str]] = []
+    for round_index in range(1, em.rounds + 1):
+        name = f"em_{round_index}"
+
+        def em_stage(tmp: Path, sids_dir: str = current_sids, model_dir: str = current_model,
+                     round_index: int = round_index) -> dict[str, Any]:
+            sids = SemanticIds.load(out / sids_dir)
+            writer = _writer(data, sids, lm)
+            model, tokenizer = load_lm(out / model_dir, str(device))
+            records = e_step_records(data, sids, writer, writer.grid, em.max_sft_examples, lm.seed + round_index)
+            report = train_causal_lm_report(model, tokenizer, records, em.training, tmp)
+            valid = evaluate_generative(model, tokenizer, sids, data, writer, lm, splits=("valid",))["valid"]
+            levels = sids.centroids.shape[0]
+            offsets = sid_level_offsets(tokenizer, sids.level_sizes)[:levels]
+            codes, scores = grid_candidates(model, tokenizer, poi_descriptions(data, writer.grid),
+                                            sids.level_sizes[:levels], offsets, em.num_beams, lm.decode.batch_size)
+            dedup = sids.level_sizes[levels] if sids.length > levels else 1
+            capacity = max(1, min(em.capacity, dedup))
+            new_codes = deferred_acceptance(codes, scores, capacity, sids.level_sizes[:levels], sids.embeddings,
+                                            sids.centroids)
+            changed = float((new_codes != sids.codes[:, :levels]).any(axis=1).mean())
+            stats = {"changed": changed, "capacity": capacity,
+                     "uniqueness": float(len(np.unique(new_codes, axis=0)) / len(new_codes))}
+            reassigned_sids(sids, new_codes, round_index, stats).save(tmp / "sids")
+            save_lm(model, tokenizer, tmp / "model")
+            return {"stage": f"em_{round_index}", "from_sids": sids_dir, "valid_acc@5_of_from_sids": valid["acc@5"],
+                    "valid": valid} | stats | report
+
+        report = run_stage(out, name, em_stage)
+        stages[name] = report
+        scored.append((report["valid_acc@5_of_from_sids"], current_sids))
+        current_sids, current_model = f"{name}/sids", f"{name}/model"
+        if report["changed"] < em.stop_changed:
+            break
+    best = max(scored, key=lambda item: item[0])  # ties keep the earliest SIDs
+    return best[1]
 
 
 def train_causal_lm_report(model: Any, tokenizer: Any, records: list[dict[str, str]], training: Any,
