@@ -639,9 +639,11 @@ def deferred_acceptance(candidate_codes: np.ndarray, candidate_scores: np.ndarra
     return np.stack(np.unravel_index(assigned, tuple(level_sizes)), axis=1).astype(np.int64)
 
 
-def reassigned_sids(sids: SemanticIds, codes: np.ndarray, round_index: int, stats: dict[str, Any]) -> SemanticIds:
+def reassigned_sids(sids: SemanticIds, codes: np.ndarray, round_index: int, stats: dict[str, Any],
+                    diagnostics: dict[str, Any] | None = None) -> SemanticIds:
     """A copy of `sids` with new 3-level codes, the dedup token re-ranked by popularity inside each code and the
-    dedup level kept at its size (so the LM's vocabulary still holds every token)."""
+    dedup level kept at its size (so the LM's vocabulary still holds every token). `diagnostics` replaces the
+    tokenizer's (computed on the old codes; dropped when not given)."""
     from rankstack.retrieval.semantic_ids import assign_sids
 
     levels = sids.centroids.shape[0]
@@ -651,6 +653,8 @@ def reassigned_sids(sids: SemanticIds, codes: np.ndarray, round_index: int, stat
     if full.shape[1] > sids.length or (dedup or 1) > (sids.level_sizes[levels] if sids.length > levels else 1):
         raise ConfigError("the refined codes need a longer dedup vocabulary than the tokenizer has; lower "
                           "lm.em.capacity.")
-    meta = dict(sids.meta) | {"em_round": round_index, "em": stats}
+    meta = {k: v for k, v in sids.meta.items() if k != "diagnostics"} | {"em_round": round_index, "em": stats}
+    if diagnostics is not None:
+        meta["diagnostics"] = diagnostics
     return SemanticIds(sids.poi_ids, full, sids.level_sizes, sids.collisions, sids.centroids, sids.embeddings,
                        sids.popularity, meta)

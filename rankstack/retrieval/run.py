@@ -63,7 +63,16 @@ from rankstack.retrieval.lm import (
 )
 from rankstack.retrieval.retriever import save_serving_files
 from rankstack.retrieval.sasrec import SASRecConfig, run_sasrec
-from rankstack.retrieval.semantic_ids import SemanticIdConfig, SemanticIds, build_semantic_ids
+from rankstack.retrieval.semantic_ids import (
+    SemanticIdConfig,
+    SemanticIds,
+    build_semantic_ids,
+    complementary_pairs,
+    make_text_encoder,
+    poi_categories,
+    poi_texts,
+    sid_diagnostics,
+)
 from rankstack.retrieval.trie import sid_level_offsets
 from rankstack.train.checkpoint import save_json
 
@@ -125,9 +134,9 @@ def format_baselines(report: dict[str, Any]) -> str:
     keys = ("acc@1", "acc@5", "acc@10", "ndcg@5", "ndcg@10", "mrr")
     lines = [f"{'method':22}" + "".join(f"{k:>9}" for k in keys) + f"{'W':>5}"]
     for method, entry in report.items():
-        if not isinstance(entry, dict):
+        row = entry.get("test", entry) if isinstance(entry, dict) else None
+        if not isinstance(row, dict) or "acc@1" not in row:
             continue
-        row = entry.get("test", entry)
         lines.append(f"{method:22}" + "".join(f"{row[k]:9.4f}" for k in keys) + f"{int(row['width']):5d}")
     return "\n".join(lines)
 
@@ -299,6 +308,8 @@ def refine(config: RetrievalRunConfig, data: RetrievalData, out: Path, device: A
     """
     lm = config.lm
     em = lm.em
+    text_embeddings = make_text_encoder(config.semantic_ids.text).encode(poi_texts(data.catalogue,
+                                                                                   data.train_checkins))
     current_sids, current_model = "sids", "sft"
     scored: list[tuple[float, str]] = []
     for round_index in range(1, em.rounds + 1):
@@ -323,7 +334,10 @@ def refine(config: RetrievalRunConfig, data: RetrievalData, out: Path, device: A
             changed = float((new_codes != sids.codes[:, :levels]).any(axis=1).mean())
             stats = {"changed": changed, "capacity": capacity,
                      "uniqueness": float(len(np.unique(new_codes, axis=0)) / len(new_codes))}
-            reassigned_sids(sids, new_codes, round_index, stats).save(tmp / "sids")
+            diagnostics = sid_diagnostics(new_codes, sids.level_sizes[0], text_embeddings, data.catalogue.lat,
+                                          data.catalogue.lon, poi_categories(data.catalogue),
+                                          complementary_pairs(data.catalogue))
+            reassigned_sids(sids, new_codes, round_index, stats, diagnostics).save(tmp / "sids")
             save_lm(model, tokenizer, tmp / "model")
             return {"stage": f"em_{round_index}", "from_sids": sids_dir, "valid_acc@5_of_from_sids": valid["acc@5"],
                     "valid": valid} | stats | report
