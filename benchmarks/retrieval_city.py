@@ -60,9 +60,10 @@ def main() -> None:
         stages = {name: json.loads((run / name / "stage.json").read_text()).get("stage_wall_time_s")
                   for name in ("sids", "base", "cpt", "sft", "final_cpt", "final_sft", "eval")
                   if (run / name / "stage.json").is_file()}
-        diagnostics = SemanticIds.load(run / metrics["served"]["sids"]).meta.get("diagnostics", {})
+        served = metrics.get("served", {"model": "sft", "sids": "sids"})  # runs evaluated before it was recorded
+        diagnostics = SemanticIds.load(run / served["sids"]).meta.get("diagnostics", {})
         row = {"benchmark": "retrieval_city", "variant": variant, "overrides": VARIANTS[variant], "run": str(run),
-               "test": metrics["geogr"]["test"], "valid": metrics["geogr"]["valid"], "served": metrics["served"],
+               "test": metrics["geogr"]["test"], "valid": metrics["geogr"]["valid"], "served": served,
                "within_code_km": diagnostics.get("within_code_km"),
                "complementary_share_l1": diagnostics.get("complementary_share_l1"),
                "stage_wall_time_s": stages, "this_call_s": time.perf_counter() - start, "command": command,
