@@ -50,7 +50,12 @@ from rankstack.relevance.sft import ModelConfig, TrainingConfig, build_model  # 
 from rankstack.relevance.tokenizer import load_tokenizer, train_tokenizer  # noqa: E402
 from rankstack.retrieval.data import NextPoiSamples, RetrievalData, haversine_km  # noqa: E402
 from rankstack.retrieval.decode import to_candidates, trie_beam_search  # noqa: E402
-from rankstack.retrieval.semantic_ids import SemanticIds, local_plane_km, poi_categories  # noqa: E402
+from rankstack.retrieval.semantic_ids import (  # noqa: E402
+    SemanticIds,
+    assign_sids,
+    local_plane_km,
+    poi_categories,
+)
 from rankstack.retrieval.trie import SidTrie, add_sid_tokens, sid_token  # noqa: E402
 from rankstack.train.rng import seed_everything  # noqa: E402
 
@@ -264,9 +269,10 @@ def poi_descriptions(data: RetrievalData, grid: AreaGrid | None) -> list[str]:
             if text:
                 parts.append(text)
 
-    categories = cat.column("category_l2")
-    add(categories if categories is not None else cat.column("category_id"),
-        lambda v: str(v) if categories is not None else f"category c_{v}")
+    if cat.column("category_l2") is not None:
+        add(cat.column("category_l2"), str)
+    else:
+        add(cat.column("category_id"), lambda v: f"category c_{v}")
     add(cat.column("brand_id") if cat.column("name") is None else None, lambda v: f"brand b_{v}" if v else "")
     add(cat.column("price_level"), lambda v: f"price {v}/4")
     open_hour, close_hour = cat.column("open_hour"), cat.column("close_hour")
@@ -644,8 +650,6 @@ def reassigned_sids(sids: SemanticIds, codes: np.ndarray, round_index: int, stat
     """A copy of `sids` with new 3-level codes, the dedup token re-ranked by popularity inside each code and the
     dedup level kept at its size (so the LM's vocabulary still holds every token). `diagnostics` replaces the
     tokenizer's (computed on the old codes; dropped when not given)."""
-    from rankstack.retrieval.semantic_ids import assign_sids
-
     levels = sids.centroids.shape[0]
     full, dedup = assign_sids(codes, sids.popularity, sids.collisions)
     if sids.length > levels and full.shape[1] == levels:  # no collision left: keep the d token (always 0)
