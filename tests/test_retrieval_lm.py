@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from rankstack.retrieval.data import CheckinLog, haversine_km, load_retrieval_data
 from rankstack.retrieval.lm import (
@@ -288,3 +289,27 @@ def test_sasrec_learns_a_deterministic_successor(tmp_path):
     report = run_sasrec(toy, SASRecConfig(dim=32, max_epochs=8, patience=8, batch_size=64, width=5, lr=3e-3,
                                           dropout=0.0, device="cpu"), tmp_path / "sasrec")
     assert report["test"]["acc@1"] > 0.9
+
+
+def test_sid_token_rows_are_distinct_and_sized_like_the_old_rows():
+    """HF's mean resizing draws new rows with 1e-9 × the old covariance (all SID tokens then share one vector);
+    `add_sid_tokens` draws them at full scale, deterministically per seed."""
+    from rankstack.relevance.sft import ModelConfig, build_model
+    from rankstack.relevance.tokenizer import train_tokenizer
+    from rankstack.retrieval.trie import add_sid_tokens
+
+    def build(seed: int):
+        tokenizer = train_tokenizer(["coffee shop near the park", "hotel with parking"] * 20, vocab_size=300)
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(hidden_size=32, intermediate_size=64, num_layers=1), tokenizer)
+        old = model.get_input_embeddings().weight.shape[0]
+        offsets = add_sid_tokens(tokenizer, model, (8, 8, 8, 2), seed=seed)
+        return model.get_input_embeddings().weight.detach(), old, offsets
+
+    weight, old, offsets = build(0)
+    new = weight[old:]
+    assert offsets[0] == old and len(new) == 26
+    assert new.std(dim=0).mean() > 0.5 * weight[:old].std(dim=0).mean()
+    assert torch.cdist(new, new).add(torch.eye(len(new)) * 1e9).min() > 1e-3
+    again, _, _ = build(0)
+    assert torch.equal(again[old:], new)
