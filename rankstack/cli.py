@@ -4,11 +4,11 @@
     rankstack data convert --format NAME --input PATH --out DIR [--option key=value ...]
     rankstack data inspect DIR [--json]
     rankstack train ranking --config FILE [--out DIR] [--set key.path=value ...] [--resume]
-    rankstack train retrieval --config FILE --out DIR [--set ...]           (fits the semantic-ID tokenizer)
+    rankstack train retrieval --config FILE --out DIR [--set ...]           (GeoGR: SIDs -> CPT -> SFT -> eval)
     rankstack train relevance --stage sft --config FILE --out DIR [--set ...]
     rankstack eval --run DIR [--split test]
     rankstack bench loader --data DIR [--batch-size N] [--repeats N]
-    rankstack bench retrieval --config FILE --out DIR                       (popularity / geo baselines)
+    rankstack bench retrieval --config FILE --out DIR                       (popularity / geo / SASRec baselines)
     rankstack bench ranking [--repeats N] [--candidates C] [--longterm-len L ...] [--json FILE]
     rankstack demo [--out DIR]
     rankstack export --run DIR [--world DIR]                                (serving artifacts → DIR/serving/)
@@ -86,10 +86,11 @@ def cmd_train_ranking(args: argparse.Namespace) -> None:
 
 
 def cmd_train_retrieval(args: argparse.Namespace) -> None:
-    from rankstack.retrieval.run import build_tokenizer, load_run_config
+    from rankstack.retrieval.run import format_baselines, load_run_config, train_retrieval
 
-    report = build_tokenizer(load_run_config(args.config, _overrides(args.set)), args.out, overwrite=args.overwrite)
-    print(json.dumps(report, indent=2, default=str))
+    report = train_retrieval(load_run_config(args.config, _overrides(args.set)), args.out, overwrite=args.overwrite)
+    print(format_baselines(report))
+    print(f"run folder: {args.out} (GeoGRRetriever.from_run loads it)")
 
 
 def cmd_bench_retrieval(args: argparse.Namespace) -> None:
@@ -216,9 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("--json", action="store_true", help="also print results.json")
     rank.set_defaults(func=cmd_train_ranking)
 
-    retr = train.add_parser("retrieval", help="fit the GeoGR semantic-ID tokenizer (the LM stages are not built yet)")
+    retr = train.add_parser("retrieval", help="GeoGR: SID tokenizer, CPT, SFT and evaluation (resumes finished stages)")
     _add_run_args(retr)
-    retr.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    retr.add_argument("--overwrite", action="store_true", help="start from scratch instead of resuming the run folder")
     retr.set_defaults(func=cmd_train_retrieval)
     rel = train.add_parser("relevance", help="train a relevance stage (sft today; dpo/grpo/srpo/agrl planned)")
     rel.add_argument("--stage", required=True, choices=[*RELEVANCE_STAGES, *PLANNED_RELEVANCE_STAGES])
@@ -240,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--max-batches", type=int, default=0, help="stop each repeat early (0: a whole epoch)")
     bl.set_defaults(func=cmd_bench_loader)
 
-    br = bench.add_parser("retrieval", help="next-POI baselines (popularity, geo-nearest popular) and the oracle")
+    br = bench.add_parser("retrieval", help="next-POI baselines (popularity, geo-nearest popular, SASRec) and the oracle")
     _add_run_args(br)
     br.set_defaults(func=cmd_bench_retrieval)
 

@@ -17,12 +17,17 @@ def world(tiny_world_dir: Path):
 
 def test_train_and_bench_retrieval(world, tmp_path, capsys):
     data = f"data={world / 'next_poi'}"
+    fast = [f"--set={key}" for key in ("lm.cpt.records_per_template=20", "lm.sft.max_examples=200",
+                                        "lm.sft.training.num_epochs=1", "lm.decode.max_eval_samples=32",
+                                        "sasrec.enabled=false", "semantic_ids.contrastive.max_epochs=2")]
     assert main(["train", "retrieval", "--config", "configs/retrieval/city_tiny.yaml", "--set", data,
-                 "--out", str(tmp_path / "sids")]) == 0
-    report = json.loads((tmp_path / "sids" / "tokenizer.json").read_text())
-    assert report["level_sizes"] and (tmp_path / "sids" / "sids.safetensors").is_file()
+                 "--out", str(tmp_path / "geogr"), *fast]) == 0
+    report = json.loads((tmp_path / "geogr" / "sids" / "tokenizer.json").read_text())
+    assert report["level_sizes"] and (tmp_path / "geogr" / "sids" / "sids.safetensors").is_file()
+    metrics = json.loads((tmp_path / "geogr" / "eval" / "metrics.json").read_text())
+    assert metrics["geogr"]["test"]["sid_validity"] == 1.0
     assert main(["bench", "retrieval", "--config", "configs/retrieval/city_tiny.yaml", "--set", data,
-                 "--out", str(tmp_path / "baselines")]) == 0
+                 "--set", "sasrec.enabled=false", "--out", str(tmp_path / "baselines")]) == 0
     printed = capsys.readouterr().out
     assert "popularity" in printed and (tmp_path / "baselines" / "results.json").is_file()
 

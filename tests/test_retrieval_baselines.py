@@ -161,7 +161,8 @@ def test_baselines_beat_random_and_stay_below_the_oracle(data) -> None:
 
 
 def test_bench_baselines_writes_results_and_rows(world: Path, tmp_path: Path) -> None:
-    config = load_run_config(CONFIG, {"data": str(world / "next_poi"), "baselines.bandwidths_km": [1.0, 2.0]})
+    config = load_run_config(CONFIG, {"data": str(world / "next_poi"), "baselines.bandwidths_km": [1.0, 2.0],
+                                      "sasrec.enabled": False})  # SASRec has its own test (test_retrieval_lm)
     report = bench_baselines(config, tmp_path / "run")
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["popularity"]["test"]["acc@10"] == pytest.approx(report["popularity"]["test"]["acc@10"])

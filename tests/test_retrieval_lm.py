@@ -1,0 +1,315 @@
+"""GeoGR's LM stage (geogr.md §4.1-§4.3): the SFT prompt/completion builder, the four CPT corpora, the staged
+`train_retrieval` pipeline on the `tiny` city (every generated SID valid, resumable stages) and the serving API."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rankstack.retrieval.data import CheckinLog, haversine_km, load_retrieval_data
+from rankstack.retrieval.lm import (
+    TEMPLATES,
+    CPTConfig,
+    PromptConfig,
+    PromptWriter,
+    area_grid,
+    cpt_records,
+    most_frequent_next,
+    poi_descriptions,
+    sft_examples,
+    sid_strings,
+    strip_sids,
+)
+from rankstack.retrieval.semantic_ids import SemanticIdConfig, build_semantic_ids
+
+SID_RE = re.compile(r"(?:<[a-d]_\d+>)+")
+
+
+@pytest.fixture(scope="module")
+def data(tiny_world_dir: Path):
+    return load_retrieval_data(tiny_world_dir / "next_poi")
+
+
+@pytest.fixture(scope="module")
+def sids(data):
+    config = SemanticIdConfig()
+    config.contrastive.enabled = False  # the builders only need some SIDs; the tokenizer has its own tests
+    return build_semantic_ids(data, config)
+
+
+def writer_for(data, sids, **prompt) -> PromptWriter:
+    config = PromptConfig(**prompt)
+    return PromptWriter(sids, area_grid(data, config), config, data.catalogue.lat, data.catalogue.lon)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# SFT records
+
+
+def test_sft_prompt_holds_recent_history_context_and_the_target_as_completion(data, sids):
+    writer = writer_for(data, sids, max_history=5, location="both")
+    train = data.splits["train"]
+    examples = sft_examples(writer, train)
+    sid = sid_strings(sids.codes)
+    assert len(examples) == int((train.target >= 0).sum())
+    for i in (0, 17, len(train) - 1):
+        prompt, completion = examples[i]["prompt"], examples[i]["completion"]
+        history = [p for p in train.history[i] if p >= 0][-5:]
+        assert prompt.startswith("[hist]" + "".join(sid[p] for p in history) + "[ctx] ")
+        assert prompt.endswith("[next]")
+        assert completion == sid[train.target[i]]
+        near = int(haversine_km(train.lat[i], train.lon[i], data.catalogue.lat, data.catalogue.lon).argmin())
+        assert f"near {sid[near]}" in prompt and " area g_" in prompt
+        assert f"{('Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat', 'Sun')[train.weekday[i]]} {train.hour[i]:02d}h" in prompt
+    assert sft_examples(writer, train, max_examples=7) == examples[-7:]
+
+
+def test_prompt_without_context_or_history(data, sids):
+    writer = writer_for(data, sids, max_history=0, context=False)
+    assert writer.prompt([3, 4], hour=5, weekday=1) == "[hist][next]"
+    writer = writer_for(data, sids, max_history=2, location="cell")
+    assert writer.prompt([-1, 3, 4, 5]) == "[hist]" + writer.sid[4] + writer.sid[5] + "[next]"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# CPT corpora
+
+
+def test_cpt_corpus_has_four_templates_one_to_one_and_is_train_only(data, sids):
+    records = cpt_records(data, sids, CPTConfig(), area_grid(data, PromptConfig()), seed=0)
+    n = len(data.catalogue)
+    counts = {t: sum(r["template"] == t for r in records) for t in TEMPLATES}
+    assert counts == {t: n for t in TEMPLATES}
+    sid = sid_strings(sids.codes)
+    index = {s: p for p, s in enumerate(sid)}
+    desc = poi_descriptions(data, area_grid(data, PromptConfig()))
+    for r in records:
+        text = r["text"]
+        found = SID_RE.findall(text)
+        assert found and all(s in index for s in found), text  # every SID written is a real POI's SID
+        if r["template"] == "sid_to_text":
+            head, tail = text.split(" = ", 1)
+            assert tail == desc[index[head]]
+        elif r["template"] == "text_to_sid":
+            head, tail = text.rsplit(" = ", 1)
+            assert head == desc[index[tail]]
+        elif r["template"] == "question":
+            assert text.startswith("Q: ") and " A: " in text
+    # trajectories only hold train check-ins: every consecutive pair in a record is consecutive in the train log
+    log: CheckinLog = data.train_checkins
+    train_pairs = set(zip(log.poi[:-1].tolist(), log.poi[1:].tolist()))
+    for r in records:
+        if r["template"] == "trajectory":
+            pois = [index[s] for s in SID_RE.findall(r["text"])]
+            assert all(pair in train_pairs for pair in zip(pois[:-1], pois[1:]))
+    assert strip_sids(sid[0] + sid[1] + " x") == "  x"
+
+
+def test_cpt_template_switch_and_determinism(data, sids):
+    grid = area_grid(data, PromptConfig())
+    only = cpt_records(data, sids, CPTConfig(templates=("question",), records_per_template=50), grid, seed=3)
+    assert len(only) == 50 and {r["template"] for r in only} == {"question"}
+    assert only == cpt_records(data, sids, CPTConfig(templates=("question",), records_per_template=50), grid, seed=3)
+    with pytest.raises(Exception, match="unknown CPT templates"):
+        cpt_records(data, sids, CPTConfig(templates=("poems",)), grid, seed=0)
+
+
+def test_most_frequent_next_on_a_toy_log(data):
+    class Toy:
+        catalogue = data.catalogue
+        train_checkins = CheckinLog(user=np.array([1, 1, 1, 1, 2, 2, 2]), poi=np.array([0, 1, 0, 2, 0, 2, 2]),
+                                    time=np.arange(7), hour=None, weekday=None)
+
+    best = most_frequent_next(Toy())
+    assert best[0] == 2  # 0 -> 1 once, 0 -> 2 twice (users 1 and 2)
+    assert best[1] == 0 and best[2] == -1  # 2 -> 2 is a repeat, not a transition; nothing follows 2 otherwise
+    assert (best[3:] == -1).all()
+
+
+def test_retrieval_run_config_reads_the_lm_section():
+    from rankstack.retrieval.run import load_run_config
+
+    config = load_run_config(Path(__file__).resolve().parents[1] / "configs/retrieval/city_tiny.yaml",
+                             {"lm.cpt.enabled": False, "lm.prompt.location": "cell"})
+    assert config.lm.cpt.enabled is False and config.lm.prompt.location == "cell"
+    assert config.lm.decode.num_beams == 20
+    json.dumps(config.lm.model.__dict__)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The whole pipeline on the tiny city
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_world_dir: Path, tmp_path_factory) -> tuple[Path, dict]:
+    from rankstack.retrieval.run import load_run_config, train_retrieval
+
+    # Small enough for the suite: 50 CPT records per template, 1,000 SFT samples for one epoch (32 steps), 256
+    # evaluated requests per split. That is far too little training to beat popularity (the tiny city needs
+    # ~1,200 SFT steps, ~9 min on this machine: docs/retrieval.md), so this run checks the mechanics.
+    config = load_run_config(Path(__file__).resolve().parents[1] / "configs/retrieval/city_tiny.yaml",
+                             {"data": str(tiny_world_dir / "next_poi"), "lm.decode.max_eval_samples": 256,
+                              "semantic_ids.contrastive.max_epochs": 5, "lm.cpt.records_per_template": 50,
+                              "lm.sft.max_examples": 1000, "lm.sft.training.num_epochs": 1.0,
+                              "lm.sft.training.logging_steps": 4, "lm.cpt.training.logging_steps": 2,
+                              "sasrec.enabled": False, "lm.decode.device": "cpu"})
+    out = tmp_path_factory.mktemp("geogr") / "run"
+    return out, train_retrieval(config, out)
+
+
+def test_pipeline_writes_every_stage_and_only_valid_sids(tiny_run):
+    out, metrics = tiny_run
+    for stage in ("sids", "base", "cpt", "sft", "eval"):
+        assert (out / stage / "stage.json").is_file(), stage
+    for split in ("valid", "test"):
+        row = metrics["geogr"][split]
+        assert row["sid_validity"] == 1.0 and row["generated_sids"] == 256 * 20 and row["empty_beams"] == 0
+        assert row["count"] == 256 and row["width"] == 20
+    sft = json.loads((out / "sft" / "stage.json").read_text())
+    assert sft["last_loss"] < sft["first_loss"]
+
+
+def test_pipeline_resumes_without_redoing_finished_stages(tiny_run, tiny_world_dir: Path):
+    from rankstack.retrieval.run import load_run_config, train_retrieval
+
+    out, metrics = tiny_run
+    weights = out / "sft" / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    (out / "eval" / "stage.json").unlink()  # as if killed during evaluation: only that stage runs again
+    import shutil
+    shutil.rmtree(out / "eval")
+    config = load_run_config(out / "config.yaml")
+    again = train_retrieval(config, out)
+    assert weights.stat().st_mtime_ns == stamp
+    assert again["geogr"]["test"]["acc@10"] == metrics["geogr"]["test"]["acc@10"]
+
+
+def test_retriever_answers_warm_and_cold_requests(tiny_run, data):
+    from rankstack.retrieval.retriever import GeoGRRetriever
+
+    out, _ = tiny_run
+    retriever = GeoGRRetriever.from_run(out)
+    test = data.splits["test"]
+    ids = data.catalogue.ids
+    histories = [ids[[p for p in test.history[i] if p >= 0]].tolist() for i in range(3)] + [[], [999_999]]
+    contexts = [{"hour": int(test.hour[i]), "weekday": int(test.weekday[i]), "lat": float(test.lat[i]),
+                 "lon": float(test.lon[i])} for i in range(4)] + [{}]
+    poi_ids, scores = retriever.retrieve(histories, contexts, k=10)
+    assert poi_ids.shape == (5, 10) and scores.shape == (5, 10)
+    assert set(poi_ids.ravel().tolist()) <= set(ids.tolist())
+    assert list(retriever.sources) == ["geogr"] * 3 + ["geo", "popularity"]
+    assert (np.diff(scores, axis=1) <= 1e-6).all() and (scores > 0).all() and (scores <= 1).all()
+    assert all(len(set(row)) == 10 for row in poi_ids.tolist())
+    # the same requests through the offline evaluator's path give the same top-10
+    from rankstack.retrieval.lm import generate_candidates
+    prompts = PromptWriter(retriever.sids, retriever.writer.grid, retriever.writer.config, data.catalogue.lat,
+                           data.catalogue.lon).prompts(test)[:3]
+    offline = generate_candidates(retriever.model, retriever.tokenizer, prompts, retriever.trie, 20, top_k=10)
+    assert (ids[offline.items] == poi_ids[:3]).all()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# EM refinement: the M step's assignment
+
+
+def test_deferred_acceptance_respects_capacity_and_prefers_confident_pois():
+    from rankstack.retrieval.lm import deferred_acceptance
+
+    sizes = (2, 2, 2)
+    # POIs 0, 1, 2 all want code (0,0,0) first; capacity 2 keeps the two most confident (0 and 2); POI 1 moves on
+    # to its second choice. POI 3 proposes only invalid (empty) beams, so it takes the free code nearest its
+    # embedding.
+    codes = np.array([
+        [[0, 0, 0], [1, 1, 1]],
+        [[0, 0, 0], [0, 1, 0]],
+        [[0, 0, 0], [1, 0, 0]],
+        [[-1, -1, -1], [-1, -1, -1]],
+    ])
+    scores = np.array([[-0.1, -2.0], [-0.9, -1.0], [-0.5, -3.0], [-np.inf, -np.inf]])
+    centroids = np.zeros((3, 2, 2))
+    centroids[0] = [[0.0, 0.0], [10.0, 10.0]]  # level 1 separates far apart; the other levels add nothing
+    embeddings = np.array([[0, 0], [0, 0], [0, 0], [9.0, 9.0]])
+    out = deferred_acceptance(codes, scores, 2, sizes, embeddings, centroids)
+    assert out[0].tolist() == [0, 0, 0] and out[2].tolist() == [0, 0, 0]
+    assert out[1].tolist() == [0, 1, 0]
+    assert out[3][0] == 1  # nearest reconstruction to (9, 9) is a level-1 code 1
+    _, counts = np.unique(out, axis=0, return_counts=True)
+    assert counts.max() <= 2
+    unique = deferred_acceptance(codes, scores, 1, sizes, embeddings, centroids)
+    assert len(np.unique(unique, axis=0)) == 4  # capacity 1 forces unique codes
+
+
+def test_reassigned_sids_keep_the_vocabulary_and_rerank_dedup(sids):
+    from rankstack.retrieval.lm import reassigned_sids
+
+    levels = sids.centroids.shape[0]
+    codes = sids.codes[:, :levels].copy()
+    codes[1] = codes[0]  # make POI 1 share POI 0's code
+    new = reassigned_sids(sids, codes, 1, {"changed": 0.0})
+    assert new.level_sizes == sids.level_sizes and new.length == sids.length
+    assert len(np.unique(new.codes, axis=0)) == len(new.codes)  # the dedup token separates every shared code
+    assert new.meta["em_round"] == 1
+
+
+# ------------------------------------------------------------------------------------------------------------
+# SASRec-style baseline
+
+
+def test_right_aligned_histories():
+    from rankstack.retrieval.sasrec import right_aligned
+
+    history = np.array([[1, 2, 3, -1], [4, -1, -1, -1], [-1, -1, -1, -1]])
+    assert right_aligned(history, 2).tolist() == [[2, 3], [-1, 4], [-1, -1]]
+
+
+def test_sasrec_learns_a_deterministic_successor(tmp_path):
+    """On a toy catalogue where the next POI is always (last + 1) mod 12, SASRec-style gets it right."""
+    import pyarrow as pa
+
+    from rankstack.retrieval.data import LAYOUTS, NextPoiSamples, PoiCatalog, RetrievalData
+    from rankstack.retrieval.sasrec import SASRecConfig, run_sasrec
+
+    n, rng = 12, np.random.default_rng(0)
+
+    def split(size: int) -> NextPoiSamples:
+        start = rng.integers(0, n, size)
+        history = (start[:, None] + np.arange(4)[None, :]) % n
+        return NextPoiSamples(np.arange(size), (start + 4) % n, history, None, None, None, None, None)
+
+    ids = np.arange(1, n + 1)
+    catalogue = PoiCatalog(ids, None, None, pa.table({"item_id": ids}))
+    splits = {"train": split(1024), "valid": split(128), "test": split(128)}
+    checkins = CheckinLog(np.zeros(1024, dtype=np.int64), splits["train"].target, np.arange(1024), None, None)
+    toy = RetrievalData(tmp_path, LAYOUTS[2], catalogue, splits, checkins, None)
+    report = run_sasrec(toy, SASRecConfig(dim=32, max_epochs=8, patience=8, batch_size=64, width=5, lr=3e-3,
+                                          dropout=0.0, device="cpu"), tmp_path / "sasrec")
+    assert report["test"]["acc@1"] > 0.9
+
+
+def test_sid_token_rows_are_distinct_and_sized_like_the_old_rows():
+    """HF's mean resizing draws new rows with 1e-9 × the old covariance (all SID tokens then share one vector);
+    `add_sid_tokens` draws them at full scale, deterministically per seed."""
+    from rankstack.relevance.sft import ModelConfig, build_model
+    from rankstack.relevance.tokenizer import train_tokenizer
+    from rankstack.retrieval.trie import add_sid_tokens
+
+    def build(seed: int):
+        tokenizer = train_tokenizer(["coffee shop near the park", "hotel with parking"] * 20, vocab_size=300)
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(hidden_size=32, intermediate_size=64, num_layers=1), tokenizer)
+        old = model.get_input_embeddings().weight.shape[0]
+        offsets = add_sid_tokens(tokenizer, model, (8, 8, 8, 2), seed=seed)
+        return model.get_input_embeddings().weight.detach(), old, offsets
+
+    weight, old, offsets = build(0)
+    new = weight[old:]
+    assert offsets[0] == old and len(new) == 26
+    assert new.std(dim=0).mean() > 0.5 * weight[:old].std(dim=0).mean()
+    assert torch.cdist(new, new).add(torch.eye(len(new)) * 1e9).min() > 1e-3
+    again, _, _ = build(0)
+    assert torch.equal(again[old:], new)
