@@ -120,12 +120,14 @@ def build_preranking_view(world_dir: str | Path, out: str | Path, n_cand: int = 
                 truth_parts.append(pa.table(rows_truth))
             pq.write_table(pa.concat_tables(truth_parts), writer.path / "truth" / f"{split}.parquet",
                            row_group_size=n_cand * REQUEST_BATCH)
-        # The ranking dataset's vocabulary (built over its full schema) keeps ids identical for its models.
-        Vocabulary.build(ranking, [ranking_dir / "train.parquet"]).save(writer.path / "vocab")
         shutil.copy(ranking_dir / "truth" / "fields.json", writer.path / "truth" / "fields.json")
         (writer.path / "view.json").write_text(json.dumps(
             {"world": str(world_dir), "n_cand": n_cand, "requests": counts, "seed": seed}, indent=1))
-        writer.close()
+        written = writer.close()
+        # The ranking dataset's vocabulary (built over its full schema) replaces the one the writer built from the
+        # view, so ids and numeric buckets are identical for models trained on `ranking/`.
+        shutil.rmtree(written / "vocab")
+        Vocabulary.build(ranking, [ranking_dir / "train.parquet"]).save(written / "vocab")
     except BaseException:
         writer.abort()
         shutil.rmtree(tmp, ignore_errors=True)
