@@ -381,7 +381,8 @@ class AutoFASSearch:
                 pi = self.net.gate.keep_prob().detach()
                 trace.write(json.dumps({
                     "step": step, "tau": round(tau, 4), "warm": warm, "hard": hard, **logs, "P": float(penalty),
-                    "LAT_feat": float(lat["feat"]), "LAT_arch": float(lat["arch"]), "LAT": float(lat["total"]),
+                    "LAT_feat": float(lat["feat"].detach()), "LAT_arch": float(lat["arch"].detach()),
+                    "LAT": float(lat["total"].detach()),
                     "budget_ms": self.budget_ms, "pi": {f.name: round(float(p), 4) for f, p in zip(self.fields, pi)},
                     "ops": [[round(float(x), 4) for x in torch.softmax(a.detach(), -1)] for a in self.net.alpha],
                 }) + "\n")

@@ -76,7 +76,8 @@ class PrerankRunConfig:
     world: world folder (`rankstack world generate`). view: the pre-ranking view folder, built there if missing
         (default `<out>/view`). n_cand, requests: candidates per request and requests per split of the view.
     teacher_config: ranking run config of the teacher (`data` and `features` are filled in); teacher_run: a
-        finished teacher run folder to reuse instead (default `<out>/teacher`, trained if missing).
+        finished teacher run folder to reuse instead (default `<out>/teacher`, trained if missing); teacher_epochs:
+        overrides the teacher config's epochs when > 0.
     exclude_fields: fields the pre-ranker never sees (`position` is unknown before display).
     budget_ms: the latency budget of `train preranking` (the CLI's --budget-ms overrides it).
     budget_factors: the sweep of `bench preranking`, as multiples of T_ref = 0.5 × COLD-all latency (§4).
@@ -88,6 +89,7 @@ class PrerankRunConfig:
     requests: dict[str, int] = field(default_factory=lambda: {"train": 1000, "valid": 200, "test": 300})
     teacher_config: str = "configs/preranking/teacher_dcnv2.yaml"
     teacher_run: str = ""
+    teacher_epochs: int = 0
     exclude_fields: list[str] = field(default_factory=lambda: ["position"])
     budget_ms: float = 0.0
     budget_factors: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
@@ -145,8 +147,11 @@ def prepare(config: PrerankRunConfig, out: Path, log=print) -> Prepared:
 
         path = REPO / config.teacher_config if not Path(config.teacher_config).is_file() else Path(
             config.teacher_config)
-        run = load_run_config(path, {"data": str(world / "ranking"), "features": [f.name for f in fields],
-                                     "tasks": ["click"]})
+        overrides: dict[str, Any] = {"data": str(world / "ranking"), "features": [f.name for f in fields],
+                                     "tasks": ["click"]}
+        if config.teacher_epochs > 0:
+            overrides["trainer.epochs"] = config.teacher_epochs
+        run = load_run_config(path, overrides)
         start = time.perf_counter()
         train_ranking(run, teacher_dir, where=str(path))
         log(f"teacher trained → {teacher_dir} ({time.perf_counter() - start:.0f} s)")
