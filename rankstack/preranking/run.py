@@ -218,10 +218,17 @@ def _by_name(prep: Prepared, names: list[str]) -> list[PrerankField]:
     return [f for f in prep.fields if f.name in names]
 
 
+def retrain_loss(config: PrerankRunConfig) -> LossWeights:
+    """The one distillation recipe of every distilled model (AutoFAS's student, the hand-designed MLPs, the two
+    towers): 0.5·BCE + 1.0·pointwise KD (§4.5) + the search's listwise weight, so comparisons are like for like."""
+    return dataclasses.replace(DISTILL, listwise=config.autofas.listwise_weight)
+
+
 def train_student(prep: Prepared, names: list[str], widths: list[int], run_dir: Path,
-                  loss: LossWeights = DISTILL, metric: str = "overlap@10") -> MLPStudent:
+                  loss: LossWeights | None = None, metric: str = "overlap@10") -> MLPStudent:
     seed_everything(prep.config.seed)
-    model = MLPStudent(prep.layout, _by_name(prep, names), widths, prep.config.autofas.embedding_dim, loss)
+    model = MLPStudent(prep.layout, _by_name(prep, names), widths, prep.config.autofas.embedding_dim,
+                       loss or retrain_loss(prep.config))
     fit(model, prep, run_dir, metric)
     return model
 
@@ -242,8 +249,7 @@ def train_autofas(prep: Prepared, budget_ms: float, out: Path, log=print) -> dic
         f"fields, widths {spec.widths}, predicted {spec.predicted_ms['total']:.2f} ms (budget {budget_ms:.2f})")
     rounds = []
     for round_ in range(config.calibration_rounds + 1):
-        model = train_student(prep, spec.fields, spec.widths, out / f"student{round_}",
-                              LossWeights(bce=0.5, kd=1.0, listwise=config.autofas.listwise_weight))
+        model = train_student(prep, spec.fields, spec.widths, out / f"student{round_}")
         row = score(model, prep, "autofas", spec.fields, _retrieval(prep, spec.fields),
                     spec.predicted_ms["total"], budget_ms=budget_ms, widths=spec.widths, search_s=search_s)
         rounds.append({"fields": len(spec.fields), "measured_ms": row["latency_p50_ms"]})
@@ -328,7 +334,7 @@ def run_two_tower(prep: Prepared, out: Path, log=print) -> list[dict[str, Any]]:
     rows = []
     for width in c.output_widths:
         seed_everything(prep.config.seed)
-        model = TwoTower(prep.layout, prep.fields, c, width)
+        model = TwoTower(prep.layout, prep.fields, c, width, retrain_loss(prep.config))
         fit(model, prep, out / f"two_tower_{width}")
         names = [f.name for f in model.fields]
         item_fields = [f for f in model.fields if f.level != "request"]
