@@ -100,3 +100,20 @@ def test_distillation_moves_the_student_towards_the_teacher(prep):
     report = score_report(model_scores(student, p.splits["valid"]), p.splits["valid"])
     assert report["overlap@10"] > p.teacher["valid"]["random"]["overlap@10"] + 0.15
     assert (out / "student" / "train_log.csv").is_file()
+
+
+def test_cli_train_preranking_writes_the_report(prep, capsys):
+    from rankstack.cli import main
+
+    p, out = prep
+    args = ["train", "preranking", "--config", str(ROOT / "configs/preranking/autofas_world_tiny.yaml"),
+            "--set", f"world={p.config.world}", "--set", f"view={out / 'view'}",
+            "--set", f"teacher_run={out / 'teacher'}", "--set", f"latency.table_dir={out / 'latency'}",
+            "--set", "autofas.search_steps=40", "--set", "retrain.epochs=1", "--set", "n_cand=30",
+            "--budget-ms", "2.0", "--out", str(out / "cli")]
+    assert main(args) == 0
+    assert "kept:" in capsys.readouterr().out
+    for name in ("results.json", "latency_fit.json", "autofas/derived.json", "autofas/selection.json"):
+        assert (out / "cli" / name).is_file()
+    assert main(["train", "preranking", "--config", str(ROOT / "configs/preranking/autofas_world_tiny.yaml"),
+                 "--set", f"world={p.config.world}", "--out", str(out / "cli2")]) == 2  # no budget: a clear error

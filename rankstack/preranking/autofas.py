@@ -380,7 +380,7 @@ class AutoFASSearch:
                 lat = lat or self.latency()
                 pi = self.net.gate.keep_prob().detach()
                 trace.write(json.dumps({
-                    "step": step, "tau": round(tau, 4), "warm": warm, "hard": hard, **logs, "P": float(penalty),
+                    "step": step, "tau": round(tau, 4), "warm": warm, "hard": hard, **logs, "P": float(penalty.detach()),
                     "LAT_feat": float(lat["feat"].detach()), "LAT_arch": float(lat["arch"].detach()),
                     "LAT": float(lat["total"].detach()),
                     "budget_ms": self.budget_ms, "pi": {f.name: round(float(p), 4) for f, p in zip(self.fields, pi)},
