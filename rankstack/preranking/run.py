@@ -264,6 +264,9 @@ def train_autofas(prep: Prepared, budget_ms: float, out: Path, log=print) -> dic
     spec.save(out / "derived.json")
     row["calibration"] = rounds
     row["budget_ratio"] = row["latency_p50_ms"] / budget_ms
+    if row["budget_ratio"] < 0.7:
+        log(f"  warning: the student uses {row['budget_ratio']:.2f} of its budget; the search left budget unused "
+            "(autofas.md §13.3)")
     row["selection"] = selection_report(prep, spec, out)
     save_json(row, out / "results.json")
     return row
