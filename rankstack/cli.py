@@ -119,13 +119,13 @@ def cmd_train_preranking(args: argparse.Namespace) -> None:
 
 
 def cmd_bench_preranking(args: argparse.Namespace) -> None:
-    from rankstack.preranking.latency import TABLE_DIR, benchmark, device_name
+    from rankstack.preranking.latency import TABLE_DIR, benchmark, table_name
     from rankstack.preranking.run import bench_preranking, load_config
 
     config = load_config(args.config, _overrides(args.set))
     if args.latency_table:
         table = benchmark(config.n_cand, [1024, 512, 256, 128, 64, 32, 16], 1024, config.latency.threads)
-        path = table.save(TABLE_DIR / f"{device_name(config.latency.threads)}.json")
+        path = table.save(TABLE_DIR / table_name(config.n_cand, config.latency.threads))
         print(f"latency table → {path} (linear fit R² {table.fit['r2']:.3f})")
         return
     result = bench_preranking(config, args.out)

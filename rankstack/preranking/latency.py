@@ -5,7 +5,7 @@ Latency of one request with `N_c` candidates = retrieval + inference:
 - *retrieval* (simulated from `schema.yaml`): `Σ_{f∈req} π_f c_f + N_c Σ_{f∈cand} π_f c_f`, times `cost_scale`
   (the costs are additive, an upper bound under parallel fetching);
 - *inference* (measured on this machine): a `LatencyTable` from a micro-benchmark, one JSON per device type
-  (`configs/preranking/latency/<device>.json`): the time of `ReLU(Linear(d_in, d_out))` over `n ∈ {1, N_c}` rows
+  (`configs/preranking/latency/<device>-n<N_c>.json`): the time of `ReLU(Linear(d_in, d_out))` over `n ∈ {1, N_c}` rows
   on a grid of input widths and the candidate output widths, the time of one field's embedding lookup for `n`
   rows, and the fixed per-forward overhead. `fc_ms(n, d_in, d_out)` interpolates linearly in `d_in`, so the
   expected width of a layer fed by gated fields or a mixed operator is a differentiable input.
@@ -51,6 +51,11 @@ def device_name(threads: int = 1) -> str:
     return f"cpu-{slug}-{threads}t"
 
 
+def table_name(n_cand: int, threads: int = 1) -> str:
+    """The table's file name: one per device type, thread count and candidates per request."""
+    return f"{device_name(threads)}-n{n_cand}.json"
+
+
 @dataclass
 class LatencyTable:
     """Measured network costs (ms) on one device; see the module docstring."""
@@ -92,7 +97,7 @@ class LatencyTable:
     def for_device(cls, n_cand: int, widths: list[int], max_d_in: int, threads: int = 1,
                    directory: Path = TABLE_DIR) -> LatencyTable:
         """This device's table from `directory`; measured and saved there if missing or not covering the space."""
-        path = directory / f"{device_name(threads)}.json"
+        path = directory / table_name(n_cand, threads)
         if path.is_file():
             table = cls.load(path)
             if (table.n_cand == n_cand and set(widths) <= set(table.d_out) and table.d_in[-1] >= max_d_in):
