@@ -135,7 +135,7 @@ def _search(config: AutoFASConfig, budget: float) -> AutoFASSearch:
 
 
 def test_derive_takes_argmax_widths_and_trims_fields_to_the_budget():
-    config = AutoFASConfig(n_layers=3, widths=[32, 16, 8], embedding_dim=4)
+    config = AutoFASConfig(n_layers=3, widths=[32, 16, 8], embedding_dim=4, derive_fill=False)
     search = _search(config, budget=100.0)
     with torch.no_grad():
         search.net.alpha[0].copy_(torch.tensor([0.0, 2.0, 0.0]))   # 16
@@ -151,6 +151,11 @@ def test_derive_takes_argmax_widths_and_trims_fields_to_the_budget():
     search.budget_ms = spec.predicted_ms["total"] - 0.1
     tight = search.derive()
     assert tight.trimmed[0] == "hour" and tight.predicted_ms["total"] <= search.budget_ms
+    # With `derive_fill`, the budget left over takes the dropped field back (here there is room for `age`).
+    search.config.derive_fill = True
+    search.budget_ms = 100.0
+    filled = search.derive()
+    assert filled.added == ["age"] and filled.fields == [f.name for f in search.fields]
 
 
 def test_search_steps_move_gates_towards_the_budget():

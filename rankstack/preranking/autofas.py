@@ -12,7 +12,8 @@ Li et al., *AutoFAS: Automatic Feature and Architecture Selection for Pre-Rankin
   weight steps on a training batch and architecture steps on a held-out batch (§3.6). The latency penalty
   `λ·[max(0, LAT/T_b − 1) + ε·LAT/T_b]` uses `latency.expected_latency`.
 - `derive`: keep fields with π_f > 0.5, drop kept fields in ascending π_f/ĉ_f while the predicted latency exceeds
-  the budget, argmax op per layer, identity removes a layer, at least one FC (§4.4). Returns a `StudentSpec`;
+  the budget, argmax op per layer, identity removes a layer, at least one FC (§4.4); then (`derive_fill`, ours)
+  add dropped fields back in descending π_f/ĉ_f while the prediction stays within the budget. Returns a `StudentSpec`;
   the student is an `MLPStudent` retrained with distillation by `rankstack.preranking.run`.
 
 Our teacher is a frozen rankstack ranking run whose logits over every candidate are precomputed, so β gets its
@@ -61,6 +62,8 @@ class AutoFASConfig:
         consistency, per-request KL to the teacher).
     latency_lambda (λ), latency_eps (ε): the hinge penalty. heldout_frac: held-out share of training requests.
     search_features, search_arch, teacher_guidance, latency_reg: ablation switches of §9.
+    derive_fill: after §4.4's trimming, add dropped fields back in descending π/ĉ while the predicted latency
+        stays within the budget (our addition: the search can leave much of the budget unused).
     """
 
     n_layers: int = 3
@@ -93,6 +96,7 @@ class AutoFASConfig:
     teacher_guidance: bool = True
     latency_reg: bool = True
     fixed_widths: list[int] = field(default_factory=lambda: [256, 128, 64])  # used when search_arch is False
+    derive_fill: bool = True
 
     def __post_init__(self) -> None:
         if self.n_layers < 1 or not self.widths:
@@ -221,6 +225,7 @@ class StudentSpec:
     keep_prob: dict[str, float]
     op_probs: list[list[float]]
     trimmed: list[str] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=1))
@@ -411,10 +416,22 @@ class AutoFASSearch:
             kept.remove(drop)
             trimmed.append(drop.name)
             predicted = self._predict(kept, widths)
+        added = []
+        if c.derive_fill and c.search_features:
+            # The gates can overshoot below the budget (the hinge pushes, then nothing pulls back), so dropped
+            # fields return in descending π/ĉ while the predicted latency stays within the budget.
+            for f in sorted((f for f in self.fields if f not in kept), key=lambda f: -ratio[f.name]):
+                trial = self._predict([*kept, f], widths)
+                if trial["total"] <= self.budget_ms:
+                    kept.append(f)
+                    added.append(f.name)
+                    predicted = trial
+            kept = [f for f in self.fields if f in kept]
         return StudentSpec(
             fields=[f.name for f in kept], widths=widths, predicted_ms=predicted,
             keep_prob={f.name: round(float(p), 4) for f, p in zip(self.fields, pi)},
-            op_probs=[[round(float(x), 4) for x in torch.softmax(a, -1)] for a in self.net.alpha], trimmed=trimmed)
+            op_probs=[[round(float(x), 4) for x in torch.softmax(a, -1)] for a in self.net.alpha], trimmed=trimmed,
+            added=added)
 
     def _predict(self, kept: list[PrerankField], widths: list[int]) -> dict[str, float]:
         return predict_mlp(self.fields, [f.name for f in kept], widths, self.table, self.n_cand,

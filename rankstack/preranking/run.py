@@ -284,7 +284,7 @@ def selection_report(prep: Prepared, spec: StudentSpec, out: Path) -> dict[str, 
     noise = [r for r in rows if r["kind"] == "noise"]
     informative = [r for r in rows if r["kind"] == "informative"]
     report = {
-        "fields": rows, "widths": spec.widths, "predicted_ms": spec.predicted_ms, "trimmed": spec.trimmed,
+        "fields": rows, "widths": spec.widths, "predicted_ms": spec.predicted_ms, "trimmed": spec.trimmed, "added": spec.added,
         "noise_kept": [r["field"] for r in noise if r["kept"]],
         "informative_dropped": [r["field"] for r in informative if not r["kept"]],
         "noise_share_of_kept": len([r for r in kept if r["kind"] == "noise"]) / max(len(kept), 1),
