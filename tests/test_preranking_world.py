@@ -3,6 +3,7 @@ direction under tight and loose budgets, derivation, retraining with distillatio
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -72,7 +73,9 @@ def test_search_direction_tight_and_loose_budgets(prep):
     AutoFAS keeps it too; docs/preranking.md reports this.)"""
     p, _ = prep
     full = _all_fields_ms(p)
-    tight = AutoFASSearch(p.layout, p.fields, p.config.autofas, p.table, 0.4 * full, 1.0, p.n_cand, 0)
+    # The search's own choice: without `derive_fill`, which would spend left-over budget on the costly crosses.
+    search_only = dataclasses.replace(p.config.autofas, derive_fill=False)
+    tight = AutoFASSearch(p.layout, p.fields, search_only, p.table, 0.4 * full, 1.0, p.n_cand, 0)
     spec = tight.run(p.splits["train"])
     assert spec.predicted_ms["total"] <= 0.4 * full
     kept_proxies = sum(proxy in spec.fields for proxy in PROXY_OF)
