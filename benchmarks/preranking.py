@@ -34,9 +34,13 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "runs/preranking_small"))
     parser.add_argument("--name", default="small")
     parser.add_argument("--summarize", action="store_true", help="only summarise an existing --out folder")
+    parser.add_argument("--budgets-ms", type=float, nargs="+", default=None,
+                        help="AutoFAS only, at these fixed budgets (no baselines, no T_ref)")
+    parser.add_argument("--teacher-run", default="", help="reuse a finished teacher run folder")
+    parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from rankstack.preranking.run import bench_preranking, load_config
+    from rankstack.preranking.run import bench_preranking, load_config, prepare, train_autofas
     from rankstack.world import WorldConfig, generate
 
     out = Path(args.out)
@@ -44,8 +48,23 @@ def main() -> None:
         world = Path(args.world)
         if not (world / "world.yaml").is_file():
             generate(WorldConfig.preset(args.size), seed=0, out=world)
-        overrides = {"world": str(world), **({"view": args.view} if args.view else {})}
-        bench_preranking(load_config(args.config, overrides), out)
+        overrides = {"world": str(world), **({"view": args.view} if args.view else {}),
+                     **({"teacher_run": args.teacher_run} if args.teacher_run else {}),
+                     **({"seed": args.seed} if args.seed is not None else {})}
+        config = load_config(args.config, overrides)
+        if args.budgets_ms:
+            out.mkdir(parents=True, exist_ok=True)
+            prep = prepare(config, out)
+            rows = []
+            for budget in args.budgets_ms:
+                row = train_autofas(prep, budget, out / f"autofas_{budget:g}")
+                row["config"] = f"budget {budget:g} ms"
+                rows.append(row)
+            (out / "results.json").write_text(json.dumps(
+                {"device": prep.table.device, "seed": config.seed, "latency_fit": prep.table.fit,
+                 "references": prep.teacher["test"], "rows": rows}, indent=1, default=float))
+        else:
+            bench_preranking(config, out)
     result = json.loads((out / "results.json").read_text())
     result["meta"] = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -58,7 +77,8 @@ def main() -> None:
     dest.mkdir(exist_ok=True)
     (dest / f"preranking_{args.name}.json").write_text(json.dumps(result, indent=1, default=float))
     for name in ("pareto.csv", "pareto_auc_latency.png", "pareto_overlap_latency.png"):
-        shutil.copy(out / name, dest / f"preranking_{args.name}_{name}")
+        if (out / name).is_file():
+            shutil.copy(out / name, dest / f"preranking_{args.name}_{name}")
     print(result["meta"]["command"])
     print(table(result))
 
