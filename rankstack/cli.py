@@ -6,10 +6,12 @@
     rankstack train ranking --config FILE [--out DIR] [--set key.path=value ...] [--resume]
     rankstack train retrieval --config FILE --out DIR [--set ...]           (GeoGR: SIDs -> CPT -> SFT -> eval)
     rankstack train relevance --stage sft --config FILE --out DIR [--set ...]
+    rankstack train preranking --config FILE --budget-ms X --out DIR [--set ...]   (AutoFAS under a budget)
     rankstack eval --run DIR [--split test]
     rankstack bench loader --data DIR [--batch-size N] [--repeats N]
     rankstack bench retrieval --config FILE --out DIR                       (popularity / geo / SASRec baselines)
     rankstack bench ranking [--repeats N] [--candidates C] [--longterm-len L ...] [--json FILE]
+    rankstack bench preranking --config FILE --out DIR [--latency-table]    (AutoFAS budget sweep + baselines)
     rankstack demo [--out DIR]
     rankstack export --run DIR [--world DIR]                                (serving artifacts → DIR/serving/)
     rankstack serve --run DIR [--world DIR] [--config FILE] [--host 127.0.0.1] [--port 8000]
@@ -104,6 +106,34 @@ def cmd_train_relevance(args: argparse.Namespace) -> None:
 
     metrics = train_relevance(args.stage, args.config, _overrides(args.set), args.out)
     print(json.dumps(metrics, indent=2, default=str))
+
+
+def cmd_train_preranking(args: argparse.Namespace) -> None:
+    from rankstack.preranking.run import load_config, train_preranking
+
+    config = load_config(args.config, _overrides(args.set))
+    if args.budget_ms is not None:
+        config.budget_ms = args.budget_ms
+    result = train_preranking(config, args.out)
+    row = result["autofas"]
+    print(json.dumps({k: row[k] for k in ("latency_p50_ms", "predicted_ms", "budget_ms", "auc", "overlap@10",
+                                          "n_fields", "widths")}, indent=2))
+    print(f"kept: {', '.join(row['fields'])}\nrun folder: {args.out} (results.json, autofas/derived.json, "
+          "autofas/selection.json, autofas/search_trace.jsonl)")
+
+
+def cmd_bench_preranking(args: argparse.Namespace) -> None:
+    from rankstack.preranking.latency import TABLE_DIR, benchmark, table_name
+    from rankstack.preranking.run import bench_preranking, load_config
+
+    config = load_config(args.config, _overrides(args.set))
+    if args.latency_table:
+        table = benchmark(config.n_cand, [1024, 512, 256, 128, 64, 32, 16], 1024, config.latency.threads)
+        path = table.save(TABLE_DIR / table_name(config.n_cand, config.latency.threads))
+        print(f"latency table → {path} (linear fit R² {table.fit['r2']:.3f})")
+        return
+    result = bench_preranking(config, args.out)
+    print(f"T_ref {result['t_ref_ms']:.2f} ms; pareto.csv, results.json and plots in {args.out}")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -226,6 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(rel)
     rel.set_defaults(func=cmd_train_relevance)
 
+    pre = train.add_parser("preranking", help="AutoFAS feature and architecture search under a latency budget")
+    _add_run_args(pre)
+    pre.add_argument("--budget-ms", type=float, help="latency budget per request (ms); overrides budget_ms")
+    pre.set_defaults(func=cmd_train_preranking)
+
     ev = sub.add_parser("eval", help="evaluate a finished run")
     ev.add_argument("--run", required=True)
     ev.add_argument("--split", default="test")
@@ -256,6 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
     bk.add_argument("--threads", type=int, default=1)
     bk.add_argument("--json", help="also write the result to this JSON file")
     bk.set_defaults(func=cmd_bench_ranking)
+
+    bp = bench.add_parser("preranking", help="AutoFAS at several budgets beside COLD, two-tower and MLP baselines")
+    _add_run_args(bp)
+    bp.add_argument("--latency-table", action="store_true", help="only (re)measure this device's latency table")
+    bp.set_defaults(func=cmd_bench_preranking)
 
     demo = sub.add_parser("demo", help="generate the small world and train the ranking baseline on it")
     demo.add_argument("--out", default="runs/demo")

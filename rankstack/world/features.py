@@ -261,8 +261,9 @@ class FeatureBuilder:
                 "brand": pois.brand[ev.poi], "price_level": pois.price[ev.poi], "district": pois.district[ev.poi] + 1,
                 "action": ev.action}
 
-    def rows(self, req: Requests, imp: Impressions) -> dict[str, object]:
-        """All ranking columns of the impressions `imp` (a dict of arrays / Arrow list arrays)."""
+    def rows(self, req: Requests, imp: Impressions, sequences: bool = True) -> dict[str, object]:
+        """All ranking columns of the impressions `imp` (a dict of arrays / Arrow list arrays); without
+        `sequences` the behaviour-sequence columns are left out (the pre-ranking view does not carry them)."""
         world, pois, users, cfg = self.world, self.world.pois, self.world.users, self.world.config
         rng = world.rng
         r, p = imp.req, imp.poi
@@ -303,7 +304,7 @@ class FeatureBuilder:
                 cols[name] = 1 + rng.integers(name, 50, *keys)
             else:
                 cols[name] = rng.normal(name, *keys)
-        spans = self.sequence_spans(req)
+        spans = self.sequence_spans(req) if sequences else {}
         values = self.event_fields()
         for prefix, (start, length) in spans.items():
             for name, vals in values.items():
