@@ -30,6 +30,7 @@ from rankstack.data.dataset import Dataset, check_values
 from rankstack.data.schema import ColumnSpec
 from rankstack.data.vocab import Vocabulary, hash_strings
 from rankstack.errors import DataError
+from rankstack.train import EpochCursor
 
 
 def pad_sequences(offsets: np.ndarray, rows: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -81,7 +82,7 @@ class EncodedWindow:
         return batch
 
 
-class BatchLoader:
+class BatchLoader(EpochCursor):
     """Iterate over one split of a `Dataset` in batches of tensors.
 
     dataset: an opened `Dataset` (its schema may be a column selection).
@@ -119,8 +120,6 @@ class BatchLoader:
                             "processes; write it with smaller row groups or use fewer processes.")
         per_rank = [self._num_batches(rows) for rows in rows_per_rank]
         self._batches = min(per_rank)
-        self.epoch = 0
-        self._yielded = 0
 
     def _num_batches(self, rows: int) -> int:
         return rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)
@@ -131,16 +130,6 @@ class BatchLoader:
     @property
     def num_rows(self) -> int:
         return self._rows
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.epoch, self._yielded = epoch, 0
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "batches_yielded": self._yielded}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self._yielded = int(state["epoch"]), int(state["batches_yielded"])
 
     # ---- iteration -------------------------------------------------------------------------------------
 
@@ -168,7 +157,7 @@ class BatchLoader:
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         rng = np.random.default_rng([self.seed, self.epoch])
-        skip = self._yielded
+        skip = self.batches_yielded
         produced = 0
         pending: list[tuple[EncodedWindow | None, np.ndarray]] = []
         pending_rows = seen_rows = 0
@@ -182,15 +171,14 @@ class BatchLoader:
                 pieces, pending, pending_rows = _take_rows(pending, self.batch_size)
                 produced += 1
                 if produced > skip:
-                    self._yielded = produced
+                    self.batches_yielded = produced
                     yield _concat([w.gather(r) for w, r in pieces])
         if pending_rows and produced < self._batches:
             produced += 1
             if produced > skip:
-                self._yielded = produced
+                self.batches_yielded = produced
                 yield _concat([w.gather(r) for w, r in pending])
-        self.epoch += 1
-        self._yielded = 0
+        self.end_epoch()
 
     # ---- encoding --------------------------------------------------------------------------------------
 

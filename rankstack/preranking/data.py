@@ -24,6 +24,7 @@ from rankstack.data.dataset import Dataset
 from rankstack.data.loader import BatchLoader
 from rankstack.data.schema import SEQUENCE_ROLES, Schema
 from rankstack.errors import DataError
+from rankstack.train import EpochCursor
 
 #: Batch keys of a `PrerankSplit` that are not feature fields.
 META_KEYS = ("shown", "click", "teacher", "p_true")
@@ -125,34 +126,21 @@ def load_split(dataset: Dataset, split: str, fields: list[PrerankField]) -> Prer
     return PrerankSplit(tensors, rid[starts], fields)
 
 
-class RequestLoader:
+class RequestLoader(EpochCursor):
     """Shuffled batches of whole requests from a `PrerankSplit`, in the `Trainer`'s loader protocol."""
 
     def __init__(self, split: PrerankSplit, batch_requests: int, seed: int = 0) -> None:
         self.split = split
         self.batch_requests = batch_requests
         self.seed = seed
-        self.epoch = 0
-        self._yielded = 0
 
     def __len__(self) -> int:
         return -(-self.split.num_requests // self.batch_requests)
 
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.epoch, self._yielded = epoch, 0
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "batches_yielded": self._yielded}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self._yielded = int(state["epoch"]), int(state["batches_yielded"])
-
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         order = np.random.default_rng([self.seed, self.epoch]).permutation(self.split.num_requests)
-        for b in range(self._yielded, len(self)):
-            self._yielded = b + 1
+        for b in range(self.batches_yielded, len(self)):
+            self.batches_yielded = b + 1
             yield self.split.take(order[b * self.batch_requests:(b + 1) * self.batch_requests])
-        self.epoch += 1
-        self._yielded = 0
+        self.end_epoch()
 

@@ -26,7 +26,7 @@ from torch import nn
 from rankstack.retrieval.baselines import topk_indices
 from rankstack.retrieval.data import NextPoiSamples, RetrievalData
 from rankstack.retrieval.evaluate import evaluate_topk
-from rankstack.train import Trainer, TrainerConfig, load_weights, seed_everything
+from rankstack.train import EpochCursor, Trainer, TrainerConfig, load_weights, seed_everything
 
 
 @dataclass
@@ -107,32 +107,23 @@ class SASRec(nn.Module):
         return {"scores": self.scores(batch["history"])}
 
 
-class SampleLoader:
+class SampleLoader(EpochCursor):
     """Shuffled (history, target) batches; resumable (the `TrainLoader` protocol)."""
 
     def __init__(self, history: np.ndarray, target: np.ndarray, batch_size: int, seed: int) -> None:
         self.history, self.target = history, target
         self.batch_size, self.seed = batch_size, seed
-        self.epoch, self.position = 0, 0
 
     def __len__(self) -> int:
         return math.ceil(len(self.target) / self.batch_size)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch, self.position = epoch, 0
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.position = state["epoch"], state["position"]
-
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.target))
-        while self.position < len(self):
-            rows = order[self.position * self.batch_size:(self.position + 1) * self.batch_size]
-            self.position += 1
+        while self.batches_yielded < len(self):
+            rows = order[self.batches_yielded * self.batch_size:(self.batches_yielded + 1) * self.batch_size]
+            self.batches_yielded += 1
             yield {"history": torch.from_numpy(self.history[rows]), "target": torch.from_numpy(self.target[rows])}
+        self.end_epoch()
 
 
 @torch.no_grad()

@@ -54,7 +54,7 @@ from rankstack.config import from_dict, to_dict
 from rankstack.errors import DataError, RankstackError
 from rankstack.retrieval.data import EARTH_RADIUS_KM, CheckinLog, PoiCatalog, RetrievalData, haversine_km
 from rankstack.retrieval.trie import SidTrie, sid_token
-from rankstack.train import Trainer, TrainerConfig, load_weights, seed_everything
+from rankstack.train import EpochCursor, Trainer, TrainerConfig, load_weights, seed_everything
 
 FORMAT_VERSION = 1
 
@@ -619,36 +619,27 @@ class GeoAdapter(nn.Module):
         return loss
 
 
-class PairLoader:
+class PairLoader(EpochCursor):
     """Shuffled batches of co-visit pairs with random negatives; resumable (the `TrainLoader` protocol)."""
 
     def __init__(self, i: np.ndarray, j: np.ndarray, n_pois: int, batch_size: int, random_negatives: int,
                  seed: int) -> None:
         self.i, self.j = i.astype(np.int64), j.astype(np.int64)
         self.n_pois, self.batch_size, self.random_negatives, self.seed = n_pois, batch_size, random_negatives, seed
-        self.epoch, self.position = 0, 0
 
     def __len__(self) -> int:
         return math.ceil(len(self.i) / self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch, self.position = epoch, 0
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.position = state["epoch"], state["position"]
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         rng = np.random.default_rng([self.seed, self.epoch])
         order = rng.permutation(len(self.i))
         negatives = rng.integers(0, self.n_pois, size=(len(self.i), self.random_negatives))
-        while self.position < len(self):
-            rows = order[self.position * self.batch_size:(self.position + 1) * self.batch_size]
-            self.position += 1
+        while self.batches_yielded < len(self):
+            rows = order[self.batches_yielded * self.batch_size:(self.batches_yielded + 1) * self.batch_size]
+            self.batches_yielded += 1
             yield {"anchor": torch.from_numpy(self.i[rows]), "positive": torch.from_numpy(self.j[rows]),
                    "negatives": torch.from_numpy(negatives[rows])}
+        self.end_epoch()
 
 
 def pair_recall_at_k(z: torch.Tensor, i: np.ndarray, j: np.ndarray, k: int = 10) -> float:

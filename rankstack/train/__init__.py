@@ -24,12 +24,20 @@ from rankstack.train.distributed import (
     is_main_process,
 )
 from rankstack.train.rng import rng_state, seed_everything, set_rng_state
-from rankstack.train.trainer import Trainer, TrainerConfig, TrainLoader, TrainState, split_parameters
+from rankstack.train.trainer import (
+    EpochCursor,
+    Trainer,
+    TrainerConfig,
+    TrainLoader,
+    TrainState,
+    split_parameters,
+)
 
 __all__ = [
     "Trainer",
     "TrainerConfig",
     "TrainLoader",
+    "EpochCursor",
     "TrainState",
     "all_gather_object",
     "all_reduce_mean",

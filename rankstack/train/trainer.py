@@ -91,6 +91,31 @@ class TrainLoader(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
+class EpochCursor:
+    """Where a `TrainLoader` stands: its epoch and how many of that epoch's batches it has yielded.
+
+    The resumable half of the protocol, shared by every loader: `__iter__` starts after `batches_yielded` batches
+    (the shuffle is seeded by the epoch, so the skipped batches are the consumed ones), raises the count with each
+    batch it yields, and calls `end_epoch()` once the epoch is exhausted.
+    """
+
+    epoch: int = 0
+    batches_yielded: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self.batches_yielded = epoch, 0
+
+    def end_epoch(self) -> None:
+        self.epoch, self.batches_yielded = self.epoch + 1, 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batches_yielded": self.batches_yielded}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.batches_yielded = int(state["epoch"]), int(state["batches_yielded"])
+
+
 @dataclass
 class TrainerConfig:
     """Configuration of a `Trainer`.
