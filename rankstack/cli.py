@@ -5,7 +5,7 @@
     rankstack data inspect DIR [--json]
     rankstack train ranking --config FILE [--out DIR] [--set key.path=value ...] [--resume]
     rankstack train retrieval --config FILE --out DIR [--set ...]           (fits the semantic-ID tokenizer)
-    rankstack train relevance --stage sft --config FILE --out DIR [--set ...]
+    rankstack train relevance --stage sft|dpo|grpo --config FILE --out DIR [--init RUN] [--set ...]
     rankstack eval --run DIR [--split test]
     rankstack bench loader --data DIR [--batch-size N] [--repeats N]
     rankstack bench retrieval --config FILE --out DIR                       (popularity / geo baselines)
@@ -98,7 +98,7 @@ def cmd_bench_retrieval(args: argparse.Namespace) -> None:
 def cmd_train_relevance(args: argparse.Namespace) -> None:
     from rankstack.relevance import train_relevance
 
-    metrics = train_relevance(args.stage, args.config, _overrides(args.set), args.out)
+    metrics = train_relevance(args.stage, args.config, _overrides(args.set), args.out, args.init)
     print(json.dumps(metrics, indent=2, default=str))
 
 
@@ -183,8 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(retr)
     retr.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     retr.set_defaults(func=cmd_train_retrieval)
-    rel = train.add_parser("relevance", help="train a relevance stage (sft today; dpo/grpo/srpo/agrl planned)")
+    rel = train.add_parser("relevance", help="train a relevance stage (sft, dpo, grpo; srpo/agrl planned)")
     rel.add_argument("--stage", required=True, choices=[*RELEVANCE_STAGES, *PLANNED_RELEVANCE_STAGES])
+    rel.add_argument("--init", help="the run folder a stage after SFT starts from (the SFT run for dpo, …)")
     _add_run_args(rel)
     rel.set_defaults(func=cmd_train_relevance)
 

@@ -263,7 +263,7 @@ def train_sft(config: SFTStageConfig, out_dir: str | Path) -> dict[str, Any]:
                 for split, records in eval_records.items()}
 
     before = evaluate()
-    initial = {n: p.detach().cpu().clone() for n, p in model.named_parameters()}
+    initial = parameter_snapshot(model)
     examples = sft_examples(train_records, tokenizer, rule_table, data.variant, train_cfg.seed, data.rule_text)
     args = SFTConfig(
         output_dir=str(out / "trainer"), learning_rate=train_cfg.learning_rate, num_train_epochs=train_cfg.num_epochs,
@@ -271,7 +271,7 @@ def train_sft(config: SFTStageConfig, out_dir: str | Path) -> dict[str, Any]:
         gradient_accumulation_steps=train_cfg.gradient_accumulation_steps, warmup_steps=train_cfg.warmup_ratio,
         lr_scheduler_type=train_cfg.lr_scheduler, max_grad_norm=train_cfg.max_grad_norm,
         weight_decay=train_cfg.weight_decay, adam_beta1=train_cfg.adam_beta1, adam_beta2=train_cfg.adam_beta2,
-        max_length=train_cfg.max_length, completion_only_loss=True, packing=False,
+        max_length=train_cfg.max_length, completion_only_loss=True, packing=False, gradient_checkpointing=False,
         bf16=train_cfg.bf16, logging_steps=train_cfg.logging_steps, save_strategy="no", report_to="none",
         seed=train_cfg.seed, data_seed=train_cfg.seed, disable_tqdm=True, dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
@@ -290,7 +290,7 @@ def train_sft(config: SFTStageConfig, out_dir: str | Path) -> dict[str, Any]:
         for row in trainer.state.log_history:
             log.write(json.dumps(row) + "\n")
     metrics = {"checkpoint": str(checkpoint), "train_pairs": len(examples), "steps": trainer.state.global_step,
-               "train_loss": float(result.training_loss), "max_parameter_change": _max_parameter_change(initial, model),
+               "train_loss": float(result.training_loss), "max_parameter_change": max_parameter_change(initial, model),
                "before": before, "after": after}
     save_json(metrics, out / "metrics.json")
     return metrics
@@ -307,9 +307,16 @@ def load_checkpoint(path: str | Path) -> tuple[PreTrainedModel, Any, dict[str, A
             json.loads(meta_path.read_text()))
 
 
-def _max_parameter_change(before: dict[str, torch.Tensor], model: torch.nn.Module) -> float:
+def parameter_snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of the parameters, to measure how far a stage moved them."""
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters()}
+
+
+def max_parameter_change(before: dict[str, torch.Tensor], model: torch.nn.Module) -> float:
+    """The largest absolute change of any parameter since `parameter_snapshot`."""
     return max(float((p.detach().cpu() - before[n]).abs().max()) for n, p in model.named_parameters())
 
 
 __all__ = ["DataConfig", "TokenizerConfig", "ModelConfig", "TrainingConfig", "SFTStageConfig", "resolve_dataset",
-           "build_tokenizer", "build_model", "completion_loss", "evaluate_sft", "train_sft", "load_checkpoint"]
+           "build_tokenizer", "build_model", "completion_loss", "evaluate_sft", "train_sft", "load_checkpoint",
+           "parameter_snapshot", "max_parameter_change"]
