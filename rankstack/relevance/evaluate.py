@@ -104,11 +104,17 @@ def generation_report(records: Sequence[RelevanceRecord], completions: Sequence[
                 report[f"step_accuracy/{step}"] = float(np.mean([s[step] > 0 for s in scores]))
             adherent = [rule_adherence(p, r) for p, r in with_gold if p.ok]
             report["rule_adherence"] = float(np.mean(adherent)) if adherent else 0.0
+    report.update(query_type_report(records, preds))
+    return report
+
+
+def query_type_report(records: Sequence[RelevanceRecord], preds: Any) -> dict[str, float]:
+    """4-class macro-F1 per query type (`macro_f1/<type>`) and on the hard types (`macro_f1/hard`) (§6)."""
+    labels = np.array([r.label for r in records], dtype=np.int64)
+    preds = np.asarray(preds, dtype=np.int64)
     types = np.array([r.query_type for r in records])
-    for query_type in sorted(set(types)):
-        mask = types == query_type
-        report[f"macro_f1/{query_type}"] = macro_f1(labels[mask], preds[mask], LABELS)
-    hard = np.array([r.is_hard for r in records])
+    report = {f"macro_f1/{t}": macro_f1(labels[types == t], preds[types == t], LABELS) for t in sorted(set(types))}
+    hard = np.array([r.is_hard for r in records], dtype=bool)
     if hard.any():
         report["macro_f1/hard"] = macro_f1(labels[hard], preds[hard], LABELS)
     return report
@@ -124,7 +130,8 @@ def evaluate_policy(model: torch.nn.Module, tokenizer: Any, records: Sequence[Re
     report: dict[str, Any] = {}
     if variant != "think_first":
         probs = RelevanceScorer(model, tokenizer, batch_size=batch_size).score_prompts(prompts)
-        report["first_token"] = tier_report(labels, argmax_tiers(probs))
+        report["first_token"] = {**tier_report(labels, argmax_tiers(probs)),
+                                 **query_type_report(records, argmax_tiers(probs))}
         report["first_token"]["label_log_loss"] = float(-np.log(probs[np.arange(len(labels)), labels - 1]
                                                                 + 1e-12).mean())
     if generate:
@@ -134,4 +141,4 @@ def evaluate_policy(model: torch.nn.Module, tokenizer: Any, records: Sequence[Re
     return report
 
 
-__all__ = ["generate_completions", "is_correct", "generation_report", "evaluate_policy"]
+__all__ = ["generate_completions", "is_correct", "generation_report", "query_type_report", "evaluate_policy"]
