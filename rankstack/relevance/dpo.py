@@ -44,10 +44,11 @@ from rankstack.relevance.data import RelevanceRecord, chat_prompt, prompt_messag
 from rankstack.relevance.evaluate import generate_completions, is_correct  # noqa: E402
 from rankstack.relevance.format import parse_output  # noqa: E402
 from rankstack.relevance.rules import verify_steps  # noqa: E402
-from rankstack.relevance.sft import max_parameter_change, parameter_snapshot  # noqa: E402
+from rankstack.relevance.sft import max_parameter_change, parameter_snapshot, throughput  # noqa: E402
 from rankstack.relevance.stage import (  # noqa: E402
     StageDataConfig,
     StageEvalConfig,
+    agree_across_processes,
     evaluate_stage,
     load_stage_inputs,
     save_stage,
@@ -205,6 +206,7 @@ def train_dpo(config: DPOStageConfig, out_dir: str | Path) -> dict[str, Any]:
     rows, sampling_stats = sample_pairs(model, inputs.tokenizer, inputs.train_records, inputs.rule_table,
                                         inputs.variant, inputs.rule_text, config.sampling,
                                         train_cfg.max_pairs_per_prompt, train_cfg.seed)
+    rows, sampling_stats = agree_across_processes((rows, sampling_stats))
     with open(out / "pairs.jsonl", "w") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
@@ -236,6 +238,7 @@ def train_dpo(config: DPOStageConfig, out_dir: str | Path) -> dict[str, Any]:
     dpo_logs = [row for row in trainer.state.log_history if "loss" in row]
     metrics = {"stage": "dpo", "init": str(inputs.checkpoint), "sampling": sampling_stats,
                "steps": trainer.state.global_step, "train_loss": float(result.training_loss),
+               **throughput(trainer, result),
                "first_logged": dpo_logs[0] if dpo_logs else {}, "last_logged": dpo_logs[-1] if dpo_logs else {},
                "max_parameter_change": max_parameter_change(initial, model), "before": before, "after": after}
     save_stage(trainer, inputs, "dpo", out, metrics)

@@ -46,11 +46,12 @@ from rankstack.errors import ConfigError, DataError  # noqa: E402
 from rankstack.relevance.data import RelevanceRecord, chat_prompt, prompt_message  # noqa: E402
 from rankstack.relevance.evaluate import generate_completions, is_correct  # noqa: E402
 from rankstack.relevance.format import LABELS, parse_output  # noqa: E402
-from rankstack.relevance.sft import max_parameter_change, parameter_snapshot  # noqa: E402
+from rankstack.relevance.sft import max_parameter_change, parameter_snapshot, throughput  # noqa: E402
 from rankstack.relevance.stage import (  # noqa: E402
     StageDataConfig,
     StageEvalConfig,
     StageInputs,
+    agree_across_processes,
     evaluate_stage,
     load_stage_inputs,
     save_stage,
@@ -250,7 +251,7 @@ class DifficultyRefresh(TrainerCallback):
         if self.every <= 0 or state.global_step % self.every or self.trainer is None:
             return
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
-        keep = self.pool.refresh(model, seed=args.seed + state.global_step)
+        keep = agree_across_processes(self.pool.refresh(model, seed=args.seed + state.global_step))
         if len(keep) >= self.sampler.batch_size:
             self.sampler.set_active(keep)
         self.history.append({"step": state.global_step, "kept": int(len(keep)), "pool": len(self.pool.records),
@@ -405,7 +406,8 @@ def train_grpo(config: GRPOStageConfig, out_dir: str | Path) -> dict[str, Any]:
     pool = PromptPool(records, prompts, tokenizer, inputs.variant, config.pool, rollout)
     pool_stats: dict[str, Any] = {"natural_class_counts": natural, "pool_class_counts": class_counts(records),
                                   "pool_cv": class_cv(records), "pool_size": len(records)}
-    active = pool.refresh(model, train_cfg.seed) if config.pool.filter else np.arange(len(records))
+    active = agree_across_processes(pool.refresh(model, train_cfg.seed)) if config.pool.filter \
+        else np.arange(len(records))
     if config.pool.filter:
         pool_stats.update(initial_pass_rate=float(pool.last_counts.mean() / config.pool.difficulty_samples),
                           initial_kept=int(len(active)))
@@ -425,11 +427,11 @@ def train_grpo(config: GRPOStageConfig, out_dir: str | Path) -> dict[str, Any]:
                               callbacks=[refresh, periodic], advantage_clip=train_cfg.advantage_clip,
                               sampler=sampler)
     refresh.trainer = periodic.trainer = trainer
-    trainer.train()
+    result = trainer.train()
     after = evaluate_stage(model, inputs, config.eval)
     logged = [row for row in trainer.state.log_history if "reward" in row]
     metrics = {"stage": "grpo", "init": str(inputs.checkpoint), "pool": pool_stats,
-               "refreshes": refresh.history, "steps": trainer.state.global_step,
+               "refreshes": refresh.history, "steps": trainer.state.global_step, **throughput(trainer, result),
                "reward_first": logged[0]["reward"] if logged else None,
                "reward_last": logged[-1]["reward"] if logged else None,
                "max_parameter_change": max_parameter_change(initial, model), "before": before, "after": after,

@@ -255,7 +255,7 @@ def train_sft(config: SFTStageConfig, out_dir: str | Path) -> dict[str, Any]:
                     data.eval_split: load_split(dataset_dir, data.eval_split, data.max_eval_examples)}
     tokenizer = build_tokenizer(config, train_records, rule_table)
     label_ids = label_token_ids(tokenizer)
-    model = build_model(config.model, tokenizer)
+    model = build_model(config.model, tokenizer).to(process_device())
     dump_yaml(config, out / "config.yaml")
 
     def evaluate() -> dict[str, dict[str, float]]:
@@ -290,21 +290,39 @@ def train_sft(config: SFTStageConfig, out_dir: str | Path) -> dict[str, Any]:
         for row in trainer.state.log_history:
             log.write(json.dumps(row) + "\n")
     metrics = {"checkpoint": str(checkpoint), "train_pairs": len(examples), "steps": trainer.state.global_step,
-               "train_loss": float(result.training_loss), "max_parameter_change": max_parameter_change(initial, model),
+               "train_loss": float(result.training_loss), **throughput(trainer, result),
+               "max_parameter_change": max_parameter_change(initial, model),
                "before": before, "after": after}
     save_json(metrics, out / "metrics.json")
     return metrics
 
 
 def load_checkpoint(path: str | Path) -> tuple[PreTrainedModel, Any, dict[str, Any]]:
-    """A saved relevance checkpoint: (model in fp32, tokenizer padding left, its relevance.json settings)."""
+    """A saved relevance checkpoint: (model in fp32 on `process_device()`, tokenizer padding left, relevance.json)."""
     path = Path(path)
     meta_path = path / CHECKPOINT_META
     if not meta_path.is_file():
         raise ConfigError(f"{path} is not a relevance checkpoint ({CHECKPOINT_META} is missing); pass the `model/` "
                           "folder of a run written by train_sft.")
-    return (AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32), load_tokenizer(path),
+    return (AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).to(process_device()),
+            load_tokenizer(path),
             json.loads(meta_path.read_text()))
+
+
+def throughput(trainer: Any, result: Any) -> dict[str, float]:
+    """Training wall time and tokens per second of a TRL run (TRL counts `num_tokens`, prompt and completion,
+    summed over processes)."""
+    runtime = float(result.metrics.get("train_runtime", 0.0))
+    tokens = max((row.get("num_tokens", 0.0) for row in trainer.state.log_history), default=0.0)
+    return {"train_runtime_s": runtime, "num_tokens": float(tokens),
+            "tokens_per_s": float(tokens) / runtime if runtime > 0 else 0.0}
+
+
+def process_device() -> torch.device:
+    """This process's device: its GPU under `accelerate launch` / torchrun, the GPU if there is one, else the CPU."""
+    from accelerate import PartialState
+
+    return PartialState().device
 
 
 def parameter_snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -319,4 +337,4 @@ def max_parameter_change(before: dict[str, torch.Tensor], model: torch.nn.Module
 
 __all__ = ["DataConfig", "TokenizerConfig", "ModelConfig", "TrainingConfig", "SFTStageConfig", "resolve_dataset",
            "build_tokenizer", "build_model", "completion_loss", "evaluate_sft", "train_sft", "load_checkpoint",
-           "parameter_snapshot", "max_parameter_change"]
+           "process_device", "parameter_snapshot", "max_parameter_change", "throughput"]

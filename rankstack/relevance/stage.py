@@ -105,6 +105,21 @@ def load_stage_inputs(init: str | Path | None, data: StageDataConfig) -> StageIn
                        load_split(dataset_dir, data.eval_split, data.max_eval_examples))
 
 
+def agree_across_processes(value: Any) -> Any:
+    """Rank 0's `value` on every process under `accelerate launch` (sampled pairs and difficulty filters differ
+    per process otherwise, and GRPO groups must not straddle processes, §7); `value` itself on one process."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    holder = [value]
+    broadcast_object_list(holder, from_process=0)
+    return holder[0]
+
+
 def evaluate_stage(model: torch.nn.Module, inputs: StageInputs, config: StageEvalConfig) -> dict[str, Any]:
     """`evaluate_policy` on the stage's eval pairs with its variant and prompt settings."""
     return evaluate_policy(model, inputs.tokenizer, inputs.eval_records, inputs.rule_table, inputs.variant,
@@ -126,4 +141,5 @@ def save_stage(trainer: Any, inputs: StageInputs, stage: str, out: Path, metrics
 
 
 __all__ = ["StageDataConfig", "StageEvalConfig", "StageInputs", "checkpoint_dir", "load_stage_inputs",
+           "agree_across_processes",
            "evaluate_stage", "save_stage"]
