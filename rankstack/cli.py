@@ -9,6 +9,8 @@
     rankstack eval --run DIR [--split test]
     rankstack bench loader --data DIR [--batch-size N] [--repeats N]
     rankstack bench retrieval --config FILE --out DIR                       (popularity / geo baselines)
+    rankstack bench relevance --run RUN [--run RUN ...] [--split test]      (CumPT vs argmax vs decode, speed)
+    rankstack bench relevance --cross-encoder FILE --out DIR                (the MiniLM baseline)
     rankstack demo [--out DIR]
 
 User mistakes (a bad file, column or config key) print one sentence naming what was wrong and how to fix it, and
@@ -100,6 +102,30 @@ def cmd_train_relevance(args: argparse.Namespace) -> None:
 
     metrics = train_relevance(args.stage, args.config, _overrides(args.set), args.out, args.init)
     print(json.dumps(metrics, indent=2, default=str))
+
+
+def cmd_bench_relevance(args: argparse.Namespace) -> None:
+    from rankstack.errors import ConfigError
+
+    if bool(args.run) == bool(args.cross_encoder):
+        raise ConfigError("bench relevance: pass --run RUN (one or more) or --cross-encoder CONFIG --out DIR.")
+    if args.cross_encoder:
+        from rankstack.config import load_yaml
+        from rankstack.relevance.cross_encoder import CrossEncoderConfig, train_cross_encoder
+
+        if not args.out:
+            raise ConfigError("bench relevance --cross-encoder needs --out DIR for the run folder.")
+        config = load_yaml(CrossEncoderConfig, args.cross_encoder, _overrides(args.set))
+        print(json.dumps(train_cross_encoder(config, args.out), indent=2))
+        return
+    from rankstack.relevance.bench import bench_run
+
+    reports = [bench_run(run, args.split, max_examples=args.max_examples, batch_size=args.batch_size,
+                         max_new_tokens=args.max_new_tokens, decode=not args.no_decode) for run in args.run]
+    text = json.dumps(reports, indent=2)
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -207,6 +233,18 @@ def build_parser() -> argparse.ArgumentParser:
     br = bench.add_parser("retrieval", help="next-POI baselines (popularity, geo-nearest popular) and the oracle")
     _add_run_args(br)
     br.set_defaults(func=cmd_bench_retrieval)
+    brel = bench.add_parser("relevance", help="relevance runs: CumPT vs argmax vs full decode, and their throughput; "
+                                              "or train the MiniLM cross-encoder baseline")
+    brel.add_argument("--run", action="append", default=[], help="a relevance run folder (repeat for several)")
+    brel.add_argument("--cross-encoder", metavar="CONFIG", help="train and report the MiniLM cross-encoder baseline")
+    brel.add_argument("--out", help="write the report (JSON) here; the cross-encoder's run folder")
+    brel.add_argument("--split", default="test")
+    brel.add_argument("--max-examples", type=int, default=256, help="pairs per split (dev and test)")
+    brel.add_argument("--batch-size", type=int, default=16)
+    brel.add_argument("--max-new-tokens", type=int, default=160)
+    brel.add_argument("--no-decode", action="store_true", help="skip the full-decode comparison")
+    brel.add_argument("--set", action="append", metavar="KEY=VALUE", help="cross-encoder config overrides")
+    brel.set_defaults(func=cmd_bench_relevance)
 
     demo = sub.add_parser("demo", help="generate the small world and train the ranking baseline on it")
     demo.add_argument("--out", default="runs/demo")

@@ -151,6 +151,7 @@ class RelevanceScorer:
         self.rule_text = rule_text
         self.rule_table = rule_table or {}
         self.run_dir: Path | None = None
+        self.meta: dict[str, Any] = {}
 
     @classmethod
     def from_run(cls, run_dir: str | Path, batch_size: int = 32, device: str | torch.device | None = None
@@ -174,7 +175,7 @@ class RelevanceScorer:
         rule_table = load_rule_table(meta["dataset"]) if Path(meta["dataset"]).is_dir() else {}
         scorer = cls(model, tokenizer, batch_size, beta=beta, variant=meta["variant"],
                      rule_text=bool(meta["rule_text"]), rule_table=rule_table)
-        scorer.run_dir = checkpoint.parent
+        scorer.run_dir, scorer.meta = checkpoint.parent, meta
         return scorer
 
     def score_prompts(self, prompts: Sequence[str]) -> np.ndarray:
