@@ -2,8 +2,10 @@
 
 Modules, in reading order: `rules` (rule engine, gold steps, step verifier), `format` (output grammar, strict
 parser, first-token label distribution), `data` (records, prompts, SFT targets), `tokenizer` (a small local
-BPE), `sft` (stage 1 over TRL's SFTTrainer), `cumpt` (single-pass scorer and CumPT tiers). The DPO, GRPO, SRPO and
-AGRL stages are not written yet (docs/relevance.md).
+BPE), `sft` (stage 1 over TRL's SFTTrainer), `evaluate` (batched sampling, generation metrics), `stage` (what the
+later stages share), `dpo` (stage 2: pass@N pairs + DPOTrainer), `grpo` (stage 3: RankGRPOTrainer with difficulty
+sampling), `cumpt` (single-pass scorer, CumPT tiers, the serving API), `cross_encoder` (the MiniLM baseline),
+`bench` (runs side by side). SRPO and AGRL are not written yet (docs/relevance.md).
 
 `train_relevance` is the entry point the CLI calls. Importing this package stays light: torch, transformers and
 TRL load only when a stage runs.
