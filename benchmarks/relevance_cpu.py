@@ -6,7 +6,7 @@ One seed per call. Runs, under `runs/bench/relevance-cpu-<seed>/`:
 label-first CoT SFT → + DPO → + GRPO, the label-only and think-first SFT variants, and the MiniLM cross-encoder;
 then `bench relevance` on every LLM run (CumPT with β tuned on valid, argmax, the labels of the full greedy decode,
 hallucination and format-failure rates, single-pass vs decode throughput on the same pairs). The LLM is a small
-random Llama (d = 128, 4 layers) trained from scratch: no LM pre-training, so expect it to learn the format long
+random Llama (d = 64, 2 layers: what 2 shared cores train in minutes) trained from scratch: no LM pre-training, so expect it to learn the format long
 before the tiers. Writes `benchmarks/results/relevance_cpu_seed<seed>.json` and prints the command.
 """
 
@@ -21,17 +21,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs" / "relevance"
-MODEL = {"model.hidden_size": 128, "model.num_layers": 4, "model.num_heads": 4, "model.num_kv_heads": 2,
-         "model.intermediate_size": 256}
+MODEL = {"model.hidden_size": 64, "model.num_layers": 2, "model.num_heads": 4, "model.num_kv_heads": 2,
+         "model.intermediate_size": 128}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sft-steps", type=int, default=300)
-    parser.add_argument("--dpo-prompts", type=int, default=256)
-    parser.add_argument("--grpo-steps", type=int, default=30)
-    parser.add_argument("--eval-pairs", type=int, default=256)
+    parser.add_argument("--sft-steps", type=int, default=200)
+    parser.add_argument("--dpo-prompts", type=int, default=128)
+    parser.add_argument("--grpo-steps", type=int, default=20)
+    parser.add_argument("--eval-pairs", type=int, default=128)
     parser.add_argument("--skip-cross-encoder", action="store_true")
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench"))
     args = parser.parse_args()
@@ -46,8 +46,8 @@ def main() -> None:
     if not (world / "relevance").is_dir():
         generate(WorldConfig.preset("tiny"), seed=0, out=world, overwrite=True)
     data = {"data.world_preset": None, "data.dataset": str(world / "relevance"), "data.rule_text": False,
-            "data.max_eval_examples": 128}
-    sft = {**MODEL, **data, "training.max_steps": args.sft_steps, "training.learning_rate": 3.0e-3,
+            "data.max_train_examples": None, "data.max_eval_examples": 64}
+    sft = {**MODEL, **data, "training.max_steps": args.sft_steps, "training.learning_rate": 5.0e-3,
            "training.batch_size": 16, "training.seed": args.seed, "training.logging_steps": 25}
     timings: dict[str, float] = {}
 
@@ -70,8 +70,8 @@ def main() -> None:
            "eval.max_new_tokens": 160}, runs["dpo"], init=runs["sft_label_first"])
     runs["grpo"] = out / "grpo"
     stage("grpo", "grpo", CONFIGS / "grpo_tiny.yaml",
-          {"data.max_train_examples": 512, "data.max_eval_examples": 64, "rollout.num_generations": 8,
-           "rollout.prompts_per_step": 8, "rollout.max_completion_length": 160, "pool.refresh_steps": 20,
+          {"data.max_train_examples": 256, "data.max_eval_examples": 64, "rollout.num_generations": 8,
+           "rollout.prompts_per_step": 8, "rollout.max_completion_length": 160, "pool.refresh_steps": 10,
            "training.max_steps": args.grpo_steps, "training.learning_rate": 1.0e-4, "training.seed": args.seed,
            "eval.max_new_tokens": 160}, runs["grpo"], init=runs["dpo"])
 

@@ -210,19 +210,28 @@ class RankGRPOTrainer(GRPOTrainer):
     - `compute_advantages(output, inputs)`: called on every scored batch; returns the advantages TRL's loss uses,
       (B,) per completion or (B, T) per completion token. The default clamps the group z-scores to ±clip.
     - `last_rewards`: the rewards per reward function of the batch just scored, (B_all, F) over all processes.
+    - `pool`: the prompt pool; each input row's `pool_index` is its record's index in `pool.records` (gold steps
+      for step rewards and hints).
     """
 
     def __init__(self, *args: Any, advantage_clip: float = 2.0, sampler: DifficultySampler | None = None,
-                 **kwargs: Any):
+                 pool: PromptPool | None = None, **kwargs: Any):
         self.advantage_clip = advantage_clip
         self.difficulty_sampler = sampler
+        self.pool = pool
         self.last_rewards: torch.Tensor | None = None
         super().__init__(*args, **kwargs)
 
     def _get_train_sampler(self, dataset: Any = None) -> Sampler:
         if self.difficulty_sampler is None:
             return super()._get_train_sampler(dataset)
-        return self.difficulty_sampler
+        # TRL's RepeatSampler geometry: one generation batch (all processes, all micro-steps) of distinct prompts,
+        # repeated once per micro-step that consumes it.
+        sampler = self.difficulty_sampler
+        sampler.batch_size = self.args.generation_batch_size // self.num_generations
+        sampler.repeat_count = self.num_iterations * self.args.steps_per_generation
+        sampler.set_active(sampler.active)  # re-check the pool still fills one generation batch
+        return sampler
 
     def _calculate_rewards(self, inputs: Any, prompts: Any, completions: Any, completion_ids_list: Any) -> torch.Tensor:
         rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
@@ -248,7 +257,8 @@ class DifficultyRefresh(TrainerCallback):
         self.trainer: RankGRPOTrainer | None = None
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.every <= 0 or state.global_step % self.every or self.trainer is None:
+        last = state.global_step >= state.max_steps  # nothing left to sample for
+        if self.every <= 0 or state.global_step % self.every or self.trainer is None or last:
             return
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
         keep = agree_across_processes(self.pool.refresh(model, seed=args.seed + state.global_step))
@@ -411,21 +421,18 @@ def train_grpo(config: GRPOStageConfig, out_dir: str | Path) -> dict[str, Any]:
     if config.pool.filter:
         pool_stats.update(initial_pass_rate=float(pool.last_counts.mean() / config.pool.difficulty_samples),
                           initial_kept=int(len(active)))
-    # One generation batch feeds the `gradient_accumulation_steps` micro-steps of an optimizer step (TRL's
-    # steps_per_generation), so the sampler draws that many steps' prompts at once and repeats them as often.
-    sampler = DifficultySampler(len(records), rollout.num_generations,
-                                rollout.prompts_per_step * train_cfg.gradient_accumulation_steps,
-                                repeat_count=train_cfg.gradient_accumulation_steps, seed=train_cfg.seed,
+    # The trainer sets the batch geometry (prompts per generation batch, repeats) from its arguments.
+    sampler = DifficultySampler(len(records), rollout.num_generations, rollout.prompts_per_step, seed=train_cfg.seed,
                                 active=active)
-    dataset = HFDataset.from_list([{"prompt": p, "label": r.label, "query_type": r.query_type}
-                                   for p, r in zip(prompts, records)])
+    dataset = HFDataset.from_list([{"prompt": p, "label": r.label, "query_type": r.query_type, "pool_index": i}
+                                   for i, (p, r) in enumerate(zip(prompts, records))])
     refresh = DifficultyRefresh(pool, sampler, config.pool.refresh_steps if config.pool.filter else 0)
     periodic = PeriodicEval(inputs, config.eval, train_cfg.eval_steps)
     initial = parameter_snapshot(model)
     trainer = RankGRPOTrainer(model=model, reward_funcs=[CorrectnessReward(inputs.variant)],
                               args=grpo_args(config, out), train_dataset=dataset, processing_class=tokenizer,
                               callbacks=[refresh, periodic], advantage_clip=train_cfg.advantage_clip,
-                              sampler=sampler)
+                              sampler=sampler, pool=pool)
     refresh.trainer = periodic.trainer = trainer
     result = trainer.train()
     after = evaluate_stage(model, inputs, config.eval)
