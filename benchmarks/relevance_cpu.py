@@ -29,6 +29,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sft-steps", type=int, default=200)
+    parser.add_argument("--sft-batch-size", type=int, default=16)
+    parser.add_argument("--variants", nargs="+", default=["label_first", "label_only", "think_first"],
+                        help="SFT variants (label_first is needed: DPO and GRPO continue it)")
     parser.add_argument("--dpo-prompts", type=int, default=128)
     parser.add_argument("--grpo-steps", type=int, default=20)
     parser.add_argument("--eval-pairs", type=int, default=128)
@@ -37,6 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("OMP_NUM_THREADS", "2")
+    from rankstack.errors import DataError
     from rankstack.relevance import train_relevance
     from rankstack.relevance.bench import bench_run
     from rankstack.world import WorldConfig, generate
@@ -48,7 +52,7 @@ def main() -> None:
     data = {"data.world_preset": None, "data.dataset": str(world / "relevance"), "data.rule_text": False,
             "data.max_train_examples": None, "data.max_eval_examples": 64}
     sft = {**MODEL, **data, "training.max_steps": args.sft_steps, "training.learning_rate": 5.0e-3,
-           "training.batch_size": 16, "training.seed": args.seed, "training.logging_steps": 25}
+           "training.batch_size": args.sft_batch_size, "training.seed": args.seed, "training.logging_steps": 25}
     timings: dict[str, float] = {}
 
     def stage(name: str, *call: object, **kwargs: object) -> dict:
@@ -59,7 +63,7 @@ def main() -> None:
         return metrics
 
     runs = {}
-    for variant in ("label_first", "label_only", "think_first"):
+    for variant in dict.fromkeys(["label_first", *args.variants]):
         runs[f"sft_{variant}"] = out / f"sft-{variant}"
         stage(f"sft_{variant}", "sft", CONFIGS / "sft_tiny.yaml", {**sft, "data.variant": variant},
               runs[f"sft_{variant}"])
@@ -69,11 +73,17 @@ def main() -> None:
            "training.max_steps": -1, "training.learning_rate": 1.0e-4, "training.seed": args.seed,
            "eval.max_new_tokens": 160}, runs["dpo"], init=runs["sft_label_first"])
     runs["grpo"] = out / "grpo"
-    stage("grpo", "grpo", CONFIGS / "grpo_tiny.yaml",
-          {"data.max_train_examples": 256, "data.max_eval_examples": 64, "rollout.num_generations": 8,
-           "rollout.prompts_per_step": 8, "rollout.max_completion_length": 160, "pool.refresh_steps": 10,
-           "training.max_steps": args.grpo_steps, "training.learning_rate": 1.0e-4, "training.seed": args.seed,
-           "eval.max_new_tokens": 160}, runs["grpo"], init=runs["dpo"])
+    grpo = {"data.max_train_examples": 256, "data.max_eval_examples": 64, "rollout.num_generations": 8,
+            "rollout.prompts_per_step": 8, "rollout.max_completion_length": 160, "pool.refresh_steps": 10,
+            "training.max_steps": args.grpo_steps, "training.learning_rate": 1.0e-4, "training.seed": args.seed,
+            "eval.max_new_tokens": 160}
+    notes = []
+    try:
+        stage("grpo", "grpo", CONFIGS / "grpo_tiny.yaml", grpo, runs["grpo"], init=runs["dpo"])
+    except DataError as err:  # a weak policy fails every pool prompt: the filter keeps too few to train on
+        notes.append(f"GRPO difficulty filter kept too few prompts ({err}); GRPO was rerun without the filter.")
+        stage("grpo", "grpo", CONFIGS / "grpo_tiny.yaml", {**grpo, "pool.filter": False}, runs["grpo"],
+              init=runs["dpo"])
 
     reports = {}
     for name, run in runs.items():
@@ -82,7 +92,8 @@ def main() -> None:
         timings[f"bench_{name}"] = time.perf_counter() - start
         print(f"[bench {name}] {timings[f'bench_{name}']:.0f} s", flush=True)
     result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "date": time.strftime("%Y-%m-%d"),
-              "seed": args.seed, "world": "tiny (seed 0)", "model": MODEL, "runs": reports, "timings_s": timings}
+              "seed": args.seed, "world": "tiny (seed 0)", "model": MODEL, "runs": reports, "timings_s": timings,
+              "notes": notes}
     if not args.skip_cross_encoder:
         from rankstack.config import load_yaml
         from rankstack.relevance.cross_encoder import CrossEncoderConfig, train_cross_encoder
