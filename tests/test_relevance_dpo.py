@@ -122,3 +122,16 @@ def test_dpo_needs_an_init_run(tmp_path: Path) -> None:
         train_relevance("dpo", CONFIGS / "dpo_tiny.yaml", {}, tmp_path)
     with pytest.raises(ConfigError, match="holds no relevance checkpoint"):
         train_relevance("dpo", CONFIGS / "dpo_tiny.yaml", {}, tmp_path, init=tmp_path)
+
+
+def test_cli_trains_dpo_from_an_init_run(sft_run: Path, tmp_path: Path) -> None:
+    from rankstack.cli import main
+
+    settings = ["data.max_train_examples=4", "data.max_eval_examples=4", "training.max_steps=1",
+                "sampling.max_new_tokens=16", "eval.generate=false"]
+    assert main(["train", "relevance", "--stage", "dpo", "--config", str(CONFIGS / "dpo_tiny.yaml"), "--init",
+                 str(sft_run), "--out", str(tmp_path), *[a for s in settings for a in ("--set", s)]]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["steps"] == 1 and metrics["init"] == str(sft_run / "model")
+    assert main(["train", "relevance", "--stage", "sft", "--config", str(CONFIGS / "sft_tiny.yaml"), "--init",
+                 str(sft_run), "--out", str(tmp_path / "again")]) == 2
