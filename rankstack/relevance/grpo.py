@@ -393,16 +393,21 @@ def grpo_args(config: GRPOStageConfig, out: Path) -> GRPOConfig:
     )
 
 
-def train_grpo(config: GRPOStageConfig, out_dir: str | Path) -> dict[str, Any]:
-    """Run the GRPO stage into `out_dir`; returns the metrics written to `metrics.json`."""
+def train_grpo(config: GRPOStageConfig, out_dir: str | Path, trainer_cls: type[RankGRPOTrainer] = RankGRPOTrainer,
+               reward_funcs: Sequence[Any] | None = None, stage: str = "grpo") -> dict[str, Any]:
+    """Run the GRPO stage into `out_dir`; returns the metrics written to `metrics.json`.
+
+    Later RL stages reuse this driver (pool, filter, evaluation, run folder) with their own `trainer_cls` (a
+    `RankGRPOTrainer` subclass), `reward_funcs` (default: `CorrectnessReward`) and `stage` name.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     train_cfg, rollout = config.training, config.rollout
     seed_everything(train_cfg.seed)
     inputs = load_stage_inputs(config.init, config.data)
     if inputs.variant == "think_first":
-        raise ConfigError("GRPO runs on label-first (or label-only) checkpoints; think-first is an SFT ablation only "
-                          "(relevance.md §11).")
+        raise ConfigError(f"{stage.upper()} runs on label-first (or label-only) checkpoints; think-first is an SFT "
+                          "ablation only (relevance.md §11).")
     dump_yaml(config, out / "config.yaml")
     model, tokenizer = inputs.model, inputs.tokenizer
     before = evaluate_stage(model, inputs, config.eval)
@@ -429,21 +434,21 @@ def train_grpo(config: GRPOStageConfig, out_dir: str | Path) -> dict[str, Any]:
     refresh = DifficultyRefresh(pool, sampler, config.pool.refresh_steps if config.pool.filter else 0)
     periodic = PeriodicEval(inputs, config.eval, train_cfg.eval_steps)
     initial = parameter_snapshot(model)
-    trainer = RankGRPOTrainer(model=model, reward_funcs=[CorrectnessReward(inputs.variant)],
-                              args=grpo_args(config, out), train_dataset=dataset, processing_class=tokenizer,
-                              callbacks=[refresh, periodic], advantage_clip=train_cfg.advantage_clip,
-                              sampler=sampler, pool=pool)
+    rewards = list(reward_funcs) if reward_funcs is not None else [CorrectnessReward(inputs.variant)]
+    trainer = trainer_cls(model=model, reward_funcs=rewards, args=grpo_args(config, out), train_dataset=dataset,
+                          processing_class=tokenizer, callbacks=[refresh, periodic],
+                          advantage_clip=train_cfg.advantage_clip, sampler=sampler, pool=pool)
     refresh.trainer = periodic.trainer = trainer
     result = trainer.train()
     after = evaluate_stage(model, inputs, config.eval)
     logged = [row for row in trainer.state.log_history if "reward" in row]
-    metrics = {"stage": "grpo", "init": str(inputs.checkpoint), "pool": pool_stats,
+    metrics = {"stage": stage, "init": str(inputs.checkpoint), "pool": pool_stats,
                "refreshes": refresh.history, "steps": trainer.state.global_step, **throughput(trainer, result),
                "reward_first": logged[0]["reward"] if logged else None,
                "reward_last": logged[-1]["reward"] if logged else None,
                "max_parameter_change": max_parameter_change(initial, model), "before": before, "after": after,
                "periodic_eval": periodic.history}
-    save_stage(trainer, inputs, "grpo", out, metrics)
+    save_stage(trainer, inputs, stage, out, metrics)
     return json.loads((out / "metrics.json").read_text())
 
 
