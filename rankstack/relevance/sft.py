@@ -26,7 +26,6 @@ from typing import Any, Literal
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach the hub: every model and tokenizer here is local
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from datasets import Dataset as HFDataset  # noqa: E402
 from transformers import (  # noqa: E402
@@ -41,13 +40,13 @@ from trl import SFTConfig, SFTTrainer  # noqa: E402
 
 from rankstack.config import dump_yaml  # noqa: E402
 from rankstack.errors import ConfigError  # noqa: E402
-from rankstack.relevance.cumpt import RelevanceScorer, argmax_tiers, tier_report  # noqa: E402
 from rankstack.relevance.data import (  # noqa: E402
     RelevanceRecord,
     load_rule_table,
     load_split,
     sft_examples,
 )
+from rankstack.relevance.evaluate import evaluate_policy  # noqa: E402
 from rankstack.relevance.format import label_token_ids  # noqa: E402
 from rankstack.relevance.tokenizer import load_tokenizer, train_tokenizer, training_corpus  # noqa: E402
 from rankstack.train.checkpoint import save_json  # noqa: E402
@@ -230,16 +229,12 @@ def completion_loss(model: torch.nn.Module, tokenizer: Any, examples: list[dict[
 
 def evaluate_sft(model: torch.nn.Module, tokenizer: Any, records: list[RelevanceRecord],
                  rule_table: dict[str, str], data: DataConfig, seed: int) -> dict[str, float]:
-    """Completion loss, and (unless think-first) the first-token label distribution's log loss on the gold label
-    and the label metrics of its argmax."""
+    """Completion loss, and (unless think-first) the tier metrics of the first-token argmax and the log loss of the
+    gold label under the first-token distribution (`evaluate.evaluate_policy` without decoding)."""
     examples = sft_examples(records, tokenizer, rule_table, data.variant, seed, data.rule_text)
-    report = {"completion_loss": completion_loss(model, tokenizer, examples)}
-    if data.variant != "think_first":
-        probs = RelevanceScorer(model, tokenizer).score_prompts([e["prompt"] for e in examples])
-        labels = np.array([r.label for r in records])
-        report["label_log_loss"] = float(-np.log(probs[np.arange(len(labels)), labels - 1] + 1e-12).mean())
-        report.update(tier_report(labels, argmax_tiers(probs)))
-    return report
+    first_token = evaluate_policy(model, tokenizer, records, rule_table, data.variant, data.rule_text,
+                                  generate=False).get("first_token", {})
+    return {"completion_loss": completion_loss(model, tokenizer, examples), **first_token}
 
 
 def train_sft(config: SFTStageConfig, out_dir: str | Path) -> dict[str, Any]:
