@@ -5,13 +5,15 @@
     rankstack data inspect DIR [--json]
     rankstack train ranking --config FILE [--out DIR] [--set key.path=value ...] [--resume]
     rankstack train retrieval --config FILE --out DIR [--set ...]           (GeoGR: SIDs -> CPT -> SFT -> eval)
-    rankstack train relevance --stage sft --config FILE --out DIR [--set ...]
+    rankstack train relevance --stage sft|dpo|grpo|srpo|agrl --config FILE --out DIR [--init RUN] [--set ...]
     rankstack train preranking --config FILE --budget-ms X --out DIR [--set ...]   (AutoFAS under a budget)
     rankstack eval --run DIR [--split test]
     rankstack bench loader --data DIR [--batch-size N] [--repeats N]
     rankstack bench retrieval --config FILE --out DIR                       (popularity / geo / SASRec baselines)
     rankstack bench ranking [--repeats N] [--candidates C] [--longterm-len L ...] [--json FILE]
     rankstack bench preranking --config FILE --out DIR [--latency-table]    (AutoFAS budget sweep + baselines)
+    rankstack bench relevance --run RUN [--run RUN ...] [--split test]      (CumPT vs argmax vs decode, speed)
+    rankstack bench relevance --cross-encoder FILE --out DIR                (the MiniLM baseline)
     rankstack demo [--out DIR]
     rankstack export --run DIR [--world DIR]                                (serving artifacts → DIR/serving/)
     rankstack serve --run DIR [--world DIR] [--config FILE] [--host 127.0.0.1] [--port 8000]
@@ -104,7 +106,7 @@ def cmd_bench_retrieval(args: argparse.Namespace) -> None:
 def cmd_train_relevance(args: argparse.Namespace) -> None:
     from rankstack.relevance import train_relevance
 
-    metrics = train_relevance(args.stage, args.config, _overrides(args.set), args.out)
+    metrics = train_relevance(args.stage, args.config, _overrides(args.set), args.out, args.init)
     print(json.dumps(metrics, indent=2, default=str))
 
 
@@ -134,6 +136,30 @@ def cmd_bench_preranking(args: argparse.Namespace) -> None:
         return
     result = bench_preranking(config, args.out)
     print(f"T_ref {result['t_ref_ms']:.2f} ms; pareto.csv, results.json and plots in {args.out}")
+
+
+def cmd_bench_relevance(args: argparse.Namespace) -> None:
+    from rankstack.errors import ConfigError
+
+    if bool(args.run) == bool(args.cross_encoder):
+        raise ConfigError("bench relevance: pass --run RUN (one or more) or --cross-encoder CONFIG --out DIR.")
+    if args.cross_encoder:
+        from rankstack.config import load_yaml
+        from rankstack.relevance.cross_encoder import CrossEncoderConfig, train_cross_encoder
+
+        if not args.out:
+            raise ConfigError("bench relevance --cross-encoder needs --out DIR for the run folder.")
+        config = load_yaml(CrossEncoderConfig, args.cross_encoder, _overrides(args.set))
+        print(json.dumps(train_cross_encoder(config, args.out), indent=2))
+        return
+    from rankstack.relevance.bench import bench_run
+
+    reports = [bench_run(run, args.split, max_examples=args.max_examples, batch_size=args.batch_size,
+                         max_new_tokens=args.max_new_tokens, decode=not args.no_decode) for run in args.run]
+    text = json.dumps(reports, indent=2)
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -251,8 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(retr)
     retr.add_argument("--overwrite", action="store_true", help="start from scratch instead of resuming the run folder")
     retr.set_defaults(func=cmd_train_retrieval)
-    rel = train.add_parser("relevance", help="train a relevance stage (sft today; dpo/grpo/srpo/agrl planned)")
+    rel = train.add_parser("relevance", help="train a relevance stage (sft, dpo, grpo; srpo/agrl planned)")
     rel.add_argument("--stage", required=True, choices=[*RELEVANCE_STAGES, *PLANNED_RELEVANCE_STAGES])
+    rel.add_argument("--init", help="the run folder a stage after SFT starts from (the SFT run for dpo, …)")
     _add_run_args(rel)
     rel.set_defaults(func=cmd_train_relevance)
 
@@ -279,6 +306,18 @@ def build_parser() -> argparse.ArgumentParser:
     br = bench.add_parser("retrieval", help="next-POI baselines (popularity, geo-nearest popular, SASRec) and the oracle")
     _add_run_args(br)
     br.set_defaults(func=cmd_bench_retrieval)
+    brel = bench.add_parser("relevance", help="relevance runs: CumPT vs argmax vs full decode, and their throughput; "
+                                              "or train the MiniLM cross-encoder baseline")
+    brel.add_argument("--run", action="append", default=[], help="a relevance run folder (repeat for several)")
+    brel.add_argument("--cross-encoder", metavar="CONFIG", help="train and report the MiniLM cross-encoder baseline")
+    brel.add_argument("--out", help="write the report (JSON) here; the cross-encoder's run folder")
+    brel.add_argument("--split", default="test")
+    brel.add_argument("--max-examples", type=int, default=256, help="pairs per split (dev and test)")
+    brel.add_argument("--batch-size", type=int, default=16)
+    brel.add_argument("--max-new-tokens", type=int, default=160)
+    brel.add_argument("--no-decode", action="store_true", help="skip the full-decode comparison")
+    brel.add_argument("--set", action="append", metavar="KEY=VALUE", help="cross-encoder config overrides")
+    brel.set_defaults(func=cmd_bench_relevance)
 
     bk = bench.add_parser("ranking", help="HeteroMixer vs self-attention timing; HeMix serving with/without the "
                                           "user cache (hemix.md §12.5, §12.7)")

@@ -38,6 +38,6 @@ def test_train_relevance_sft_and_planned_stages(world, tmp_path, capsys):
                  "--out", str(tmp_path / "sft"), *overrides]) == 0
     assert (tmp_path / "sft" / "metrics.json").is_file()
     capsys.readouterr()
-    assert main(["train", "relevance", "--stage", "grpo", "--config", "configs/relevance/sft_tiny.yaml",
-                 "--out", str(tmp_path / "grpo")]) == 2
+    assert main(["train", "relevance", "--stage", "srpo", "--config", "configs/relevance/sft_tiny.yaml",
+                 "--out", str(tmp_path / "srpo")]) == 2
     assert "not implemented yet" in capsys.readouterr().err

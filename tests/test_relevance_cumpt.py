@@ -13,6 +13,7 @@ import torch  # noqa: E402
 from rankstack.metrics import macro_f1  # noqa: E402
 from rankstack.relevance.cumpt import (  # noqa: E402
     BETA_GRID,
+    RelevanceItem,
     RelevanceScorer,
     argmax_tiers,
     cumpt_tiers,
@@ -21,9 +22,11 @@ from rankstack.relevance.cumpt import (  # noqa: E402
     tier_report,
     tune_beta,
 )
+from rankstack.relevance.data import load_rule_table, load_split  # noqa: E402
 from rankstack.relevance.format import label_token_ids  # noqa: E402
-from rankstack.relevance.sft import ModelConfig, build_model  # noqa: E402
-from rankstack.relevance.tokenizer import train_tokenizer  # noqa: E402
+from rankstack.relevance.sft import CHECKPOINT_META, ModelConfig, build_model  # noqa: E402
+from rankstack.relevance.tokenizer import train_tokenizer, training_corpus  # noqa: E402
+from rankstack.train.checkpoint import save_json  # noqa: E402
 
 
 def test_cumpt_on_hand_made_distributions() -> None:
@@ -95,3 +98,35 @@ def test_batched_scorer_equals_one_prompt_at_a_time() -> None:
     np.testing.assert_allclose(batched.sum(axis=1), 1.0, atol=1e-9)
     lengths = {len(tokenizer(p)["input_ids"]) for p in prompts}
     assert len(lengths) > 3  # the batches really were padded
+
+
+def test_serving_api_loads_a_run_scores_pairs_and_keeps_its_calibrated_beta(tiny_world_dir, tmp_path) -> None:
+    world = tiny_world_dir / "relevance"
+    records = load_split(world, "valid", 48)
+    rule_table = load_rule_table(world)
+    tokenizer = train_tokenizer(training_corpus(records, rule_table), vocab_size=400, min_frequency=2)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(hidden_size=32, num_layers=1, num_heads=4, num_kv_heads=2,
+                                    intermediate_size=64), tokenizer)
+    run = tmp_path / "run"
+    model.save_pretrained(run / "model")
+    tokenizer.save_pretrained(run / "model")
+    save_json({"stage": "sft", "variant": "label_first", "rule_text": False, "dataset": str(world),
+               "label_token_ids": label_token_ids(tokenizer)}, run / "model" / CHECKPOINT_META)
+
+    scorer = RelevanceScorer.from_run(run, batch_size=5)
+    assert scorer.beta == 0.5 and scorer.rule_table == rule_table
+    items = [RelevanceItem(r.item_id, r.item_title, r.item_category, r.item_brand, r.item_price_level, r.attrs)
+             for r in records]
+    scores = scorer.score([r.query for r in records], items, [r.rules for r in records])
+    # the same prompts as the records' own: serving reads the pair exactly as training wrote it
+    np.testing.assert_allclose(scores.probs, scorer.score_records(records), atol=1e-9)
+    np.testing.assert_array_equal(scores.tiers, cumpt_tiers(scores.probs, 0.5))
+    assert scores.page_tiers.tolist() == page_tiers(scores.tiers).tolist()
+    beta = scorer.calibrate(records)
+    assert beta in BETA_GRID
+    scorer.save_calibration()
+    assert RelevanceScorer.from_run(run / "model").beta == beta
+    assert isinstance(scorer.explain(records[0].query, items[0], max_new_tokens=4), str)
+    with pytest.raises(ValueError, match="one query"):
+        scorer.score(["q"], items[:2])

@@ -80,6 +80,6 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="exactly one of `dataset`"):
         train_relevance("sft", CONFIG, {"data.dataset": "somewhere"}, tmp_path)
     with pytest.raises(ConfigError, match="not implemented yet"):
-        train_relevance("grpo", CONFIG, {}, tmp_path)
+        train_relevance("srpo", CONFIG, {}, tmp_path)
     with pytest.raises(ConfigError, match="unknown relevance stage"):
         train_relevance("ppo", CONFIG, {}, tmp_path)

@@ -2,8 +2,10 @@
 
 Modules, in reading order: `rules` (rule engine, gold steps, step verifier), `format` (output grammar, strict
 parser, first-token label distribution), `data` (records, prompts, SFT targets), `tokenizer` (a small local
-BPE), `sft` (stage 1 over TRL's SFTTrainer), `cumpt` (single-pass scorer and CumPT tiers). The DPO, GRPO, SRPO and
-AGRL stages are not written yet (docs/relevance.md).
+BPE), `sft` (stage 1 over TRL's SFTTrainer), `evaluate` (batched sampling, generation metrics), `stage` (what the
+later stages share), `dpo` (stage 2: pass@N pairs + DPOTrainer), `grpo` (stage 3: RankGRPOTrainer with difficulty
+sampling), `cumpt` (single-pass scorer, CumPT tiers, the serving API), `cross_encoder` (the MiniLM baseline),
+`bench` (runs side by side). SRPO and AGRL are not written yet (docs/relevance.md).
 
 `train_relevance` is the entry point the CLI calls. Importing this package stays light: torch, transformers and
 TRL load only when a stage runs.
@@ -17,21 +19,34 @@ from typing import Any
 
 from rankstack.errors import ConfigError
 
-STAGES = ("sft",)
-PLANNED_STAGES = ("dpo", "grpo", "srpo", "agrl")
+STAGES = ("sft", "dpo", "grpo")
+PLANNED_STAGES = ("srpo", "agrl")
 
 
 def train_relevance(stage: str, config_path: str | Path, overrides: Mapping[str, Any] | None = None,
-                    out_dir: str | Path = "runs/relevance") -> dict[str, Any]:
+                    out_dir: str | Path = "runs/relevance", init: str | Path | None = None) -> dict[str, Any]:
     """Train one relevance stage from a YAML config into `out_dir`; returns the stage's metrics.
 
-    `overrides` maps dotted keys to values (`{"training.max_steps": 10}`), applied before validation.
+    `overrides` maps dotted keys to values (`{"training.max_steps": 10}`), applied before validation. `init` is the
+    run (or checkpoint) folder a stage after SFT starts from; it overrides the config's `init:`.
     """
+    from rankstack.config import load_yaml
+
+    overrides = {**(overrides or {}), **({"init": str(init)} if init is not None else {})}
     if stage == "sft":
-        from rankstack.config import load_yaml
+        if init is not None:
+            raise ConfigError("the SFT stage starts from `model:` in its config, not from `--init`.")
         from rankstack.relevance.sft import SFTStageConfig, train_sft
 
         return train_sft(load_yaml(SFTStageConfig, config_path, overrides), out_dir)
+    if stage == "dpo":
+        from rankstack.relevance.dpo import DPOStageConfig, train_dpo
+
+        return train_dpo(load_yaml(DPOStageConfig, config_path, overrides), out_dir)
+    if stage == "grpo":
+        from rankstack.relevance.grpo import GRPOStageConfig, train_grpo
+
+        return train_grpo(load_yaml(GRPOStageConfig, config_path, overrides), out_dir)
     if stage in PLANNED_STAGES:
         raise ConfigError(f"relevance stage `{stage}` is not implemented yet; available: {', '.join(STAGES)}.")
     raise ConfigError(f"unknown relevance stage `{stage}`; choose one of {', '.join(STAGES + PLANNED_STAGES)}.")

@@ -26,7 +26,6 @@ from typing import Any, Literal
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach the hub: every model and tokenizer here is local
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from datasets import Dataset as HFDataset  # noqa: E402
 from transformers import (  # noqa: E402
@@ -41,13 +40,13 @@ from trl import SFTConfig, SFTTrainer  # noqa: E402
 
 from rankstack.config import dump_yaml  # noqa: E402
 from rankstack.errors import ConfigError  # noqa: E402
-from rankstack.relevance.cumpt import RelevanceScorer, argmax_tiers, tier_report  # noqa: E402
 from rankstack.relevance.data import (  # noqa: E402
     RelevanceRecord,
     load_rule_table,
     load_split,
     sft_examples,
 )
+from rankstack.relevance.evaluate import evaluate_policy  # noqa: E402
 from rankstack.relevance.format import label_token_ids  # noqa: E402
 from rankstack.relevance.tokenizer import load_tokenizer, train_tokenizer, training_corpus  # noqa: E402
 from rankstack.train.checkpoint import save_json  # noqa: E402
@@ -230,16 +229,12 @@ def completion_loss(model: torch.nn.Module, tokenizer: Any, examples: list[dict[
 
 def evaluate_sft(model: torch.nn.Module, tokenizer: Any, records: list[RelevanceRecord],
                  rule_table: dict[str, str], data: DataConfig, seed: int) -> dict[str, float]:
-    """Completion loss, and (unless think-first) the first-token label distribution's log loss on the gold label
-    and the label metrics of its argmax."""
+    """Completion loss, and (unless think-first) the tier metrics of the first-token argmax and the log loss of the
+    gold label under the first-token distribution (`evaluate.evaluate_policy` without decoding)."""
     examples = sft_examples(records, tokenizer, rule_table, data.variant, seed, data.rule_text)
-    report = {"completion_loss": completion_loss(model, tokenizer, examples)}
-    if data.variant != "think_first":
-        probs = RelevanceScorer(model, tokenizer).score_prompts([e["prompt"] for e in examples])
-        labels = np.array([r.label for r in records])
-        report["label_log_loss"] = float(-np.log(probs[np.arange(len(labels)), labels - 1] + 1e-12).mean())
-        report.update(tier_report(labels, argmax_tiers(probs)))
-    return report
+    first_token = evaluate_policy(model, tokenizer, records, rule_table, data.variant, data.rule_text,
+                                  generate=False).get("first_token", {})
+    return {"completion_loss": completion_loss(model, tokenizer, examples), **first_token}
 
 
 def train_sft(config: SFTStageConfig, out_dir: str | Path) -> dict[str, Any]:
@@ -255,7 +250,7 @@ def train_sft(config: SFTStageConfig, out_dir: str | Path) -> dict[str, Any]:
                     data.eval_split: load_split(dataset_dir, data.eval_split, data.max_eval_examples)}
     tokenizer = build_tokenizer(config, train_records, rule_table)
     label_ids = label_token_ids(tokenizer)
-    model = build_model(config.model, tokenizer)
+    model = build_model(config.model, tokenizer).to(process_device())
     dump_yaml(config, out / "config.yaml")
 
     def evaluate() -> dict[str, dict[str, float]]:
@@ -263,7 +258,7 @@ def train_sft(config: SFTStageConfig, out_dir: str | Path) -> dict[str, Any]:
                 for split, records in eval_records.items()}
 
     before = evaluate()
-    initial = {n: p.detach().cpu().clone() for n, p in model.named_parameters()}
+    initial = parameter_snapshot(model)
     examples = sft_examples(train_records, tokenizer, rule_table, data.variant, train_cfg.seed, data.rule_text)
     args = SFTConfig(
         output_dir=str(out / "trainer"), learning_rate=train_cfg.learning_rate, num_train_epochs=train_cfg.num_epochs,
@@ -271,7 +266,7 @@ def train_sft(config: SFTStageConfig, out_dir: str | Path) -> dict[str, Any]:
         gradient_accumulation_steps=train_cfg.gradient_accumulation_steps, warmup_steps=train_cfg.warmup_ratio,
         lr_scheduler_type=train_cfg.lr_scheduler, max_grad_norm=train_cfg.max_grad_norm,
         weight_decay=train_cfg.weight_decay, adam_beta1=train_cfg.adam_beta1, adam_beta2=train_cfg.adam_beta2,
-        max_length=train_cfg.max_length, completion_only_loss=True, packing=False,
+        max_length=train_cfg.max_length, completion_only_loss=True, packing=False, gradient_checkpointing=False,
         bf16=train_cfg.bf16, logging_steps=train_cfg.logging_steps, save_strategy="no", report_to="none",
         seed=train_cfg.seed, data_seed=train_cfg.seed, disable_tqdm=True, dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
@@ -290,26 +285,51 @@ def train_sft(config: SFTStageConfig, out_dir: str | Path) -> dict[str, Any]:
         for row in trainer.state.log_history:
             log.write(json.dumps(row) + "\n")
     metrics = {"checkpoint": str(checkpoint), "train_pairs": len(examples), "steps": trainer.state.global_step,
-               "train_loss": float(result.training_loss), "max_parameter_change": _max_parameter_change(initial, model),
+               "train_loss": float(result.training_loss), **throughput(trainer, result),
+               "max_parameter_change": max_parameter_change(initial, model),
                "before": before, "after": after}
     save_json(metrics, out / "metrics.json")
     return metrics
 
 
 def load_checkpoint(path: str | Path) -> tuple[PreTrainedModel, Any, dict[str, Any]]:
-    """A saved relevance checkpoint: (model in fp32, tokenizer padding left, its relevance.json settings)."""
+    """A saved relevance checkpoint: (model in fp32 on `process_device()`, tokenizer padding left, relevance.json)."""
     path = Path(path)
     meta_path = path / CHECKPOINT_META
     if not meta_path.is_file():
         raise ConfigError(f"{path} is not a relevance checkpoint ({CHECKPOINT_META} is missing); pass the `model/` "
                           "folder of a run written by train_sft.")
-    return (AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32), load_tokenizer(path),
+    return (AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).to(process_device()),
+            load_tokenizer(path),
             json.loads(meta_path.read_text()))
 
 
-def _max_parameter_change(before: dict[str, torch.Tensor], model: torch.nn.Module) -> float:
+def throughput(trainer: Any, result: Any) -> dict[str, float]:
+    """Training wall time and tokens per second of a TRL run (TRL counts `num_tokens`, prompt and completion,
+    summed over processes)."""
+    runtime = float(result.metrics.get("train_runtime", 0.0))
+    tokens = max((row.get("num_tokens", 0.0) for row in trainer.state.log_history), default=0.0)
+    return {"train_runtime_s": runtime, "num_tokens": float(tokens),
+            "tokens_per_s": float(tokens) / runtime if runtime > 0 else 0.0}
+
+
+def process_device() -> torch.device:
+    """This process's device: its GPU under `accelerate launch` / torchrun, the GPU if there is one, else the CPU."""
+    from accelerate import PartialState
+
+    return PartialState().device
+
+
+def parameter_snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of the parameters, to measure how far a stage moved them."""
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters()}
+
+
+def max_parameter_change(before: dict[str, torch.Tensor], model: torch.nn.Module) -> float:
+    """The largest absolute change of any parameter since `parameter_snapshot`."""
     return max(float((p.detach().cpu() - before[n]).abs().max()) for n, p in model.named_parameters())
 
 
 __all__ = ["DataConfig", "TokenizerConfig", "ModelConfig", "TrainingConfig", "SFTStageConfig", "resolve_dataset",
-           "build_tokenizer", "build_model", "completion_loss", "evaluate_sft", "train_sft", "load_checkpoint"]
+           "build_tokenizer", "build_model", "completion_loss", "evaluate_sft", "train_sft", "load_checkpoint",
+           "process_device", "parameter_snapshot", "max_parameter_change", "throughput"]
