@@ -5,7 +5,7 @@
     rankstack data inspect DIR [--json]
     rankstack train ranking --config FILE [--out DIR] [--set key.path=value ...] [--resume]
     rankstack train retrieval --config FILE --out DIR [--set ...]           (fits the semantic-ID tokenizer)
-    rankstack train relevance --stage sft|dpo|grpo --config FILE --out DIR [--init RUN] [--set ...]
+    rankstack train relevance --stage sft|dpo|grpo|srpo|agrl --config FILE --out DIR [--init RUN] [--set ...]
     rankstack eval --run DIR [--split test]
     rankstack bench loader --data DIR [--batch-size N] [--repeats N]
     rankstack bench retrieval --config FILE --out DIR                       (popularity / geo baselines)
@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(retr)
     retr.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     retr.set_defaults(func=cmd_train_retrieval)
-    rel = train.add_parser("relevance", help="train a relevance stage (sft, dpo, grpo; srpo/agrl planned)")
+    rel = train.add_parser("relevance", help="train a relevance stage (sft, dpo, grpo, srpo, agrl)")
     rel.add_argument("--stage", required=True, choices=[*RELEVANCE_STAGES, *PLANNED_RELEVANCE_STAGES])
     rel.add_argument("--init", help="the run folder a stage after SFT starts from (the SFT run for dpo, …)")
     _add_run_args(rel)
