@@ -40,7 +40,8 @@ def main() -> None:
     parser.add_argument("--init", required=True, help="the SFT or DPO run every arm starts from")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--train-pairs", type=int, default=512)
+    parser.add_argument("--train-pairs", type=int, default=160)
+    parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--eval-split", default="test")
     parser.add_argument("--eval-pairs", type=int, default=228)
     parser.add_argument("--arms", default=",".join(ARMS))
@@ -53,6 +54,7 @@ def main() -> None:
     print(command, flush=True)
     shared = {"data.max_train_examples": args.train_pairs, "data.eval_split": args.eval_split,
               "data.max_eval_examples": args.eval_pairs, "training.max_steps": args.steps, "training.seed": args.seed,
+              "training.learning_rate": args.lr,
               "training.logging_steps": 1, "pool.refresh_steps": 0, "rollout.max_completion_length": 128,
               "eval.max_new_tokens": 128}
     rows = []

@@ -215,3 +215,25 @@ def test_agrl_run_replays_low_accuracy_groups_and_moves_the_policy(relevance_rl_
     assert all("replay/rate" in row and "shaped/gate" in row and "rule_adherence" in row for row in steps)
     assert any(row["replay/rate"] > 0 for row in steps)
     assert all(row["reward"] >= -0.5 and row["reward"] <= 1.0 for row in steps)
+
+
+def test_srpo_and_agrl_together_through_a_curriculum(relevance_rl_init: Path, tmp_path: Path) -> None:
+    stages = [{"name": "outcome_only", "pass_low": 0.0, "pass_high": 1.0, "budget_share": 0.5, "step_reward": False},
+              {"name": "stepwise", "pass_low": 0.0, "pass_high": 1.0, "budget_share": 0.5}]
+    short = {"data.max_train_examples": 8, "pool.balance": False, "data.max_eval_examples": 4,
+             "training.max_steps": 2, "rollout.max_completion_length": 128, "eval.generate": False,
+             "curriculum.enabled": True, "curriculum.stages": stages, "diversity.samples": 4,
+             "diversity.rebalance": False, "diversity.entropy_quantile": 0.0, "srpo.verifier_share": 1.0,
+             "rollout.prompts_per_step": 1,
+             "agrl.replay.tau": 0.5, "agrl.replay.num_guided": 2}
+    metrics = train_relevance("srpo", CONFIGS / "srpo_agrl_tiny.yaml", short, tmp_path, init=relevance_rl_init)
+    assert metrics["methods"] == {"srpo": True, "agrl": True}
+    phases = metrics["phases"]
+    assert [p["phase"] for p in phases] == ["outcome_only", "stepwise"] and all("skipped" not in p for p in phases), \
+        phases
+    assert all(p["in_window"] == 8 and 1 <= p["pool"]["kept"] <= 8 for p in phases), phases
+    steps = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    steps = [row for row in steps if "reward" in row]
+    assert [row["phase"] for row in steps] == ["outcome_only", "stepwise"] and [r["step"] for r in steps] == [1, 2]
+    assert "srpo/critical_share" not in steps[0] and "srpo/critical_share" in steps[1]  # λ = 0 in the first stage
+    assert all("replay/rate" in row for row in steps)

@@ -364,8 +364,10 @@ class PoolSelector:
             stats.append(diversity_stats(parsed, correct, ent))
         return np.array(passes, dtype=np.int64), stats
 
-    def select(self, model: torch.nn.Module, candidates: Sequence[int], seed: int) -> Survey:
-        """The prompts of `candidates` to train on: the diversified filter, else the difficulty filter."""
+    def select(self, model: torch.nn.Module, candidates: Sequence[int], seed: int,
+               surveyed: tuple[np.ndarray, list[Any]] | None = None) -> Survey:
+        """The prompts of `candidates` to train on: the diversified filter, else the difficulty filter. `surveyed`:
+        the candidates' pass counts and diversity already sampled (the curriculum's survey), else sampled here."""
         config, candidates = self.config, list(candidates)
         samples = config.diversity.samples
         if not candidates:
@@ -373,7 +375,7 @@ class PoolSelector:
         if not config.diversity.enabled and not config.pool.filter:
             return Survey(candidates, np.zeros(0, dtype=np.int64), samples, candidates,
                           {"candidates": len(candidates), "kept": len(candidates)})
-        passes, stats = self.survey(model, candidates, seed)
+        passes, stats = surveyed if surveyed is not None else self.survey(model, candidates, seed)
         report: dict[str, Any] = {"candidates": len(candidates), "pass_rate": float(passes.mean() / samples),
                                   "mean_entropy": float(np.mean([s.mean_entropy for s in stats]))}
         if config.diversity.enabled:
@@ -520,12 +522,14 @@ def train_rl(config: RLStageConfig, out_dir: str | Path, stage: str) -> dict[str
         seed = train_cfg.seed + 1000 * number
         candidates = list(range(len(records)))
         report: dict[str, Any] = {"phase": phase.name, "steps": steps, "step_reward": phase.step_reward}
-        if config.curriculum.enabled:
-            passes, _ = selector.survey(model, candidates, seed)
+        surveyed = None
+        if config.curriculum.enabled:  # one survey of the whole pool: the window, then the filter within it
+            passes, stats = selector.survey(model, candidates, seed)
             candidates = curriculum_indices(records, passes / config.diversity.samples, phase)
+            surveyed = (passes[candidates], [stats[i] for i in candidates])
             report["window"] = [phase.pass_low, phase.pass_high]
             report["in_window"] = len(candidates)
-        survey = selector.select(model, candidates, seed + 1)
+        survey = selector.select(model, candidates, seed + 1, surveyed)
         active = agree_across_processes(survey.kept)
         report["pool"] = survey.stats
         if len(active) < rollout.prompts_per_step:
