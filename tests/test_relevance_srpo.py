@@ -301,3 +301,27 @@ def test_srpo_run_with_the_hybrid_rewards_moves_the_policy(label_first_sft: Path
                                    and "entropy" in row for row in steps)
     with pytest.raises(ConfigError, match="srpo.enabled"):
         train_relevance("srpo", CONFIGS / "agrl_tiny.yaml", short, tmp_path / "x", init=label_first_sft)
+
+
+def test_entropy_collapse_triggers_a_refilter_with_the_current_policy() -> None:
+    from types import SimpleNamespace
+
+    from rankstack.relevance.grpo import DifficultySampler
+    from rankstack.relevance.rl import PoolRefresh, Survey
+
+    calls: list[int] = []
+
+    class Selector:
+        def select(self, model, candidates, seed):
+            calls.append(seed)
+            return Survey(list(candidates), np.zeros(0), 8, [2, 3, 4, 5], {"kept": 4})
+
+    sampler = DifficultySampler(pool_size=8, mini_repeat_count=2, batch_size=2, active=range(8))
+    refresh = PoolRefresh(Selector(), sampler, list(range(8)), every=0, collapse_ratio=0.5, min_gap=2, seed=0)
+    refresh.trainer = SimpleNamespace(accelerator=SimpleNamespace(unwrap_model=lambda m: m), model=None)
+    for step, entropy in enumerate([2.0, 1.5, 1.1, 0.9, 0.8], start=1):
+        refresh.on_log(None, None, None, logs={"entropy": entropy})
+        refresh.on_step_end(None, SimpleNamespace(global_step=step), None)
+    # 0.9 < 0.5 · 2.0 at step 4 triggers one re-filter; step 5 is within min_gap of it
+    assert calls == [4] and sampler.active == [2, 3, 4, 5]
+    assert refresh.history == [{"step": 4, "reason": "entropy_collapse", "applied": True, "kept": 4}]
