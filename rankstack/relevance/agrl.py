@@ -176,16 +176,19 @@ def lowest_reward_rows(rewards: Sequence[float], group: int, group_size: int, co
     return [group * group_size + int(j) for j in np.argsort(values, kind="stable")[:count]]
 
 
+#: The (B, T) per-token tensors of a TRL batch that follow the completion ids (log-probs), widened with them.
+PER_TOKEN_LOGPS = ("ref_per_token_logps", "old_per_token_logps", "sampling_per_token_logps")
+
+
 def swap_rows(output: dict[str, Any], rows: Sequence[int], completions: Sequence[Sequence[int]],
               pad_token_id: int) -> dict[str, Any]:
     """Put new completion ids (eos included) into `rows` of a TRL batch: `completion_ids` / `completion_mask`
-    are widened if needed and every per-token tensor ((B, T): log-probs) is padded with zeros alongside. The
+    are widened if needed and the per-token log-probs (`PER_TOKEN_LOGPS`) are padded with zeros alongside. The
     swapped rows' log-probs are zeroed here; `rescore_rows` fills them under the unguided prompt."""
     ids, mask = output["completion_ids"], output["completion_mask"]
     width = max([ids.shape[1], *[len(c) for c in completions]])
     extra = width - ids.shape[1]
-    per_token = [k for k, v in output.items() if isinstance(v, torch.Tensor) and v.dim() == 2
-                 and v.shape == ids.shape and k not in ("completion_ids", "completion_mask")]
+    per_token = [k for k in PER_TOKEN_LOGPS if k in output]
     if extra:
         output["completion_ids"] = ids = torch.nn.functional.pad(ids, (0, extra), value=pad_token_id)
         output["completion_mask"] = mask = torch.nn.functional.pad(mask, (0, extra), value=0)
@@ -296,4 +299,4 @@ class GuidedReplay:
 
 __all__ = ["WEIGHTS", "WRONG_LABEL_CAP", "FORMAT_PENALTY", "label_credit", "reward_components", "shaped_reward",
            "ShapedReward", "ReplayConfig", "hint_text", "guided_prompt", "quotes_hint", "replay_groups",
-           "lowest_reward_rows", "swap_rows", "rescore_rows", "ReplayResult", "GuidedReplay"]
+           "lowest_reward_rows", "PER_TOKEN_LOGPS", "swap_rows", "rescore_rows", "ReplayResult", "GuidedReplay"]
