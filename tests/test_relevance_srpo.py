@@ -44,6 +44,7 @@ from rankstack.relevance.srpo import (  # noqa: E402
 from rankstack.relevance.steps import (  # noqa: E402
     StepJudge,
     StepRMConfig,
+    balance_answers,
     judge_agreement,
     judge_examples,
     judge_message,
@@ -235,6 +236,8 @@ def test_judge_reads_the_answer_up_to_its_step_and_scores_y_against_n(record: Re
     logits = judge.model(input_ids=ids).logits[0, -1]
     assert q[0] == pytest.approx(torch.softmax(logits[[y, n]], dim=0)[0].item(), abs=1e-5)
     assert judge.rewards(np.array([0.9, 0.71, 0.5, 0.29, 0.1])).tolist() == [1, 1, 0, -1, -1]
+    balanced = balance_answers(examples * 2, seed=0)
+    assert sorted(e["completion"] for e in balanced) == ["N", "N", "Y", "Y"]
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -181,6 +181,8 @@ class StepRMConfig:
         max_new_tokens: Longest sampled rollout.
         learning_rate, max_steps, batch_size: SFT of the judge (from the init checkpoint's weights).
         upper, lower: q > upper → +1, q < lower → −1, else unsure (0).
+        balance: Down-sample the majority answer (Y or N) of the training steps to the minority's count (our
+            default: the verifier calls most steps of a weak policy wrong, and an unbalanced judge learns "N").
     """
 
     path: str | None = None
@@ -194,6 +196,18 @@ class StepRMConfig:
     batch_size: int = 16
     upper: float = 0.7
     lower: float = 0.3
+    balance: bool = True
+
+
+def balance_answers(examples: Sequence[dict[str, Any]], seed: int = 0) -> list[dict[str, Any]]:
+    """Down-sample the more frequent answer to the count of the rarer one (order kept); unchanged if one is absent."""
+    by_answer = {a: [i for i, e in enumerate(examples) if e["completion"] == a] for a in JUDGE_ANSWERS}
+    smallest = min(len(v) for v in by_answer.values())
+    if smallest == 0:
+        return list(examples)
+    rng = np.random.default_rng(seed)
+    keep = sorted(j for v in by_answer.values() for j in rng.choice(v, size=smallest, replace=False).tolist())
+    return [examples[j] for j in keep]
 
 
 def judge_agreement(judge: StepJudge, examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -211,6 +225,8 @@ def judge_agreement(judge: StepJudge, examples: Sequence[dict[str, Any]]) -> dic
                               "agreement_when_sure": float(np.mean(rewards[sure] == truth[sure])) if sure.any()
                               else None,
                               "verifier_correct_share": float(np.mean(truth > 0)),
+                              "balanced_accuracy": float(np.mean([np.mean(rewards[truth == t] == t)
+                                                                  for t in (1, -1) if (truth == t).any()])),
                               "majority_baseline": float(max(np.mean(truth > 0), np.mean(truth < 0)))}
     for step in SECTIONS:
         mask = steps == step
@@ -236,7 +252,8 @@ def train_step_judge(init: Path, examples: Sequence[dict[str, Any]], config: Ste
         report_to="none", seed=seed, data_seed=seed, disable_tqdm=True, dataloader_num_workers=0, max_length=None,
         dataloader_pin_memory=torch.cuda.is_available(),
     )
-    dataset = HFDataset.from_list([{"prompt": e["prompt"], "completion": e["completion"]} for e in examples])
+    chosen = balance_answers(examples, seed) if config.balance else list(examples)
+    dataset = HFDataset.from_list([{"prompt": e["prompt"], "completion": e["completion"]} for e in chosen])
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     trainer.train()
     trainer.save_model(str(out))
@@ -247,4 +264,4 @@ def train_step_judge(init: Path, examples: Sequence[dict[str, Any]], config: Ste
 
 
 __all__ = ["JUDGE_ANSWERS", "token_char_ends", "step_token_index", "judge_message", "judged_sections",
-           "judge_examples", "judge_token_ids", "StepJudge", "StepRMConfig", "judge_agreement", "train_step_judge"]
+           "judge_examples", "judge_token_ids", "StepJudge", "StepRMConfig", "balance_answers", "judge_agreement", "train_step_judge"]
