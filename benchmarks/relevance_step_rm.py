@@ -5,7 +5,7 @@
 Samples rollouts from the `--init` checkpoint on train prompts, labels each section with the verifier, trains the
 judge from the checkpoint's weights on three quarters of the prompts — once on the steps as they come, once with the
 majority answer down-sampled (`step_rm.balance`) — and reports agreement, balanced accuracy and the unsure rate on
-the held-out quarter. Writes `benchmarks/results/relevance_step_rm_seed<seed>.json` and prints the command.
+the held-out quarter. Writes `benchmarks/results/relevance_step_rm_steps<rm-steps>_seed<seed>.json` and prints the command.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ def main() -> None:
     parser.add_argument("--init", required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--rm-steps", type=int, default=30, help="SFT steps of the judge")
+    parser.add_argument("--settings", default="natural,balanced")
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench"))
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -35,18 +37,20 @@ def main() -> None:
     command = "python benchmarks/relevance_step_rm.py " + " ".join(sys.argv[1:])
     print(command, flush=True)
     rows = {}
-    for balance in (False, True):
+    for setting in args.settings.split(","):
+        balance = setting == "balanced"
         config = load_yaml(RLStageConfig, ROOT / "configs" / "relevance" / "srpo_tiny.yaml", {
             "init": args.init, "training.seed": args.seed, "srpo.step_rm.balance": balance,
-            "srpo.step_rm.max_prompts": args.prompts, "srpo.step_rm.max_new_tokens": 128})
+            "srpo.step_rm.max_prompts": args.prompts, "srpo.step_rm.max_new_tokens": 128,
+            "srpo.step_rm.max_steps": args.rm_steps})
         inputs = load_stage_inputs(config.init, config.data)
         prompts = [chat_prompt(inputs.tokenizer, prompt_message(r, inputs.rule_table, inputs.variant,
                                                                 inputs.rule_text)) for r in inputs.train_records]
-        out = Path(args.out) / f"relevance-step-rm-{'balanced' if balance else 'natural'}-{args.seed}"
+        out = Path(args.out) / f"relevance-step-rm-{setting}-{args.rm_steps}-{args.seed}"
         _, report = build_judge(config, inputs, inputs.train_records, prompts, out)
-        rows["balanced" if balance else "natural"] = report
+        rows[setting] = report
         print(json.dumps({"balance": balance, **report}), flush=True)
-    result = ROOT / "benchmarks" / "results" / f"relevance_step_rm_seed{args.seed}.json"
+    result = ROOT / "benchmarks" / "results" / f"relevance_step_rm_steps{args.rm_steps}_seed{args.seed}.json"
     result.write_text(json.dumps({"command": command, "machine": "2-core AMD EPYC CPU, shared with other jobs",
                                   "rows": rows}, indent=1))
     print(f"wrote {result}")
