@@ -5,7 +5,9 @@ parser, first-token label distribution), `data` (records, prompts, SFT targets),
 BPE), `sft` (stage 1 over TRL's SFTTrainer), `evaluate` (batched sampling, generation metrics), `stage` (what the
 later stages share), `dpo` (stage 2: pass@N pairs + DPOTrainer), `grpo` (stage 3: RankGRPOTrainer with difficulty
 sampling), `cumpt` (single-pass scorer, CumPT tiers, the serving API), `cross_encoder` (the MiniLM baseline),
-`bench` (runs side by side). SRPO and AGRL are not written yet (docs/relevance.md).
+`bench` (runs side by side), then TaoSR-SHE and TaoSR-AGRL: `steps` (step token spans, the generative step
+RM), `srpo` (step rewards and advantages, diversified filter, curriculum), `agrl` (shaped reward, guided replay)
+and `rl` (their trainer and stage driver; docs/relevance-rl.md).
 
 `train_relevance` is the entry point the CLI calls. Importing this package stays light: torch, transformers and
 TRL load only when a stage runs.
@@ -19,8 +21,8 @@ from typing import Any
 
 from rankstack.errors import ConfigError
 
-STAGES = ("sft", "dpo", "grpo")
-PLANNED_STAGES = ("srpo", "agrl")
+STAGES = ("sft", "dpo", "grpo", "srpo", "agrl")
+PLANNED_STAGES: tuple[str, ...] = ()
 
 
 def train_relevance(stage: str, config_path: str | Path, overrides: Mapping[str, Any] | None = None,
@@ -47,6 +49,10 @@ def train_relevance(stage: str, config_path: str | Path, overrides: Mapping[str,
         from rankstack.relevance.grpo import GRPOStageConfig, train_grpo
 
         return train_grpo(load_yaml(GRPOStageConfig, config_path, overrides), out_dir)
+    if stage in ("srpo", "agrl"):
+        from rankstack.relevance.rl import RLStageConfig, train_rl
+
+        return train_rl(load_yaml(RLStageConfig, config_path, overrides), out_dir, stage)
     if stage in PLANNED_STAGES:
         raise ConfigError(f"relevance stage `{stage}` is not implemented yet; available: {', '.join(STAGES)}.")
     raise ConfigError(f"unknown relevance stage `{stage}`; choose one of {', '.join(STAGES + PLANNED_STAGES)}.")
