@@ -35,7 +35,6 @@ from typing import Any
 
 from rankstack.config import parse_override
 from rankstack.errors import RankstackError
-from rankstack.relevance import PLANNED_STAGES as PLANNED_RELEVANCE_STAGES
 from rankstack.relevance import STAGES as RELEVANCE_STAGES
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "ranking" / "dlrm_world_small.yaml"
@@ -278,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     retr.add_argument("--overwrite", action="store_true", help="start from scratch instead of resuming the run folder")
     retr.set_defaults(func=cmd_train_retrieval)
     rel = train.add_parser("relevance", help="train a relevance stage (sft, dpo, grpo, srpo, agrl)")
-    rel.add_argument("--stage", required=True, choices=[*RELEVANCE_STAGES, *PLANNED_RELEVANCE_STAGES])
+    rel.add_argument("--stage", required=True, choices=RELEVANCE_STAGES)
     rel.add_argument("--init", help="the run folder a stage after SFT starts from (the SFT run for dpo, …)")
     _add_run_args(rel)
     rel.set_defaults(func=cmd_train_relevance)

@@ -22,7 +22,6 @@ from typing import Any
 from rankstack.errors import ConfigError
 
 STAGES = ("sft", "dpo", "grpo", "srpo", "agrl")
-PLANNED_STAGES: tuple[str, ...] = ()
 
 
 def train_relevance(stage: str, config_path: str | Path, overrides: Mapping[str, Any] | None = None,
@@ -53,9 +52,7 @@ def train_relevance(stage: str, config_path: str | Path, overrides: Mapping[str,
         from rankstack.relevance.rl import RLStageConfig, train_rl
 
         return train_rl(load_yaml(RLStageConfig, config_path, overrides), out_dir, stage)
-    if stage in PLANNED_STAGES:
-        raise ConfigError(f"relevance stage `{stage}` is not implemented yet; available: {', '.join(STAGES)}.")
-    raise ConfigError(f"unknown relevance stage `{stage}`; choose one of {', '.join(STAGES + PLANNED_STAGES)}.")
+    raise ConfigError(f"unknown relevance stage `{stage}`; choose one of {', '.join(STAGES)}.")
 
 
-__all__ = ["STAGES", "PLANNED_STAGES", "train_relevance"]
+__all__ = ["STAGES", "train_relevance"]
