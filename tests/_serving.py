@@ -23,3 +23,19 @@ def write_tiny_run(world_dir: Path, out: Path) -> Path:
     train_ranking(load_run_config(config_path), out)
     export_run(out)
     return out
+
+
+def write_tiny_geogr_run(world_dir: Path, out: Path) -> Path:
+    """A GeoGR run on the tiny world small enough for the serving tests (~7 s on 2 cores): SIDs without the
+    contrastive step, no CPT, 128 SFT examples for one epoch, 16 evaluated requests. It retrieves valid POIs,
+    not good ones; the serving tests check the wiring, `tests/test_retrieval_lm.py` the method."""
+    from rankstack.retrieval.run import load_run_config as load_retrieval_config
+    from rankstack.retrieval.run import train_retrieval
+
+    config = load_retrieval_config(Path(__file__).resolve().parents[1] / "configs/retrieval/city_tiny.yaml",
+                                   {"data": str(world_dir / "next_poi"), "lm.decode.max_eval_samples": 16,
+                                    "semantic_ids.contrastive.enabled": False, "lm.cpt.enabled": False,
+                                    "lm.sft.max_examples": 128, "lm.sft.training.num_epochs": 1.0,
+                                    "sasrec.enabled": False, "lm.decode.device": "cpu", "lm.decode.num_beams": 10})
+    train_retrieval(config, out)
+    return out

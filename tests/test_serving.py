@@ -18,7 +18,7 @@ from rankstack.errors import ConfigError
 from rankstack.serving.app import create_app
 from rankstack.serving.cascade import Cascade, CascadeConfig, Context, StageBudgets, load_cascade_config
 from rankstack.serving.features import RequestContext, from_latlon
-from tests._serving import write_tiny_run
+from tests._serving import write_tiny_geogr_run, write_tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -252,3 +252,83 @@ def test_export_of_a_folder_that_is_not_a_run_is_a_clear_cli_error(tmp_path, cap
     assert "has no config.yaml" in capsys.readouterr().err
     assert main(["serve", "--run", str(tmp_path / "missing")]) == 2
     assert "has no config.yaml" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Optional stages: GeoGR feed retrieval from an exported GeoGR run
+
+
+@pytest.fixture(scope="module")
+def geogr_run_dir(run_dir, tiny_world_dir, tmp_path_factory):
+    """The tiny ranking run, copied and re-exported with a tiny GeoGR run (`export --retrieval`)."""
+    root = tmp_path_factory.mktemp("serving-geogr")
+    geogr = write_tiny_geogr_run(tiny_world_dir, root / "geogr")
+    copy = root / "run"
+    shutil.copytree(run_dir, copy)
+    assert main(["export", "--run", str(copy), "--retrieval", str(geogr)]) == 0
+    return copy
+
+
+@pytest.fixture(scope="module")
+def geogr_cascade(geogr_run_dir):
+    return Cascade.load(geogr_run_dir, config=CascadeConfig(feed=StageBudgets(120, 60), search=StageBudgets(120, 60),
+                                                            max_k=50))
+
+
+def test_export_copies_only_unpickled_geogr_files(geogr_run_dir):
+    served = geogr_run_dir / "serving" / "geogr"
+    manifest = json.loads((geogr_run_dir / "serving" / "manifest.json").read_text())["files"]
+    files = sorted(str(p.relative_to(served)) for p in served.rglob("*") if p.is_file())
+    assert {"retriever.json", "catalogue.safetensors", "model/model.safetensors", "model/config.json",
+            "model/tokenizer.json", "sids/sids.json", "sids/sids.safetensors"} <= set(files)
+    assert all(p.endswith((".json", ".safetensors", ".jinja")) for p in files), files
+    assert all(f"geogr/{p}" in manifest for p in files)
+
+
+def test_feed_retrieval_by_geogr_names_it_in_the_funnel(geogr_cascade, cascade):
+    answer = geogr_cascade.feed(17, Context(hour=19), k=7)
+    retrieval = answer["funnel"][0]
+    assert (retrieval["method"], retrieval["baseline"]) == ("geogr", False)
+    assert (retrieval["candidates_in"], retrieval["candidates_out"]) == (300, 120)
+    ids = [x["poi_id"] for x in answer["results"]]
+    assert len(ids) == len(set(ids)) == 7 and all(1 <= i <= 300 for i in ids)
+    assert geogr_cascade.stage_methods()["feed_retrieval"]["method"] == "geogr"
+    assert geogr_cascade.stage_methods()["search_retrieval"]["method"] == "lexical_geo"
+    # the GeoGR candidates are the retriever's own answer for the user's logged visits, best first
+    stage = geogr_cascade.retriever
+    request = geogr_cascade.resolve(17, Context(hour=19))
+    history = stage.history(request)
+    events = geogr_cascade.tables.user_events(request.user, request.time_s)
+    assert history and set(history) <= set((events.poi + 1).tolist())
+    got = stage.retrieve(request, None, 40)
+    where = {"lat": answer["request"]["lat"], "lon": answer["request"]["lon"]}
+    direct, _ = stage.retriever.retrieve([history], [{"hour": 19, "weekday": request.weekday, **where}], k=40)
+    beams = direct[0][direct[0] >= 1] - 1
+    assert (got.pois[:len(beams)] == beams).all() and len(got) == 40 and len(set(got.pois.tolist())) == 40
+    # the baseline cascade on the same run still says geo-nearest popular
+    assert cascade.feed(17, Context(hour=19), k=7)["funnel"][0]["method"] == "geo_nearest_popular"
+
+
+def test_geogr_cold_users_get_the_geo_baseline_and_exclusions_hold(geogr_cascade):
+    cold = geogr_cascade.feed(10**9, Context(lat=31.2, lon=121.4), k=10)
+    retrieval = cold["funnel"][0]
+    assert cold["request"]["cold_start"] and len(cold["results"]) == 10
+    assert (retrieval["method"], retrieval["baseline"]) == ("geo_nearest_popular", True)
+    first = geogr_cascade.feed(5, k=5)["results"][0]["poi_id"]
+    again = geogr_cascade.feed(5, k=5, exclude_poi_ids=[first])
+    assert again["funnel"][0]["method"] == "geogr" and first not in {x["poi_id"] for x in again["results"]}
+
+
+def test_geogr_stage_config_and_start_up_checks(geogr_run_dir, run_dir, tmp_path):
+    baseline = Cascade.load(geogr_run_dir, config=CascadeConfig(feed_retrieval="geo_nearest_popular"))
+    assert baseline.stage_methods()["feed_retrieval"]["method"] == "geo_nearest_popular"
+    with pytest.raises(ConfigError, match=r"geogr/retriever\.json"):
+        Cascade.load(run_dir, config=CascadeConfig(feed_retrieval="geogr"))
+    with pytest.raises(ConfigError, match="feed_retrieval"):
+        path = tmp_path / "serving.yaml"
+        path.write_text("feed_retrieval: sasrec\n")
+        load_cascade_config(path)
+    corrupt = _corrupt(geogr_run_dir, tmp_path,
+                       lambda d: (d / "geogr" / "model" / "model.safetensors").write_bytes(b"\0" * 64))
+    with pytest.raises(ConfigError, match=r"geogr/model/model\.safetensors"):
+        Cascade.load(corrupt)

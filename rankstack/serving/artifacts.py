@@ -6,6 +6,9 @@
     <run>/serving/schema.yaml          the ranking dataset's schema (column kinds, levels, sequence lengths)
     <run>/serving/vocab/               the ranking dataset's vocabulary (index.json + one Parquet file per group)
     <run>/serving/retrieval.safetensors  `popularity` [P]: physical visits (order/navigate) per POI in the log
+    <run>/serving/geogr/               optional (`export --retrieval GEOGR_RUN`): the GeoGR run's served LM
+                                       (model/: HF config + model.safetensors + tokenizer JSON), its semantic IDs
+                                       (sids/: sids.json + sids.safetensors), catalogue.safetensors, retriever.json
 
 Everything is safetensors, JSON, YAML or Parquet: nothing is unpickled at serve time. `load_artifacts` checks each
 file against the manifest's hash before reading it, so a missing, truncated or edited file stops the server at
@@ -61,8 +64,51 @@ def resolve_data_path(data: str, run_dir: Path) -> Path:
                       "run; run the command from the folder the run was trained in, or pass --world.")
 
 
-def export_run(run_dir: str | Path, world_dir: str | Path | None = None) -> Path:
-    """Write `<run_dir>/serving/` from a finished ranking run (its config.yaml and best weights) and its world."""
+GEOGR_DIR = "geogr"
+# What `GeoGRRetriever.from_run` reads, as files that load without unpickling (HF `from_pretrained` reads
+# model.safetensors; the tokenizer is JSON). Anything else in the run's folders (trainer state, logs) stays behind.
+GEOGR_MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                     "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+GEOGR_SIDS_FILES = ("sids.json", "sids.safetensors")
+
+
+def export_geogr(geogr_run: str | Path, out: Path, n_pois: int) -> None:
+    """Copy what a finished GeoGR run serves with into `out` (safetensors + JSON only; see `GEOGR_MODEL_FILES`)."""
+    from rankstack.retrieval.retriever import CATALOGUE_FILE, RETRIEVER_FILE
+
+    run = Path(geogr_run)
+    if not (run / RETRIEVER_FILE).is_file() or not (run / CATALOGUE_FILE).is_file():
+        raise ConfigError(f"{run} is not a finished GeoGR run ({RETRIEVER_FILE} or {CATALOGUE_FILE} is missing); "
+                          "pass --retrieval a folder written by `rankstack train retrieval`.")
+    meta = json.loads((run / RETRIEVER_FILE).read_text())
+    from safetensors.numpy import load_file
+
+    ids = load_file(str(run / CATALOGUE_FILE))["poi_ids"]
+    if len(ids) != n_pois or not (np.sort(ids) == np.arange(1, n_pois + 1)).all():
+        raise ConfigError(f"{run / CATALOGUE_FILE} holds {len(ids)} POIs that are not this world's ids 1..{n_pois}; "
+                          "train the GeoGR run on this world's next_poi dataset.")
+    out.mkdir(parents=True)
+    for sub, names, required in (("model", GEOGR_MODEL_FILES, ("config.json", "model.safetensors", "tokenizer.json")),
+                                 ("sids", GEOGR_SIDS_FILES, GEOGR_SIDS_FILES)):
+        src = run / meta[sub]
+        for name in required:
+            if not (src / name).is_file():
+                raise ConfigError(f"{src / name} is missing; the GeoGR run {run} is incomplete (its model must be "
+                                  "saved as safetensors).")
+        (out / sub).mkdir()
+        for name in names:
+            if (src / name).is_file():
+                shutil.copy2(src / name, out / sub / name)
+    shutil.copy2(run / CATALOGUE_FILE, out / CATALOGUE_FILE)
+    served = {key: value for key, value in meta.items() if key != "data"} | {"model": "model", "sids": "sids",
+                                                                              "run": str(run.resolve())}
+    save_json(served, out / RETRIEVER_FILE)
+
+
+def export_run(run_dir: str | Path, world_dir: str | Path | None = None,
+               geogr_run: str | Path | None = None) -> Path:
+    """Write `<run_dir>/serving/` from a finished ranking run (its config.yaml and best weights) and its world;
+    with `geogr_run`, the GeoGR retriever of that `rankstack train retrieval` run goes into `serving/geogr/`."""
     from rankstack.ranking.run import load_run_config
     from rankstack.serving.features import WorldTables
 
@@ -98,6 +144,8 @@ def export_run(run_dir: str | Path, world_dir: str | Path | None = None) -> Path
     physical = np.isin(tables.events.action, PHYSICAL_ACTIONS)
     popularity = np.bincount(tables.events.poi[physical], minlength=tables.n_pois).astype(np.float32)
     save_weights({"popularity": torch.from_numpy(popularity)}, out / "retrieval.safetensors")
+    if geogr_run is not None:
+        export_geogr(geogr_run, out / GEOGR_DIR, tables.n_pois)
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     manifest = {"format": FORMAT_VERSION, "world": str(world), "run": str(run_dir.resolve()),
                 "files": {name: _sha256(out / name) for name in files}}
@@ -116,6 +164,7 @@ class Artifacts:
     schema: Schema
     vocab: Vocabulary
     popularity: np.ndarray
+    geogr_dir: Path | None = None  # serving/geogr/ when the export holds a GeoGR retriever
 
 
 def _fail(path: Path, problem: str) -> ConfigError:
@@ -158,4 +207,21 @@ def load_artifacts(run_dir: str | Path, world_dir: str | Path | None = None) -> 
     model.eval()
     popularity = load_weights(root / "retrieval.safetensors")["popularity"].numpy().astype(np.float64)
     world = Path(world_dir) if world_dir else Path(manifest["world"])
-    return Artifacts(root, world, spec["model"], model, dataset.schema, vocab, popularity)
+    geogr = root / GEOGR_DIR if f"{GEOGR_DIR}/retriever.json" in files else None
+    return Artifacts(root, world, spec["model"], model, dataset.schema, vocab, popularity, geogr)
+
+
+def load_geogr(artifacts: Artifacts, num_beams: int | None = None) -> Any:
+    """The exported GeoGR retriever (`serving/geogr/`, hashes already checked); a file that does not load raises a
+    `ConfigError` naming the folder."""
+    from rankstack.retrieval.retriever import GeoGRRetriever
+
+    if artifacts.geogr_dir is None:
+        raise ConfigError(f"the serving config asks for GeoGR retrieval but {artifacts.root / GEOGR_DIR / 'retriever.json'} "
+                          "is missing; export with `rankstack export --run RUN --retrieval GEOGR_RUN`, or set "
+                          "`feed_retrieval: auto` to serve the geo-nearest popular baseline.")
+    try:
+        return GeoGRRetriever.from_run(artifacts.geogr_dir, num_beams=num_beams)
+    except Exception as err:  # any load failure is a start-up failure naming the artifact
+        raise ConfigError(f"serving artifact {artifacts.geogr_dir} does not load as a GeoGR retriever "
+                          f"({type(err).__name__}: {err}); re-export it with `rankstack export --retrieval`.") from None
