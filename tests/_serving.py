@@ -39,3 +39,23 @@ def write_tiny_geogr_run(world_dir: Path, out: Path) -> Path:
                                     "sasrec.enabled": False, "lm.decode.device": "cpu", "lm.decode.num_beams": 10})
     train_retrieval(config, out)
     return out
+
+
+def write_tiny_autofas_run(world_dir: Path, out: Path) -> Path:
+    """An AutoFAS run on the tiny world for the serving tests (~5 s): a 30-candidate view of 80/20/20 requests, a
+    one-epoch teacher, 40 search steps and one retraining epoch under a 3 ms budget. Wiring, not quality."""
+    import torch
+
+    from rankstack.config import from_dict
+    from rankstack.preranking.run import PrerankRunConfig, train_preranking
+
+    root = Path(__file__).resolve().parents[1]
+    config = from_dict(PrerankRunConfig, {
+        "world": str(world_dir), "n_cand": 30, "budget_ms": 3.0, "requests": {"train": 80, "valid": 20, "test": 20},
+        "teacher_config": str(root / "configs/preranking/teacher_dcnv2.yaml"), "teacher_epochs": 1,
+        "autofas": {"n_layers": 2, "widths": [32, 16], "search_steps": 40, "batch_requests": 8},
+        "retrain": {"epochs": 1, "batch_requests": 8},
+        "latency": {"repeats": 5, "warmup": 2, "table_dir": str(out / "latency")}})
+    torch.manual_seed(0)
+    train_preranking(config, out, log=lambda *_: None)
+    return out

@@ -31,9 +31,10 @@ import torch
 from rankstack.config import load_yaml
 from rankstack.errors import ConfigError
 from rankstack.relevance.cumpt import cumpt_tiers, expected_tier, page_tiers
-from rankstack.serving.artifacts import Artifacts, load_artifacts, load_geogr
+from rankstack.serving.artifacts import Artifacts, load_artifacts, load_autofas, load_geogr
 from rankstack.serving.features import OnlineFeatures, RequestContext, WorldTables, from_latlon
 from rankstack.serving.stages import (
+    AutoFASPreRanker,
     Candidates,
     GeoGRFeedRetriever,
     GeoNearestPopular,
@@ -70,6 +71,7 @@ class StageBudgets:
 
 
 FEED_RETRIEVERS = ("auto", "geogr", "geo_nearest_popular")
+PRERANKERS = ("auto", "autofas", "retrieval_score_truncation")
 
 
 @dataclass
@@ -89,6 +91,8 @@ class CascadeConfig:
         turn (reported as `queue_ms`) instead of thrashing the cores.
     feed_retrieval: `auto` (GeoGR when the export holds one, `serving/geogr/`, else the geo-nearest popular
         baseline), `geogr` (GeoGR, and start-up fails without it) or `geo_nearest_popular` (the baseline).
+    preranker: `auto` (the AutoFAS student when the export holds one, `serving/autofas/`, else the retrieval-score
+        baseline), `autofas` (start-up fails without it) or `retrieval_score_truncation`.
     geogr_num_beams: GeoGR's beam width (None: the run's; the beams are widened to the retrieval budget anyway).
     """
 
@@ -105,6 +109,7 @@ class CascadeConfig:
     parallel_requests: int | None = None
     feed_retrieval: str = "auto"
     geogr_num_beams: int | None = None
+    preranker: str = "auto"
 
     def __post_init__(self) -> None:
         if not 1 <= self.default_k <= self.max_k:
@@ -117,6 +122,8 @@ class CascadeConfig:
             raise ValueError(f"bandwidth_km must be positive, got {self.bandwidth_km}")
         if self.feed_retrieval not in FEED_RETRIEVERS:
             raise ValueError(f"feed_retrieval must be one of {', '.join(FEED_RETRIEVERS)}, got `{self.feed_retrieval}`")
+        if self.preranker not in PRERANKERS:
+            raise ValueError(f"preranker must be one of {', '.join(PRERANKERS)}, got `{self.preranker}`")
 
 
 def load_cascade_config(path: str | Path | None) -> CascadeConfig:
@@ -191,9 +198,14 @@ class Cascade:
         feed: Retriever = geo
         if config.feed_retrieval == "geogr" or (config.feed_retrieval == "auto" and artifacts.geogr_dir is not None):
             feed = GeoGRFeedRetriever(load_geogr(artifacts, config.geogr_num_beams), tables, geo)
+        preranker: PreRanker = RetrievalScoreTruncation()
+        if config.preranker == "autofas" or (config.preranker == "auto" and artifacts.autofas_dir is not None):
+            student = load_autofas(artifacts)
+            preranker = AutoFASPreRanker(student.model, OnlineFeatures(tables, student.schema, student.vocab),
+                                         student.spec)
         return cls(tables, config, feed,
                    LexicalGeoRetriever(tables, artifacts.popularity, config.bandwidth_km),
-                   RetrievalScoreTruncation(), ranker, LexicalRelevance(tables), QueryParser(tables))
+                   preranker, ranker, LexicalRelevance(tables), QueryParser(tables))
 
     # ---- request resolution --------------------------------------------------------------------------------
 

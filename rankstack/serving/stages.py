@@ -14,7 +14,7 @@ server runs honest, clearly named baselines and says so in every response (`base
 |---|---|---|
 | feed retrieval | `geo_nearest_popular` (geogr.md §6 baseline; also the cold-start fallback), or `geogr` when the export holds a GeoGR run (`GeoGRFeedRetriever`) | — |
 | search retrieval | `lexical_geo`: query terms matched against POI category/brand/attribute/district names, plus geo-popularity | query-conditioned GeoGR |
-| pre-ranking | `retrieval_score_truncation`: keep the best retrieval scores | AutoFAS |
+| pre-ranking | `retrieval_score_truncation`: keep the best retrieval scores, or `autofas` when the export holds an AutoFAS student (`AutoFASPreRanker`) | — |
 | ranking | the run's trained model (`HeMix` with its user-side cache, or a baseline ranker) | — |
 | relevance | `lexical_rules`: the parsed query's category/brand/attributes against the POI record | TaoSR1 / CumPT scorer |
 """
@@ -305,10 +305,39 @@ class RetrievalScoreTruncation:
 
     name = "retrieval_score_truncation"
     baseline = True
-    note = "baseline: AutoFAS pre-ranking is not built yet; candidates are truncated by retrieval score"
+    note = "baseline: candidates are truncated by retrieval score (the export holds no AutoFAS student)"
 
     def prerank(self, request: RequestContext, candidates: Candidates, budget: int) -> Candidates:
         return candidates.top(budget)
+
+
+class AutoFASPreRanker:
+    """Pre-ranking by an AutoFAS derived student (autofas.md §3.1, §12): the `MLPStudent` scores every retrieved
+    candidate from the fields the search kept, and the `budget` best logits survive. Its features are the
+    pre-ranking view's columns, which the world's `FeatureBuilder` computes without behaviour sequences; online they
+    come from the same `OnlineFeatures` code the ranker uses, over the view's schema (restricted to the kept
+    fields) and vocabulary. Request-level fields go through the request half of the split first layer once."""
+
+    name = "autofas"
+    baseline = False
+
+    def __init__(self, model: Any, features: OnlineFeatures, spec: dict[str, Any]) -> None:
+        self.model, self.features = model, features
+        self.note = (f"AutoFAS derived student: {len(spec['fields'])} kept fields, MLP widths {list(spec['widths'])}"
+                     + (f", budget {spec['budget_ms']} ms" if spec.get("budget_ms") is not None else ""))
+
+    @torch.inference_mode()
+    def scores(self, request: RequestContext, pois: np.ndarray) -> np.ndarray:
+        """The student's logit of every candidate `[C]`."""
+        if not len(pois):
+            return np.zeros(0)
+        encoded = self.features.encode(request, pois)
+        batch = {key: value.unsqueeze(0) for key, value in encoded.items()}  # one request of C candidates
+        batch["shown"] = torch.zeros((1, len(pois)))
+        return self.model.logits(batch)[0].double().numpy()
+
+    def prerank(self, request: RequestContext, candidates: Candidates, budget: int) -> Candidates:
+        return Candidates(candidates.pois, self.scores(request, candidates.pois)).top(budget)
 
 
 # Ranking -----------------------------------------------------------------------------------------------------
