@@ -322,6 +322,11 @@ def test_geogr_cold_users_get_the_geo_baseline_and_exclusions_hold(geogr_cascade
     first = geogr_cascade.feed(5, k=5)["results"][0]["poi_id"]
     again = geogr_cascade.feed(5, k=5, exclude_poi_ids=[first])
     assert again["funnel"][0]["method"] == "geogr" and first not in {x["poi_id"] for x in again["results"]}
+    http = TestClient(create_app(geogr_cascade), raise_server_exceptions=False)
+    r = http.post("/v1/feed", json={"user_id": 10**9, "context": {"lat": 31.2, "lon": 121.4}, "k": 5})
+    assert r.status_code == 200 and [s["method"] for s in r.json()["funnel"]][:2] == ["geo_nearest_popular", "autofas"]
+    stages = http.get("/healthz").json()["stages"]
+    assert stages["feed_retrieval"]["method"] == "geogr" and stages["preranking"]["method"] == "autofas"
 
 
 def test_geogr_stage_config_and_start_up_checks(geogr_run_dir, run_dir, tmp_path):
