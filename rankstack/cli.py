@@ -15,7 +15,7 @@
     rankstack bench relevance --run RUN [--run RUN ...] [--split test]      (CumPT vs argmax vs decode, speed)
     rankstack bench relevance --cross-encoder FILE --out DIR                (the MiniLM baseline)
     rankstack demo [--out DIR]
-    rankstack export --run DIR [--world DIR]                                (serving artifacts → DIR/serving/)
+    rankstack export --run DIR [--world DIR] [--retrieval GEOGR_RUN] [--preranking AUTOFAS_RUN]  (→ DIR/serving/)
     rankstack serve --run DIR [--world DIR] [--config FILE] [--host 127.0.0.1] [--port 8000]
 
 User mistakes (a bad file, column or config key) print one sentence naming what was wrong and how to fix it, and
@@ -211,7 +211,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from rankstack.serving.artifacts import export_run
 
-    print(f"serving artifacts written to {export_run(args.run, args.world)}")
+    print(f"serving artifacts written to {export_run(args.run, args.world, args.retrieval, args.preranking)}")
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -343,6 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="write a ranking run's serving artifacts (safetensors + JSON)")
     export.add_argument("--run", required=True, help="a run folder (e.g. runs/demo/dlrm)")
     export.add_argument("--world", help="the world folder (default: the parent of the run's dataset)")
+    export.add_argument("--retrieval", help="a GeoGR run folder (`rankstack train retrieval --out`) to serve the feed's "
+                        "retrieval with (default: the geo-nearest popular baseline)")
+    export.add_argument("--preranking", help="an AutoFAS run folder (`rankstack train preranking --out`) whose derived "
+                        "student pre-ranks the candidates (default: truncation by retrieval score)")
     export.set_defaults(func=cmd_export)
     serve = sub.add_parser("serve", help="serve the cascade over HTTP (feed, search, metrics, demo page)")
     serve.add_argument("--run", required=True, help="a run folder (e.g. runs/demo/dlrm); exported if needed")

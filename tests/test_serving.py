@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -18,7 +19,7 @@ from rankstack.errors import ConfigError
 from rankstack.serving.app import create_app
 from rankstack.serving.cascade import Cascade, CascadeConfig, Context, StageBudgets, load_cascade_config
 from rankstack.serving.features import RequestContext, from_latlon
-from tests._serving import write_tiny_run
+from tests._serving import write_tiny_autofas_run, write_tiny_geogr_run, write_tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -252,3 +253,138 @@ def test_export_of_a_folder_that_is_not_a_run_is_a_clear_cli_error(tmp_path, cap
     assert "has no config.yaml" in capsys.readouterr().err
     assert main(["serve", "--run", str(tmp_path / "missing")]) == 2
     assert "has no config.yaml" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Optional stages: GeoGR feed retrieval and AutoFAS pre-ranking from exported runs
+
+
+@pytest.fixture(scope="module")
+def geogr_run_dir(run_dir, tiny_world_dir, tmp_path_factory):
+    """The tiny ranking run, copied and re-exported with a tiny GeoGR run (`export --retrieval`) and a tiny AutoFAS
+    run (`export --preranking`)."""
+    root = tmp_path_factory.mktemp("serving-stages")
+    geogr = write_tiny_geogr_run(tiny_world_dir, root / "geogr")
+    autofas = write_tiny_autofas_run(tiny_world_dir, root / "autofas")
+    copy = root / "run"
+    shutil.copytree(run_dir, copy)
+    assert main(["export", "--run", str(copy), "--retrieval", str(geogr), "--preranking", str(autofas)]) == 0
+    return copy
+
+
+@pytest.fixture(scope="module")
+def geogr_cascade(geogr_run_dir):
+    return Cascade.load(geogr_run_dir, config=CascadeConfig(feed=StageBudgets(120, 60), search=StageBudgets(120, 60),
+                                                            max_k=50))
+
+
+def test_export_copies_only_unpickled_geogr_files(geogr_run_dir):
+    served = geogr_run_dir / "serving" / "geogr"
+    manifest = json.loads((geogr_run_dir / "serving" / "manifest.json").read_text())["files"]
+    files = sorted(str(p.relative_to(served)) for p in served.rglob("*") if p.is_file())
+    assert {"retriever.json", "catalogue.safetensors", "model/model.safetensors", "model/config.json",
+            "model/tokenizer.json", "sids/sids.json", "sids/sids.safetensors"} <= set(files)
+    assert all(p.endswith((".json", ".safetensors", ".jinja")) for p in files), files
+    assert all(f"geogr/{p}" in manifest for p in files)
+
+
+def test_feed_retrieval_by_geogr_names_it_in_the_funnel(geogr_cascade, cascade):
+    answer = geogr_cascade.feed(17, Context(hour=19), k=7)
+    retrieval = answer["funnel"][0]
+    assert (retrieval["method"], retrieval["baseline"]) == ("geogr", False)
+    assert (retrieval["candidates_in"], retrieval["candidates_out"]) == (300, 120)
+    preranking = answer["funnel"][1]
+    assert (preranking["method"], preranking["baseline"], preranking["candidates_out"]) == ("autofas", False, 60)
+    ids = [x["poi_id"] for x in answer["results"]]
+    assert len(ids) == len(set(ids)) == 7 and all(1 <= i <= 300 for i in ids)
+    assert geogr_cascade.stage_methods()["feed_retrieval"]["method"] == "geogr"
+    assert geogr_cascade.stage_methods()["search_retrieval"]["method"] == "lexical_geo"
+    # the GeoGR candidates are the retriever's own answer for the user's logged visits, best first
+    stage = geogr_cascade.retriever
+    request = geogr_cascade.resolve(17, Context(hour=19))
+    history = stage.history(request)
+    events = geogr_cascade.tables.user_events(request.user, request.time_s)
+    assert history and set(history) <= set((events.poi + 1).tolist())
+    got = stage.retrieve(request, None, 40)
+    where = {"lat": answer["request"]["lat"], "lon": answer["request"]["lon"]}
+    direct, _ = stage.retriever.retrieve([history], [{"hour": 19, "weekday": request.weekday, **where}], k=40)
+    beams = direct[0][direct[0] >= 1] - 1
+    assert (got.pois[:len(beams)] == beams).all() and len(got) == 40 and len(set(got.pois.tolist())) == 40
+    # the baseline cascade on the same run still says geo-nearest popular
+    assert cascade.feed(17, Context(hour=19), k=7)["funnel"][0]["method"] == "geo_nearest_popular"
+
+
+def test_geogr_cold_users_get_the_geo_baseline_and_exclusions_hold(geogr_cascade):
+    cold = geogr_cascade.feed(10**9, Context(lat=31.2, lon=121.4), k=10)
+    retrieval = cold["funnel"][0]
+    assert cold["request"]["cold_start"] and len(cold["results"]) == 10
+    assert (retrieval["method"], retrieval["baseline"]) == ("geo_nearest_popular", True)
+    first = geogr_cascade.feed(5, k=5)["results"][0]["poi_id"]
+    again = geogr_cascade.feed(5, k=5, exclude_poi_ids=[first])
+    assert again["funnel"][0]["method"] == "geogr" and first not in {x["poi_id"] for x in again["results"]}
+    http = TestClient(create_app(geogr_cascade), raise_server_exceptions=False)
+    r = http.post("/v1/feed", json={"user_id": 10**9, "context": {"lat": 31.2, "lon": 121.4}, "k": 5})
+    assert r.status_code == 200 and [s["method"] for s in r.json()["funnel"]][:2] == ["geo_nearest_popular", "autofas"]
+    stages = http.get("/healthz").json()["stages"]
+    assert stages["feed_retrieval"]["method"] == "geogr" and stages["preranking"]["method"] == "autofas"
+
+
+def test_geogr_stage_config_and_start_up_checks(geogr_run_dir, run_dir, tmp_path):
+    baseline = Cascade.load(geogr_run_dir, config=CascadeConfig(feed_retrieval="geo_nearest_popular",
+                                                                preranker="retrieval_score_truncation"))
+    methods = baseline.stage_methods()
+    assert methods["feed_retrieval"]["method"] == "geo_nearest_popular" and methods["feed_retrieval"]["baseline"]
+    assert methods["preranking"]["method"] == "retrieval_score_truncation" and methods["preranking"]["baseline"]
+    with pytest.raises(ConfigError, match=r"geogr/retriever\.json"):
+        Cascade.load(run_dir, config=CascadeConfig(feed_retrieval="geogr"))
+    with pytest.raises(ConfigError, match=r"autofas.*student\.json"):
+        Cascade.load(run_dir, config=CascadeConfig(preranker="autofas"))
+    with pytest.raises(ConfigError, match="feed_retrieval"):
+        path = tmp_path / "serving.yaml"
+        path.write_text("feed_retrieval: sasrec\n")
+        load_cascade_config(path)
+    corrupt = _corrupt(geogr_run_dir, tmp_path,
+                       lambda d: (d / "geogr" / "model" / "model.safetensors").write_bytes(b"\0" * 64))
+    with pytest.raises(ConfigError, match=r"geogr/model/model\.safetensors"):
+        Cascade.load(corrupt)
+    shutil.rmtree(corrupt)
+    corrupt = _corrupt(geogr_run_dir, tmp_path, lambda d: (d / "autofas" / "student.safetensors").unlink())
+    with pytest.raises(ConfigError, match=r"autofas/student\.safetensors"):
+        Cascade.load(corrupt)
+
+
+def test_autofas_online_fields_equal_the_view_rows(geogr_cascade, geogr_run_dir, tiny_world_dir):
+    """Train/serve skew check for the pre-ranker: a view test request rebuilt online gets the same encoded values
+    of the student's kept fields as the view rows it was trained on (noise fields are keyed by request id, which a
+    served request does not share, so they are left out)."""
+    from rankstack.data.dataset import Dataset
+    from rankstack.preranking.data import load_split
+
+    stage = geogr_cascade.preranker
+    view = Path(json.loads((geogr_run_dir / "serving" / "autofas" / "student.json").read_text())["run"]) / "view"
+    split = load_split(Dataset.open(view), "test", stage.model.fields)
+    rows = pq.read_table(view / "test.parquet", columns=["request_id", "poi_id", "user_id", "timestamp", "hour",
+                                                         "weekday", "weather", "query_category_l2"]).to_pylist()
+    positions = pq.read_table(tiny_world_dir / "truth" / "requests.parquet").to_pandas().set_index("request_id")
+    n_cand = split.n_cand
+    checked = 0
+    for r in range(2):
+        same = rows[r * n_cand:(r + 1) * n_cand]
+        row = same[0]
+        assert row["request_id"] == split.request_ids[r]
+        x, y = positions.loc[row["request_id"], "x_km"], positions.loc[row["request_id"], "y_km"]
+        request = RequestContext(row["user_id"], row["user_id"] - 1, float(x), float(y), row["timestamp"],
+                                 row["hour"], row["weekday"], row["weather"], row["query_category_l2"] - 1)
+        online = stage.features.encode(request, np.array([x["poi_id"] - 1 for x in same]))
+        for f in stage.model.fields:
+            if f.name.startswith("noise_"):
+                continue
+            logged = split.tensors[f.key][r]
+            if f.kind == "dense":
+                assert torch.allclose(online[f.key].float(), logged.float(), rtol=1e-4, atol=1e-4), f.name
+            else:
+                assert torch.equal(online[f.key], logged), f.name
+            checked += 1
+    assert checked > 20
+    scores = stage.scores(request, np.array([x["poi_id"] - 1 for x in same]))
+    assert scores.shape == (n_cand,) and np.isfinite(scores).all() and scores.std() > 0

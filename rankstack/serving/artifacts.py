@@ -6,6 +6,12 @@
     <run>/serving/schema.yaml          the ranking dataset's schema (column kinds, levels, sequence lengths)
     <run>/serving/vocab/               the ranking dataset's vocabulary (index.json + one Parquet file per group)
     <run>/serving/retrieval.safetensors  `popularity` [P]: physical visits (order/navigate) per POI in the log
+    <run>/serving/geogr/               optional (`export --retrieval GEOGR_RUN`): the GeoGR run's served LM
+                                       (model/: HF config + model.safetensors + tokenizer JSON), its semantic IDs
+                                       (sids/: sids.json + sids.safetensors), catalogue.safetensors, retriever.json
+    <run>/serving/autofas/             optional (`export --preranking AUTOFAS_RUN`): the derived student's weights
+                                       (student.safetensors), student.json (kept fields, widths, d), and the
+                                       pre-ranking view's schema.yaml + vocab/ its fields are encoded with
 
 Everything is safetensors, JSON, YAML or Parquet: nothing is unpickled at serve time. `load_artifacts` checks each
 file against the manifest's hash before reading it, so a missing, truncated or edited file stops the server at
@@ -61,8 +67,105 @@ def resolve_data_path(data: str, run_dir: Path) -> Path:
                       "run; run the command from the folder the run was trained in, or pass --world.")
 
 
-def export_run(run_dir: str | Path, world_dir: str | Path | None = None) -> Path:
-    """Write `<run_dir>/serving/` from a finished ranking run (its config.yaml and best weights) and its world."""
+GEOGR_DIR = "geogr"
+# What `GeoGRRetriever.from_run` reads, as files that load without unpickling (HF `from_pretrained` reads
+# model.safetensors; the tokenizer is JSON). Anything else in the run's folders (trainer state, logs) stays behind.
+GEOGR_MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                     "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+GEOGR_SIDS_FILES = ("sids.json", "sids.safetensors")
+
+
+def export_geogr(geogr_run: str | Path, out: Path, n_pois: int) -> None:
+    """Copy what a finished GeoGR run serves with into `out` (safetensors + JSON only; see `GEOGR_MODEL_FILES`)."""
+    from rankstack.retrieval.retriever import CATALOGUE_FILE, RETRIEVER_FILE
+
+    run = Path(geogr_run)
+    if not (run / RETRIEVER_FILE).is_file() or not (run / CATALOGUE_FILE).is_file():
+        raise ConfigError(f"{run} is not a finished GeoGR run ({RETRIEVER_FILE} or {CATALOGUE_FILE} is missing); "
+                          "pass --retrieval a folder written by `rankstack train retrieval`.")
+    meta = json.loads((run / RETRIEVER_FILE).read_text())
+    from safetensors.numpy import load_file
+
+    ids = load_file(str(run / CATALOGUE_FILE))["poi_ids"]
+    if len(ids) != n_pois or not (np.sort(ids) == np.arange(1, n_pois + 1)).all():
+        raise ConfigError(f"{run / CATALOGUE_FILE} holds {len(ids)} POIs that are not this world's ids 1..{n_pois}; "
+                          "train the GeoGR run on this world's next_poi dataset.")
+    out.mkdir(parents=True)
+    for sub, names, required in (("model", GEOGR_MODEL_FILES, ("config.json", "model.safetensors", "tokenizer.json")),
+                                 ("sids", GEOGR_SIDS_FILES, GEOGR_SIDS_FILES)):
+        src = run / meta[sub]
+        for name in required:
+            if not (src / name).is_file():
+                raise ConfigError(f"{src / name} is missing; the GeoGR run {run} is incomplete (its model must be "
+                                  "saved as safetensors).")
+        (out / sub).mkdir()
+        for name in names:
+            if (src / name).is_file():
+                shutil.copy2(src / name, out / sub / name)
+    shutil.copy2(run / CATALOGUE_FILE, out / CATALOGUE_FILE)
+    served = {key: value for key, value in meta.items() if key != "data"} | {"model": "model", "sids": "sids",
+                                                                              "run": str(run.resolve())}
+    save_json(served, out / RETRIEVER_FILE)
+
+
+AUTOFAS_DIR = "autofas"
+
+
+def _autofas_student(spec: dict[str, Any], schema: Schema, vocab: Vocabulary, where: Path) -> Any:
+    """The `MLPStudent` of a `student.json` spec over the view's schema and vocabulary (untrained)."""
+    from rankstack.preranking.data import prerank_fields
+    from rankstack.preranking.student import MLPStudent
+
+    by_name = {f.name: f for f in prerank_fields(schema)}
+    missing = [name for name in spec["fields"] if name not in by_name]
+    if missing:
+        raise ConfigError(f"{where} keeps field `{missing[0]}`, which the pre-ranking view's schema does not hold.")
+    fields = [by_name[name] for name in spec["fields"]]
+    layout = FieldLayout.from_dataset(Dataset(where.parent, schema.select(spec["fields"]), vocab), ["click"])
+    return MLPStudent(layout, fields, list(spec["widths"]), int(spec["dim"]))
+
+
+def export_autofas(autofas_run: str | Path, out: Path) -> None:
+    """Copy the derived student of a `rankstack train preranking` run (its last calibration round) into `out`."""
+    from rankstack.config import read_yaml
+
+    run = Path(autofas_run)
+    derived, results, config_path = run / "autofas" / "derived.json", run / "autofas" / "results.json", \
+        run / "config.yaml"
+    for path in (derived, results, config_path):
+        if not path.is_file():
+            raise ConfigError(f"{path} is missing; pass --preranking a finished `rankstack train preranking --out` "
+                              "folder.")
+    spec = json.loads(derived.read_text())
+    row = json.loads(results.read_text())
+    student_dir = run / "autofas" / f"student{len(row.get('calibration', [None])) - 1}"
+    weights = best_weights_path(student_dir)
+    if weights.suffix != ".safetensors" or not weights.is_file():
+        raise ConfigError(f"{weights} is missing (the student must be saved as safetensors); retrain the run.")
+    config = read_yaml(config_path)
+    view = Path(config.get("view") or run / "view")
+    if not (view / "schema.yaml").is_file():
+        view = run / "view"
+    if not (view / "schema.yaml").is_file() or not (view / "vocab").is_dir():
+        raise ConfigError(f"{view} holds no pre-ranking view (schema.yaml + vocab/); the AutoFAS run {run} needs it.")
+    out.mkdir(parents=True)
+    shutil.copy2(view / "schema.yaml", out / "schema.yaml")
+    shutil.copytree(view / "vocab", out / "vocab")
+    student_spec = {"fields": spec["fields"], "widths": spec["widths"],
+                    "dim": int(config.get("autofas", {}).get("embedding_dim", 16)),
+                    "budget_ms": row.get("budget_ms"), "latency_p50_ms": row.get("latency_p50_ms"),
+                    "run": str(run.resolve())}
+    model = _autofas_student(student_spec, Schema.load(out / "schema.yaml"), Vocabulary.load(out / "vocab"),
+                             out / "student.json")
+    model.load_state_dict(load_weights(weights))  # proves the weights fit the spec before they are exported
+    save_weights(model.state_dict(), out / "student.safetensors")
+    save_json(student_spec, out / "student.json")
+
+
+def export_run(run_dir: str | Path, world_dir: str | Path | None = None,
+               geogr_run: str | Path | None = None, autofas_run: str | Path | None = None) -> Path:
+    """Write `<run_dir>/serving/` from a finished ranking run (its config.yaml and best weights) and its world;
+    with `geogr_run`, the GeoGR retriever of that `rankstack train retrieval` run goes into `serving/geogr/`."""
     from rankstack.ranking.run import load_run_config
     from rankstack.serving.features import WorldTables
 
@@ -98,6 +201,10 @@ def export_run(run_dir: str | Path, world_dir: str | Path | None = None) -> Path
     physical = np.isin(tables.events.action, PHYSICAL_ACTIONS)
     popularity = np.bincount(tables.events.poi[physical], minlength=tables.n_pois).astype(np.float32)
     save_weights({"popularity": torch.from_numpy(popularity)}, out / "retrieval.safetensors")
+    if geogr_run is not None:
+        export_geogr(geogr_run, out / GEOGR_DIR, tables.n_pois)
+    if autofas_run is not None:
+        export_autofas(autofas_run, out / AUTOFAS_DIR)
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     manifest = {"format": FORMAT_VERSION, "world": str(world), "run": str(run_dir.resolve()),
                 "files": {name: _sha256(out / name) for name in files}}
@@ -116,6 +223,8 @@ class Artifacts:
     schema: Schema
     vocab: Vocabulary
     popularity: np.ndarray
+    geogr_dir: Path | None = None  # serving/geogr/ when the export holds a GeoGR retriever
+    autofas_dir: Path | None = None  # serving/autofas/ when the export holds an AutoFAS student
 
 
 def _fail(path: Path, problem: str) -> ConfigError:
@@ -158,4 +267,54 @@ def load_artifacts(run_dir: str | Path, world_dir: str | Path | None = None) -> 
     model.eval()
     popularity = load_weights(root / "retrieval.safetensors")["popularity"].numpy().astype(np.float64)
     world = Path(world_dir) if world_dir else Path(manifest["world"])
-    return Artifacts(root, world, spec["model"], model, dataset.schema, vocab, popularity)
+    geogr = root / GEOGR_DIR if f"{GEOGR_DIR}/retriever.json" in files else None
+    autofas = root / AUTOFAS_DIR if f"{AUTOFAS_DIR}/student.json" in files else None
+    return Artifacts(root, world, spec["model"], model, dataset.schema, vocab, popularity, geogr, autofas)
+
+
+@dataclass
+class AutoFASArtifacts:
+    """The exported AutoFAS student (eval mode) with the view schema (restricted to its fields) and vocabulary."""
+
+    model: Any
+    schema: Schema
+    vocab: Vocabulary
+    spec: dict[str, Any]
+
+
+def load_autofas(artifacts: Artifacts) -> AutoFASArtifacts:
+    """The exported AutoFAS student (`serving/autofas/`, hashes already checked); a file that does not load raises a
+    `ConfigError` naming it."""
+    root = artifacts.autofas_dir
+    if root is None:
+        raise ConfigError(f"the serving config asks for AutoFAS pre-ranking but {artifacts.root / AUTOFAS_DIR} "
+                          "/student.json is missing; export with `rankstack export --run RUN --preranking "
+                          "AUTOFAS_RUN`, or set `preranker: auto` to serve the retrieval-score baseline.")
+    try:
+        spec = json.loads((root / "student.json").read_text())
+        schema, vocab = Schema.load(root / "schema.yaml"), Vocabulary.load(root / "vocab")
+        model = _autofas_student(spec, schema, vocab, root / "student.json")
+    except (ConfigError, OSError, KeyError, ValueError, TypeError) as err:
+        raise _fail(root / "student.json", f"does not describe a loadable AutoFAS student ({err})") from None
+    try:
+        model.load_state_dict(load_weights(root / "student.safetensors"))
+    except (RuntimeError, ValueError, OSError) as err:
+        raise _fail(root / "student.safetensors", f"does not fit the student in student.json ({err})") from None
+    model.eval()
+    return AutoFASArtifacts(model, schema.select(spec["fields"]), vocab, spec)
+
+
+def load_geogr(artifacts: Artifacts, num_beams: int | None = None) -> Any:
+    """The exported GeoGR retriever (`serving/geogr/`, hashes already checked); a file that does not load raises a
+    `ConfigError` naming the folder."""
+    from rankstack.retrieval.retriever import GeoGRRetriever
+
+    if artifacts.geogr_dir is None:
+        raise ConfigError(f"the serving config asks for GeoGR retrieval but {artifacts.root / GEOGR_DIR / 'retriever.json'} "
+                          "is missing; export with `rankstack export --run RUN --retrieval GEOGR_RUN`, or set "
+                          "`feed_retrieval: auto` to serve the geo-nearest popular baseline.")
+    try:
+        return GeoGRRetriever.from_run(artifacts.geogr_dir, num_beams=num_beams)
+    except Exception as err:  # any load failure is a start-up failure naming the artifact
+        raise ConfigError(f"serving artifact {artifacts.geogr_dir} does not load as a GeoGR retriever "
+                          f"({type(err).__name__}: {err}); re-export it with `rankstack export --retrieval`.") from None

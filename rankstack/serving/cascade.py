@@ -5,7 +5,8 @@
     cascade.feed(user_id=17, context=Context(hour=12), k=10)
     cascade.search(user_id=17, query="sushi", context=Context(lat=31.2, lon=121.4, hour=19), k=10)
 
-Feed: retrieval (geo-nearest popular for every user today, and the cold-start fallback once GeoGR lands) →
+Feed: retrieval (GeoGR when the export holds a GeoGR run, with geo-nearest popular for users without a logged
+visit; else geo-nearest popular for every user) →
 pre-ranking → ranking → top K. Search: query-conditioned retrieval → pre-ranking → ranking → relevance tiers by
 CumPT (`rankstack.relevance.cumpt`): Bad results dropped, Mid demoted below Good, ranking order within a tier →
 top K. Stages are the protocols of `rankstack.serving.stages`; which method runs, and whether it is a baseline,
@@ -30,10 +31,12 @@ import torch
 from rankstack.config import load_yaml
 from rankstack.errors import ConfigError
 from rankstack.relevance.cumpt import cumpt_tiers, expected_tier, page_tiers
-from rankstack.serving.artifacts import Artifacts, load_artifacts
+from rankstack.serving.artifacts import Artifacts, load_artifacts, load_autofas, load_geogr
 from rankstack.serving.features import OnlineFeatures, RequestContext, WorldTables, from_latlon
 from rankstack.serving.stages import (
+    AutoFASPreRanker,
     Candidates,
+    GeoGRFeedRetriever,
     GeoNearestPopular,
     LexicalGeoRetriever,
     LexicalRelevance,
@@ -67,6 +70,10 @@ class StageBudgets:
             raise ValueError(f"budgets need 1 <= preranking ({self.preranking}) <= retrieval ({self.retrieval})")
 
 
+FEED_RETRIEVERS = ("auto", "geogr", "geo_nearest_popular")
+PRERANKERS = ("auto", "autofas", "retrieval_score_truncation")
+
+
 @dataclass
 class CascadeConfig:
     """Serving configuration (YAML via `--config`; every key optional).
@@ -82,6 +89,11 @@ class CascadeConfig:
         each, without oversubscribing the machine; raise it for few large requests on many cores).
     parallel_requests: cascade calls the HTTP server runs at once (None: the CPU cores); more requests wait their
         turn (reported as `queue_ms`) instead of thrashing the cores.
+    feed_retrieval: `auto` (GeoGR when the export holds one, `serving/geogr/`, else the geo-nearest popular
+        baseline), `geogr` (GeoGR, and start-up fails without it) or `geo_nearest_popular` (the baseline).
+    preranker: `auto` (the AutoFAS student when the export holds one, `serving/autofas/`, else the retrieval-score
+        baseline), `autofas` (start-up fails without it) or `retrieval_score_truncation`.
+    geogr_num_beams: GeoGR's beam width (None: the run's; the beams are widened to the retrieval budget anyway).
     """
 
     feed: StageBudgets = field(default_factory=StageBudgets)
@@ -95,6 +107,9 @@ class CascadeConfig:
     use_user_cache: bool = True
     threads: int = 1
     parallel_requests: int | None = None
+    feed_retrieval: str = "auto"
+    geogr_num_beams: int | None = None
+    preranker: str = "auto"
 
     def __post_init__(self) -> None:
         if not 1 <= self.default_k <= self.max_k:
@@ -105,6 +120,10 @@ class CascadeConfig:
                                  "raise the budget or lower max_k")
         if self.bandwidth_km <= 0:
             raise ValueError(f"bandwidth_km must be positive, got {self.bandwidth_km}")
+        if self.feed_retrieval not in FEED_RETRIEVERS:
+            raise ValueError(f"feed_retrieval must be one of {', '.join(FEED_RETRIEVERS)}, got `{self.feed_retrieval}`")
+        if self.preranker not in PRERANKERS:
+            raise ValueError(f"preranker must be one of {', '.join(PRERANKERS)}, got `{self.preranker}`")
 
 
 def load_cascade_config(path: str | Path | None) -> CascadeConfig:
@@ -175,10 +194,18 @@ class Cascade:
                                  config.score_batch_size, config.use_user_cache)
         except ValueError as err:
             raise ConfigError(f"serving config: {err}") from None
-        return cls(tables, config,
-                   GeoNearestPopular(tables, artifacts.popularity, config.bandwidth_km),
+        geo = GeoNearestPopular(tables, artifacts.popularity, config.bandwidth_km)
+        feed: Retriever = geo
+        if config.feed_retrieval == "geogr" or (config.feed_retrieval == "auto" and artifacts.geogr_dir is not None):
+            feed = GeoGRFeedRetriever(load_geogr(artifacts, config.geogr_num_beams), tables, geo)
+        preranker: PreRanker = RetrievalScoreTruncation()
+        if config.preranker == "autofas" or (config.preranker == "auto" and artifacts.autofas_dir is not None):
+            student = load_autofas(artifacts)
+            preranker = AutoFASPreRanker(student.model, OnlineFeatures(tables, student.schema, student.vocab),
+                                         student.spec)
+        return cls(tables, config, feed,
                    LexicalGeoRetriever(tables, artifacts.popularity, config.bandwidth_km),
-                   RetrievalScoreTruncation(), ranker, LexicalRelevance(tables), QueryParser(tables))
+                   preranker, ranker, LexicalRelevance(tables), QueryParser(tables))
 
     # ---- request resolution --------------------------------------------------------------------------------
 
@@ -270,9 +297,9 @@ class Cascade:
         retrieved = retriever.retrieve(request, query, budgets.retrieval + len(excluded))
         if len(excluded):
             keep = ~np.isin(retrieved.pois, excluded)
-            retrieved = Candidates(retrieved.pois[keep], retrieved.scores[keep])
+            retrieved = Candidates(retrieved.pois[keep], retrieved.scores[keep], served_by=retrieved.served_by)
         retrieved = retrieved.top(budgets.retrieval)
-        t = report("retrieval", retriever, n_catalogue, len(retrieved), start)
+        t = report("retrieval", retrieved.served_by or retriever, n_catalogue, len(retrieved), start)
         survivors = self.preranker.prerank(request, retrieved, budgets.preranking)
         t = report("preranking", self.preranker, len(retrieved), len(survivors), t)
         ranked = self.ranker.rank(request, survivors, next(self._served))

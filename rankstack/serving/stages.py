@@ -12,9 +12,9 @@ server runs honest, clearly named baselines and says so in every response (`base
 
 | stage | method here | planned method |
 |---|---|---|
-| feed retrieval | `geo_nearest_popular` (geogr.md §6 baseline; also the cold-start fallback) | GeoGR |
+| feed retrieval | `geo_nearest_popular` (geogr.md §6 baseline; also the cold-start fallback), or `geogr` when the export holds a GeoGR run (`GeoGRFeedRetriever`) | — |
 | search retrieval | `lexical_geo`: query terms matched against POI category/brand/attribute/district names, plus geo-popularity | query-conditioned GeoGR |
-| pre-ranking | `retrieval_score_truncation`: keep the best retrieval scores | AutoFAS |
+| pre-ranking | `retrieval_score_truncation`: keep the best retrieval scores, or `autofas` when the export holds an AutoFAS student (`AutoFASPreRanker`) | — |
 | ranking | the run's trained model (`HeMix` with its user-side cache, or a baseline ranker) | — |
 | relevance | `lexical_rules`: the parsed query's category/brand/attributes against the POI record | TaoSR1 / CumPT scorer |
 """
@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -36,6 +36,7 @@ from rankstack.retrieval.baselines import topk_indices
 from rankstack.retrieval.data import haversine_km
 from rankstack.serving.features import OnlineFeatures, RequestContext, WorldTables
 from rankstack.world import city
+from rankstack.world.city import NAVIGATE, ORDER
 from rankstack.world.places import to_latlon
 
 
@@ -45,13 +46,14 @@ class Candidates:
 
     pois: np.ndarray
     scores: np.ndarray
+    served_by: Any = field(default=None, kw_only=True)  # the stage that actually produced them, when a stage delegates (a cold-start fallback)
 
     def __len__(self) -> int:
         return len(self.pois)
 
     def top(self, k: int) -> Candidates:
         order = np.argsort(-self.scores, kind="stable")[:k]
-        return Candidates(self.pois[order], self.scores[order])
+        return Candidates(self.pois[order], self.scores[order], served_by=self.served_by)
 
 
 @dataclass
@@ -80,6 +82,9 @@ class ParsedQuery:
     @property
     def understood(self) -> bool:
         return bool(self.matched)
+
+
+PHYSICAL_ACTIONS = (ORDER, NAVIGATE)  # a visit: what the next-POI data's histories hold (world/next_poi.py)
 
 
 class Retriever(Protocol):
@@ -132,8 +137,8 @@ class GeoNearestPopular:
 
     name = "geo_nearest_popular"
     baseline = True
-    note = ("baseline: GeoGR generative retrieval is not built yet; every feed request, warm or cold user, gets "
-            "the geo-nearest popular POIs (log(1+visits) - distance/h)")
+    note = ("baseline: the geo-nearest popular POIs (log(1+visits) - distance/h); serves the feed when the export "
+            "holds no GeoGR run, and GeoGR's users without a logged visit")
 
     def __init__(self, tables: WorldTables, popularity: np.ndarray, bandwidth_km: float) -> None:
         self.tables, self.popularity, self.bandwidth_km = tables, popularity, bandwidth_km
@@ -141,7 +146,48 @@ class GeoNearestPopular:
     def retrieve(self, request: RequestContext, query: ParsedQuery | None, budget: int) -> Candidates:
         scores = geo_popular_scores(self.tables, self.popularity, request, self.bandwidth_km)
         top = topk_indices(scores[None, :], budget)[0]
-        return Candidates(top, scores[top])
+        return Candidates(top, scores[top], served_by=self)
+
+
+class GeoGRFeedRetriever:
+    """Feed retrieval by GeoGR (geogr.md §4.4): the user's logged physical visits (order / navigate, before the
+    request time, oldest first) and the request's hour, weekday and position go to the exported
+    `rankstack.retrieval.retriever.GeoGRRetriever`, whose trie-constrained beam search returns up to `budget`
+    POIs. A user with no logged visit (a cold start, or a known user without any) is served by the cascade's
+    `GeoNearestPopular`, and so are the slots the beams leave empty (ranked after every GeoGR candidate). The
+    candidates say which method served them (`served_by`), so the funnel names it."""
+
+    name = "geogr"
+    baseline = False
+    note = ("GeoGR generative retrieval: trie-constrained beam search over semantic IDs from the user's visit "
+            "history and context; geo-nearest popular tops up empty beam slots")
+
+    def __init__(self, retriever: Any, tables: WorldTables, fallback: GeoNearestPopular,
+                 max_history: int = 50) -> None:
+        self.retriever, self.tables, self.fallback, self.max_history = retriever, tables, fallback, max_history
+
+    def history(self, request: RequestContext) -> list[int]:
+        """The user's physical visits before the request, as external POI ids (1-based), oldest first."""
+        events = self.tables.user_events(request.user, request.time_s)
+        visits = events.poi[np.isin(events.action, PHYSICAL_ACTIONS)]
+        return (visits[-self.max_history:] + 1).tolist() if self.max_history else []
+
+    def retrieve(self, request: RequestContext, query: ParsedQuery | None, budget: int) -> Candidates:
+        history = self.history(request)
+        if not history:
+            return self.fallback.retrieve(request, query, budget)
+        lat, lon = to_latlon(np.array([request.x]), np.array([request.y]))
+        context = {"hour": request.hour, "weekday": request.weekday, "lat": float(lat[0]), "lon": float(lon[0])}
+        ids, scores = self.retriever.retrieve([history], [context], k=budget)
+        keep = ids[0] >= 1
+        pois, score = ids[0][keep] - 1, scores[0][keep].astype(np.float64)
+        if len(pois) < budget:  # beams ran out: geo-nearest popular fills the rest, below every GeoGR score
+            extra = self.fallback.retrieve(request, query, budget + len(pois))
+            fill = ~np.isin(extra.pois, pois)
+            more = extra.pois[fill][:budget - len(pois)]
+            pois = np.r_[pois, more]
+            score = np.r_[score, -1.0 - np.arange(len(more), dtype=np.float64)]
+        return Candidates(pois, score, served_by=self)
 
 
 def _normalise(text: str) -> str:
@@ -259,10 +305,39 @@ class RetrievalScoreTruncation:
 
     name = "retrieval_score_truncation"
     baseline = True
-    note = "baseline: AutoFAS pre-ranking is not built yet; candidates are truncated by retrieval score"
+    note = "baseline: candidates are truncated by retrieval score (the export holds no AutoFAS student)"
 
     def prerank(self, request: RequestContext, candidates: Candidates, budget: int) -> Candidates:
         return candidates.top(budget)
+
+
+class AutoFASPreRanker:
+    """Pre-ranking by an AutoFAS derived student (autofas.md §3.1, §12): the `MLPStudent` scores every retrieved
+    candidate from the fields the search kept, and the `budget` best logits survive. Its features are the
+    pre-ranking view's columns, which the world's `FeatureBuilder` computes without behaviour sequences; online they
+    come from the same `OnlineFeatures` code the ranker uses, over the view's schema (restricted to the kept
+    fields) and vocabulary. Request-level fields go through the request half of the split first layer once."""
+
+    name = "autofas"
+    baseline = False
+
+    def __init__(self, model: Any, features: OnlineFeatures, spec: dict[str, Any]) -> None:
+        self.model, self.features = model, features
+        self.note = (f"AutoFAS derived student: {len(spec['fields'])} kept fields, MLP widths {list(spec['widths'])}"
+                     + (f", budget {spec['budget_ms']} ms" if spec.get("budget_ms") is not None else ""))
+
+    @torch.inference_mode()
+    def scores(self, request: RequestContext, pois: np.ndarray) -> np.ndarray:
+        """The student's logit of every candidate `[C]`."""
+        if not len(pois):
+            return np.zeros(0)
+        encoded = self.features.encode(request, pois)
+        batch = {key: value.unsqueeze(0) for key, value in encoded.items()}  # one request of C candidates
+        batch["shown"] = torch.zeros((1, len(pois)))
+        return self.model.logits(batch)[0].double().numpy()
+
+    def prerank(self, request: RequestContext, candidates: Candidates, budget: int) -> Candidates:
+        return Candidates(candidates.pois, self.scores(request, candidates.pois)).top(budget)
 
 
 # Ranking -----------------------------------------------------------------------------------------------------
