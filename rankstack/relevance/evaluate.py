@@ -45,11 +45,23 @@ def generate_completions(model: torch.nn.Module, tokenizer: Any, prompts: Sequen
     """
     if not do_sample and num_samples != 1:
         raise ValueError("greedy decoding gives one completion per prompt; set do_sample=True for num_samples > 1.")
+    texts, _ = generate_batched(model, tokenizer, prompts, num_samples, do_sample, temperature, top_k, max_new_tokens,
+                                batch_size, seed, with_entropy=False)
+    return texts
+
+
+def generate_batched(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str], num_samples: int,
+                     do_sample: bool, temperature: float, top_k: int, max_new_tokens: int, batch_size: int,
+                     seed: int | None, with_entropy: bool) -> tuple[list[list[str]], list[list[float]]]:
+    """The one generation loop: prompts sorted by length, left-padded batches, `num_samples` completions each; with
+    `with_entropy`, also each completion's mean token entropy of the policy (raw logits, up to the first eos; empty
+    lists otherwise)."""
     if seed is not None:
         torch.manual_seed(seed)
     encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     order = np.argsort([len(ids) for ids in encoded], kind="stable")
-    out: list[list[str]] = [[] for _ in encoded]
+    texts: list[list[str]] = [[] for _ in encoded]
+    entropies: list[list[float]] = [[] for _ in encoded]
     device = next(model.parameters()).device
     sampling = {"do_sample": True, "temperature": temperature, "top_k": top_k or None, "top_p": 1.0} if do_sample \
         else {"do_sample": False, "temperature": None, "top_k": None, "top_p": None}
@@ -61,15 +73,24 @@ def generate_completions(model: torch.nn.Module, tokenizer: Any, prompts: Sequen
             batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, padding=True, padding_side="left",
                                   return_tensors="pt").to(device)
             with torch.no_grad():
-                generated = model.generate(**batch, max_new_tokens=max_new_tokens, num_return_sequences=num_samples,
-                                           pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                                           **sampling)
-            texts = tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+                out = model.generate(**batch, max_new_tokens=max_new_tokens, num_return_sequences=num_samples,
+                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                                     return_dict_in_generate=True, output_logits=with_entropy, **sampling)
+            new = out.sequences[:, batch["input_ids"].shape[1]:]
+            decoded = tokenizer.batch_decode(new, skip_special_tokens=True)
+            if with_entropy:
+                logp = torch.log_softmax(torch.stack(out.logits, dim=1).float(), dim=-1)  # (B·K, T, V)
+                token_entropy = -(logp.exp() * logp).sum(-1)
+                is_eos = new == tokenizer.eos_token_id
+                alive = (is_eos.cumsum(1) - is_eos.long()) == 0  # up to and including the first eos
+                mean_entropy = ((token_entropy * alive).sum(1) / alive.sum(1).clamp(min=1)).tolist()
             for j, row in enumerate(rows):
-                out[row] = texts[j * num_samples:(j + 1) * num_samples]
+                texts[row] = decoded[j * num_samples:(j + 1) * num_samples]
+                if with_entropy:
+                    entropies[row] = mean_entropy[j * num_samples:(j + 1) * num_samples]
     finally:
         model.train(was_training)
-    return out
+    return texts, entropies
 
 
 def is_correct(parsed: ParsedOutput, label: int) -> bool:

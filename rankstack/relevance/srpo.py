@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from rankstack.relevance.data import RelevanceRecord
+from rankstack.relevance.evaluate import generate_batched
 from rankstack.relevance.format import SECTIONS, STEPS, ParsedOutput
 from rankstack.relevance.rules import verify_steps
 
@@ -212,39 +213,8 @@ def sample_with_entropy(model: torch.nn.Module, tokenizer: Any, prompts: Sequenc
                         temperature: float = 1.0, top_k: int = 0, max_new_tokens: int = 160, batch_size: int = 8,
                         seed: int | None = None) -> tuple[list[list[str]], list[list[float]]]:
     """K sampled completions per prompt and each one's mean token entropy of the policy (raw logits, up to eos)."""
-    if seed is not None:
-        torch.manual_seed(seed)
-    encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-    order = np.argsort([len(ids) for ids in encoded], kind="stable")
-    texts: list[list[str]] = [[] for _ in encoded]
-    entropies: list[list[float]] = [[] for _ in encoded]
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
-            batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, padding=True, padding_side="left",
-                                  return_tensors="pt").to(device)
-            with torch.no_grad():
-                out = model.generate(**batch, max_new_tokens=max_new_tokens, num_return_sequences=num_samples,
-                                     do_sample=True, temperature=temperature, top_k=top_k or None, top_p=1.0,
-                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                                     return_dict_in_generate=True, output_logits=True)
-            new = out.sequences[:, batch["input_ids"].shape[1]:]
-            logits = torch.stack(out.logits, dim=1).float()  # (B·K, T, V)
-            logp = torch.log_softmax(logits, dim=-1)
-            token_entropy = -(logp.exp() * logp).sum(-1)
-            is_eos = new == tokenizer.eos_token_id
-            alive = (is_eos.cumsum(1) - is_eos.long()) == 0  # up to and including the first eos
-            mean_entropy = (token_entropy * alive).sum(1) / alive.sum(1).clamp(min=1)
-            decoded = tokenizer.batch_decode(new, skip_special_tokens=True)
-            for j, row in enumerate(rows):
-                texts[row] = decoded[j * num_samples:(j + 1) * num_samples]
-                entropies[row] = mean_entropy[j * num_samples:(j + 1) * num_samples].tolist()
-    finally:
-        model.train(was_training)
-    return texts, entropies
+    return generate_batched(model, tokenizer, prompts, num_samples, True, temperature, top_k, max_new_tokens,
+                            batch_size, seed, with_entropy=True)
 
 
 # ------------------------------------------------------------------------------------------------------------
