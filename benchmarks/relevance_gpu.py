@@ -5,7 +5,9 @@ Llama-shaped model built from a config (pretrained weights cannot be carried to 
     python benchmarks/relevance_gpu.py --smoke         # a tiny model and a few steps, anywhere (checks the script)
 
 Reports the card, the parameter count, SFT training tokens/s (prompt + completion tokens, TRL's `num_tokens`),
-GRPO tokens/s and seconds per step (rollout generation included), and the loss/reward at the start and the end.
+GRPO tokens/s and seconds per step (rollout generation included), the loss/reward at the start and the end, and
+whether the model learned: dev accuracy and macro-F1 of the first-token label before and after SFT, and after GRPO
+(first token and generated answer).
 The GRPO difficulty filter is off here: a policy after a short SFT fails most prompts, so the filter would keep
 almost none, and this script measures throughput, not learning. Writes `benchmarks/results/relevance_gpu.json`
 (or `relevance_gpu_smoke.json`) and prints the command that produced it.
@@ -81,11 +83,16 @@ def main() -> None:
         "sft": {"steps": sft["steps"], "batch_size": args.sft_batch_size, "tokens_per_s": sft["tokens_per_s"],
                 "train_runtime_s": sft["train_runtime_s"], "loss_first": sft_losses[0] if sft_losses else None,
                 "loss_last": sft_losses[-1] if sft_losses else None,
-                "valid_completion_loss": sft["after"]["valid"]["completion_loss"]},
+                "valid_completion_loss": sft["after"]["valid"]["completion_loss"],
+                "valid_first_token": {when: {key: sft[when]["valid"][key] for key in ("accuracy", "macro_f1")}
+                                      for when in ("before", "after")}},
         "grpo": {"steps": grpo["steps"], "group_size": 8, "prompts_per_step": 8,
                  "tokens_per_s": grpo["tokens_per_s"], "train_runtime_s": grpo["train_runtime_s"],
                  "s_per_step": grpo["train_runtime_s"] / max(grpo["steps"], 1),
-                 "reward_first": grpo["reward_first"], "reward_last": grpo["reward_last"]},
+                 "reward_first": grpo["reward_first"], "reward_last": grpo["reward_last"],
+                "eval_after": {kind: {key: grpo["after"][kind].get(key)
+                                      for key in ("accuracy", "macro_f1", "format_failure_rate")}
+                               for kind in ("first_token", "generation")}},
         "wall_s": time.perf_counter() - started,
     }
     target = ROOT / "benchmarks" / "results" / ("relevance_gpu_smoke.json" if args.smoke else "relevance_gpu.json")

@@ -34,9 +34,10 @@ def majority_baseline(train_labels: Sequence[int], test_labels: Sequence[int]) -
 
 
 def bench_run(run: str | Path, split: str = "test", dev_split: str = "valid", max_examples: int | None = 256,
-              batch_size: int = 16, max_new_tokens: int = 160, decode: bool = True) -> dict[str, Any]:
+              batch_size: int = 16, max_new_tokens: int = 160, decode: bool = True,
+              device: str | None = None) -> dict[str, Any]:
     """The CumPT, argmax and full-decode metrics of one run, and its single-pass vs decode throughput."""
-    scorer = RelevanceScorer.from_run(run, batch_size=batch_size)
+    scorer = RelevanceScorer.from_run(run, batch_size=batch_size, device=device)
     meta = scorer.meta
     dev = load_split(meta["dataset"], dev_split, max_examples)
     test = load_split(meta["dataset"], split, max_examples)
