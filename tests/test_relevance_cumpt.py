@@ -10,7 +10,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from rankstack.errors import ConfigError  # noqa: E402
 from rankstack.metrics import macro_f1  # noqa: E402
+from rankstack.relevance.bench import bench_run  # noqa: E402
 from rankstack.relevance.cumpt import (  # noqa: E402
     BETA_GRID,
     RelevanceItem,
@@ -100,19 +102,25 @@ def test_batched_scorer_equals_one_prompt_at_a_time() -> None:
     assert len(lengths) > 3  # the batches really were padded
 
 
+def random_run(world, out, variant: str = "label_first"):
+    """A relevance run folder holding a tiny random Llama (as `rankstack train relevance` writes one)."""
+    records = load_split(world, "valid", 48)
+    tokenizer = train_tokenizer(training_corpus(records, load_rule_table(world)), vocab_size=400, min_frequency=2)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(hidden_size=32, num_layers=1, num_heads=4, num_kv_heads=2,
+                                    intermediate_size=64), tokenizer)
+    model.save_pretrained(out / "model")
+    tokenizer.save_pretrained(out / "model")
+    save_json({"stage": "sft", "variant": variant, "rule_text": False, "dataset": str(world),
+               "label_token_ids": label_token_ids(tokenizer)}, out / "model" / CHECKPOINT_META)
+    return out
+
+
 def test_serving_api_loads_a_run_scores_pairs_and_keeps_its_calibrated_beta(tiny_world_dir, tmp_path) -> None:
     world = tiny_world_dir / "relevance"
     records = load_split(world, "valid", 48)
     rule_table = load_rule_table(world)
-    tokenizer = train_tokenizer(training_corpus(records, rule_table), vocab_size=400, min_frequency=2)
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(hidden_size=32, num_layers=1, num_heads=4, num_kv_heads=2,
-                                    intermediate_size=64), tokenizer)
-    run = tmp_path / "run"
-    model.save_pretrained(run / "model")
-    tokenizer.save_pretrained(run / "model")
-    save_json({"stage": "sft", "variant": "label_first", "rule_text": False, "dataset": str(world),
-               "label_token_ids": label_token_ids(tokenizer)}, run / "model" / CHECKPOINT_META)
+    run = random_run(world, tmp_path / "run")
 
     scorer = RelevanceScorer.from_run(run, batch_size=5)
     assert scorer.beta == 0.5 and scorer.rule_table == rule_table
@@ -130,3 +138,18 @@ def test_serving_api_loads_a_run_scores_pairs_and_keeps_its_calibrated_beta(tiny
     assert isinstance(scorer.explain(records[0].query, items[0], max_new_tokens=4), str)
     with pytest.raises(ValueError, match="one query"):
         scorer.score(["q"], items[:2])
+
+
+def test_bench_scores_a_think_first_run_by_its_decode_only(tiny_world_dir, tmp_path) -> None:
+    world = tiny_world_dir / "relevance"
+    think = random_run(world, tmp_path / "think", "think_first")
+    with pytest.raises(ConfigError, match="think-first"):
+        RelevanceScorer.from_run(think)
+    scorer = RelevanceScorer.from_run(think, generate_only=True)
+    with pytest.raises(ConfigError, match="no single-pass distribution"):
+        scorer.score_prompts(scorer.prompts(load_split(world, "valid", 2)))
+    report = bench_run(think, max_examples=6, max_new_tokens=8, decode=False)
+    assert report["cumpt"] is None and report["argmax"] is None and "speedup" not in report
+    assert report["decode"]["format_failure_rate"] == 1.0  # 8 random tokens never reach `Label:`
+    label_first = bench_run(random_run(world, tmp_path / "label"), max_examples=6, max_new_tokens=8)
+    assert 0.0 <= label_first["cumpt"]["macro_f1"] <= 1.0 and label_first["speedup"] > 0

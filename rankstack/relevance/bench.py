@@ -36,35 +36,39 @@ def majority_baseline(train_labels: Sequence[int], test_labels: Sequence[int]) -
 def bench_run(run: str | Path, split: str = "test", dev_split: str = "valid", max_examples: int | None = 256,
               batch_size: int = 16, max_new_tokens: int = 160, decode: bool = True,
               device: str | None = None) -> dict[str, Any]:
-    """The CumPT, argmax and full-decode metrics of one run, and its single-pass vs decode throughput."""
-    scorer = RelevanceScorer.from_run(run, batch_size=batch_size, device=device)
+    """The CumPT, argmax and full-decode metrics of one run, and its single-pass vs decode throughput.
+
+    A think-first run has no single-pass distribution (its first token is no label): only its full decode is
+    scored, and `cumpt`, `argmax` and the throughput ratio are None."""
+    scorer = RelevanceScorer.from_run(run, batch_size=batch_size, device=device, generate_only=True)
     meta = scorer.meta
-    dev = load_split(meta["dataset"], dev_split, max_examples)
     test = load_split(meta["dataset"], split, max_examples)
     labels = np.array([r.label for r in test])
-    beta = scorer.calibrate(dev)
-
     prompts = scorer.prompts(test)
-    start = time.perf_counter()
-    probs = scorer.score_prompts(prompts)
-    single_pass_s = time.perf_counter() - start
-    cumpt = scorer.tiers_of(probs).tiers
-    report: dict[str, Any] = {
-        "run": str(run), "stage": meta.get("stage"), "variant": meta.get("variant"), "split": split,
-        "pairs": len(test), "beta": beta,
-        "cumpt": {**tier_report(labels, cumpt), **query_type_report(test, cumpt)},
-        "argmax": {**tier_report(labels, argmax_tiers(probs)), **query_type_report(test, argmax_tiers(probs))},
-        "single_pass_pairs_per_s": len(test) / single_pass_s,
-    }
-    if decode:
+    report: dict[str, Any] = {"run": str(run), "stage": meta.get("stage"), "variant": meta.get("variant"),
+                              "split": split, "pairs": len(test), "beta": None, "cumpt": None, "argmax": None,
+                              "single_pass_pairs_per_s": None}
+    single_pass_s = None
+    if scorer.variant != "think_first":
+        report["beta"] = scorer.calibrate(load_split(meta["dataset"], dev_split, max_examples))
+        start = time.perf_counter()
+        probs = scorer.score_prompts(prompts)
+        single_pass_s = time.perf_counter() - start
+        cumpt = scorer.tiers_of(probs).tiers
+        report.update(cumpt={**tier_report(labels, cumpt), **query_type_report(test, cumpt)},
+                      argmax={**tier_report(labels, argmax_tiers(probs)),
+                              **query_type_report(test, argmax_tiers(probs))},
+                      single_pass_pairs_per_s=len(test) / single_pass_s)
+    if decode or single_pass_s is None:
         start = time.perf_counter()
         texts = [c[0] for c in generate_completions(scorer.model, scorer.tokenizer, prompts,
                                                     max_new_tokens=max_new_tokens, batch_size=batch_size)]
         decode_s = time.perf_counter() - start
         report["decode"] = generation_report(test, texts, scorer.variant)
         report["decode_pairs_per_s"] = len(test) / decode_s
-        report["speedup"] = decode_s / single_pass_s
-        report["cumpt_minus_decode_macro_f1"] = report["cumpt"]["macro_f1"] - report["decode"]["macro_f1"]
+        if single_pass_s is not None:
+            report["speedup"] = decode_s / single_pass_s
+            report["cumpt_minus_decode_macro_f1"] = report["cumpt"]["macro_f1"] - report["decode"]["macro_f1"]
     train = load_split(meta["dataset"], "train")
     report["majority_baseline"] = majority_baseline([r.label for r in train], labels)
     return report

@@ -154,10 +154,11 @@ class RelevanceScorer:
         self.meta: dict[str, Any] = {}
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, batch_size: int = 32, device: str | torch.device | None = None
-                 ) -> RelevanceScorer:
+    def from_run(cls, run_dir: str | Path, batch_size: int = 32, device: str | torch.device | None = None,
+                 generate_only: bool = False) -> RelevanceScorer:
         """The scorer of a trained relevance run (a run folder or its `model/`), with the β of its `cumpt.json`
-        when calibrated (else 0.5, the ordinal median)."""
+        when calibrated (else 0.5, the ordinal median). `generate_only` also loads a think-first run, whose
+        prompts and model serve for decoding only (`score_prompts` refuses it)."""
         # sft and stage import this module, so they are imported here, late.
         from rankstack.relevance.data import load_rule_table
         from rankstack.relevance.sft import load_checkpoint
@@ -165,7 +166,7 @@ class RelevanceScorer:
 
         checkpoint = checkpoint_dir(run_dir)
         model, tokenizer, meta = load_checkpoint(checkpoint)
-        if meta["variant"] == "think_first":
+        if meta["variant"] == "think_first" and not generate_only:
             raise ConfigError(f"{checkpoint} is a think-first model: its first token is no label, so it cannot be "
                               "served from one forward pass; serve a label-first or label-only run.")
         if device is not None:
@@ -180,6 +181,9 @@ class RelevanceScorer:
 
     def score_prompts(self, prompts: Sequence[str]) -> np.ndarray:
         """p(k | prompt) for k = 1..4, shape (N, 4); prompts have the chat template applied already."""
+        if self.variant == "think_first":
+            raise ConfigError("a think-first model's first token is no label: it has no single-pass distribution; "
+                              "decode its answer instead (`rankstack bench relevance` does).")
         encoded = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
         if self.max_length is not None:
             encoded = [ids[-self.max_length:] for ids in encoded]  # keep the end, where the answer starts
