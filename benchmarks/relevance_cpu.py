@@ -49,6 +49,8 @@ def main() -> None:
     parser.add_argument("--gen-batch-size", type=int, default=16,
                         help="sequences per generate() call (pass@N sampling, the GRPO pool filter, evaluation)")
     parser.add_argument("--skip-cross-encoder", action="store_true")
+    parser.add_argument("--chain", choices=["full", "sft", "none"], default="full",
+                        help="the label-first chain to run: SFT → DPO → GRPO, its SFT only, or none (variants only)")
     parser.add_argument("--model", choices=sorted(MODELS), default="tiny")
     parser.add_argument("--world", default="tiny", help="world preset (seed 0) the pairs come from")
     parser.add_argument("--sft-lr", type=float, default=5.0e-3)
@@ -107,26 +109,30 @@ def main() -> None:
 
     # The label-first chain first (SFT → DPO → GRPO), then the other SFT variants, each benched as it finishes.
     chain = out / "sft-label_first"
-    stage("sft_label_first", "sft", CONFIGS / "sft_tiny.yaml", {**sft, "data.variant": "label_first"}, chain)
-    bench("sft_label_first", chain)
-    stage("dpo", "dpo", CONFIGS / "dpo_tiny.yaml",
-          {"data.max_train_examples": args.dpo_prompts, "data.max_eval_examples": 64, "sampling.max_new_tokens": 160,
-           "training.max_steps": -1, "training.learning_rate": args.dpo_lr, "training.seed": args.seed,
-           "sampling.batch_size": args.gen_batch_size, "eval.batch_size": args.gen_batch_size,
-           "training.bf16": cuda, "eval.max_new_tokens": 160}, out / "dpo", init=chain)
-    bench("dpo", out / "dpo")
-    grpo = {"data.max_train_examples": 256, "data.max_eval_examples": 64, "rollout.num_generations": 8,
-            "rollout.prompts_per_step": 8, "rollout.max_completion_length": 160, "pool.refresh_steps": args.grpo_refresh_steps,
-            "training.max_steps": args.grpo_steps, "training.learning_rate": args.grpo_lr, "training.seed": args.seed,
-            "rollout.generation_batch_size": args.gen_batch_size, "eval.batch_size": args.gen_batch_size,
-            "training.bf16": cuda, "eval.max_new_tokens": 160}
-    try:
-        stage("grpo", "grpo", CONFIGS / "grpo_tiny.yaml", grpo, out / "grpo", init=out / "dpo")
-    except DataError as err:  # a weak policy fails every pool prompt: the filter keeps too few to train on
-        result["notes"].append(f"GRPO difficulty filter kept too few prompts ({err}); GRPO was rerun without it.")
-        stage("grpo", "grpo", CONFIGS / "grpo_tiny.yaml", {**grpo, "pool.filter": False}, out / "grpo",
-              init=out / "dpo")
-    bench("grpo", out / "grpo")
+    if args.chain != "none":
+        stage("sft_label_first", "sft", CONFIGS / "sft_tiny.yaml", {**sft, "data.variant": "label_first"}, chain)
+        bench("sft_label_first", chain)
+    if args.chain == "full":
+        stage("dpo", "dpo", CONFIGS / "dpo_tiny.yaml",
+              {"data.max_train_examples": args.dpo_prompts, "data.max_eval_examples": 64,
+               "sampling.max_new_tokens": 160,
+               "training.max_steps": -1, "training.learning_rate": args.dpo_lr, "training.seed": args.seed,
+               "sampling.batch_size": args.gen_batch_size, "eval.batch_size": args.gen_batch_size,
+               "training.bf16": cuda, "eval.max_new_tokens": 160}, out / "dpo", init=chain)
+        bench("dpo", out / "dpo")
+        grpo = {"data.max_train_examples": 256, "data.max_eval_examples": 64, "rollout.num_generations": 8,
+                "rollout.prompts_per_step": 8, "rollout.max_completion_length": 160,
+                "pool.refresh_steps": args.grpo_refresh_steps, "training.max_steps": args.grpo_steps,
+                "training.learning_rate": args.grpo_lr, "training.seed": args.seed,
+                "rollout.generation_batch_size": args.gen_batch_size, "eval.batch_size": args.gen_batch_size,
+                "training.bf16": cuda, "eval.max_new_tokens": 160}
+        try:
+            stage("grpo", "grpo", CONFIGS / "grpo_tiny.yaml", grpo, out / "grpo", init=out / "dpo")
+        except DataError as err:  # a weak policy fails every pool prompt: the filter keeps too few to train on
+            result["notes"].append(f"GRPO difficulty filter kept too few prompts ({err}); GRPO was rerun without it.")
+            stage("grpo", "grpo", CONFIGS / "grpo_tiny.yaml", {**grpo, "pool.filter": False}, out / "grpo",
+                  init=out / "dpo")
+        bench("grpo", out / "grpo")
     for variant in dict.fromkeys(args.variants):
         if variant != "label_first":
             run = out / f"sft-{variant}"
