@@ -40,6 +40,7 @@ from trl import SFTConfig, SFTTrainer  # noqa: E402
 
 from rankstack.config import dump_yaml  # noqa: E402
 from rankstack.errors import ConfigError  # noqa: E402
+from rankstack.pretrained import resolve_model_path  # noqa: E402
 from rankstack.relevance.data import (  # noqa: E402
     RelevanceRecord,
     load_rule_table,
@@ -53,6 +54,8 @@ from rankstack.train.checkpoint import save_json  # noqa: E402
 from rankstack.train.rng import seed_everything  # noqa: E402
 
 CHECKPOINT_META = "relevance.json"
+#: Every linear layer of a Llama/Qwen2 block.
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass
@@ -101,10 +104,14 @@ class TokenizerConfig:
 @dataclass
 class ModelConfig:
     """Args:
-        path: A local pretrained causal-LM folder (fine-tuned in full, fp32); None builds one from the fields below.
+        path: A local pretrained causal-LM folder (fp32), or `smollm2` for the packaged SmolLM2-135M-Instruct
+            (`rankstack.pretrained`); None builds one from the fields below.
         arch: `llama` or `qwen2` for a model built from a config (random init).
         hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size, max_position_embeddings,
         tie_word_embeddings: the shape of that model.
+        lora_r: LoRA rank through PEFT (0: fine-tune every parameter). The adapters are merged into the saved
+            checkpoint, so later stages load a plain model.
+        lora_alpha, lora_dropout, lora_target_modules: the adapters' scale, dropout and the linear layers they wrap.
     """
 
     path: str | None = None
@@ -116,6 +123,10 @@ class ModelConfig:
     intermediate_size: int = 128
     max_position_embeddings: int = 1024
     tie_word_embeddings: bool = True
+    lora_r: int = 0
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
 
 
 @dataclass
@@ -176,7 +187,7 @@ def build_tokenizer(config: SFTStageConfig, train_records: list[RelevanceRecord]
     """The configured tokenizer: loaded from a folder, or trained on the train split."""
     path = config.tokenizer.path or config.model.path
     if path is not None:
-        return load_tokenizer(path)
+        return load_tokenizer(resolve_model_path(path))
     return train_tokenizer(training_corpus(train_records, rule_table), config.tokenizer.vocab_size,
                            config.tokenizer.min_frequency)
 
@@ -184,7 +195,7 @@ def build_tokenizer(config: SFTStageConfig, train_records: list[RelevanceRecord]
 def build_model(model: ModelConfig, tokenizer: Any) -> PreTrainedModel:
     """A local pretrained causal LM (fp32), or a random one of the configured shape sized to the tokenizer."""
     if model.path is not None:
-        return AutoModelForCausalLM.from_pretrained(model.path, dtype=torch.float32)
+        return AutoModelForCausalLM.from_pretrained(resolve_model_path(model.path), dtype=torch.float32)
     config_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[
         model.arch]
     config = config_cls(vocab_size=len(tokenizer), hidden_size=model.hidden_size,
@@ -194,6 +205,16 @@ def build_model(model: ModelConfig, tokenizer: Any) -> PreTrainedModel:
                         tie_word_embeddings=model.tie_word_embeddings, pad_token_id=tokenizer.pad_token_id,
                         eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
     return model_cls(config)
+
+
+def lora_config(model: ModelConfig) -> Any:
+    """PEFT's LoRA settings for `model`, or None for full fine-tuning."""
+    if model.lora_r <= 0:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=model.lora_r, lora_alpha=model.lora_alpha, lora_dropout=model.lora_dropout,
+                      target_modules=list(model.lora_target_modules), task_type="CAUSAL_LM")
 
 
 def completion_loss(model: torch.nn.Module, tokenizer: Any, examples: list[dict[str, str]],
@@ -271,16 +292,21 @@ def train_sft(config: SFTStageConfig, out_dir: str | Path) -> dict[str, Any]:
         seed=train_cfg.seed, data_seed=train_cfg.seed, disable_tqdm=True, dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
     )
+    lora = lora_config(config.model)
     trainer = SFTTrainer(model=model, args=args, train_dataset=HFDataset.from_list(examples),
-                         processing_class=tokenizer)
+                         processing_class=tokenizer, peft_config=lora)
     result = trainer.train()
-    after = evaluate()
+    after = evaluate()  # PEFT injects the adapters into `model` in place: this is the adapted model
 
     checkpoint = out / "model"
-    trainer.save_model(str(checkpoint))
+    if lora is not None:
+        model = trainer.model.merge_and_unload()
+        model.save_pretrained(str(checkpoint))
+    else:
+        trainer.save_model(str(checkpoint))
     tokenizer.save_pretrained(str(checkpoint))
     save_json({"stage": "sft", "variant": data.variant, "rule_text": data.rule_text, "label_token_ids": label_ids,
-               "dataset": str(dataset_dir)}, checkpoint / CHECKPOINT_META)
+               "dataset": str(dataset_dir), "lora_r": config.model.lora_r}, checkpoint / CHECKPOINT_META)
     with open(out / "train_log.jsonl", "w") as log:
         for row in trainer.state.log_history:
             log.write(json.dumps(row) + "\n")
@@ -331,5 +357,5 @@ def max_parameter_change(before: dict[str, torch.Tensor], model: torch.nn.Module
 
 
 __all__ = ["DataConfig", "TokenizerConfig", "ModelConfig", "TrainingConfig", "SFTStageConfig", "resolve_dataset",
-           "build_tokenizer", "build_model", "completion_loss", "evaluate_sft", "train_sft", "load_checkpoint",
+           "build_tokenizer", "build_model", "lora_config", "completion_loss", "evaluate_sft", "train_sft", "load_checkpoint",
            "process_device", "parameter_snapshot", "max_parameter_change", "throughput"]
