@@ -211,7 +211,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from rankstack.serving.artifacts import export_run
 
-    print(f"serving artifacts written to {export_run(args.run, args.world, args.retrieval, args.preranking)}")
+    out = export_run(args.run, args.world, args.retrieval, args.preranking, args.relevance)
+    print(f"serving artifacts written to {out}")
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -347,6 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "retrieval with (default: the geo-nearest popular baseline)")
     export.add_argument("--preranking", help="an AutoFAS run folder (`rankstack train preranking --out`) whose derived "
                         "student pre-ranks the candidates (default: truncation by retrieval score)")
+    export.add_argument("--relevance", help="a label-first relevance run folder (`rankstack train relevance --out`) "
+                        "whose model tiers search results by CumPT (default: the lexical baseline)")
     export.set_defaults(func=cmd_export)
     serve = sub.add_parser("serve", help="serve the cascade over HTTP (feed, search, metrics, demo page)")
     serve.add_argument("--run", required=True, help="a run folder (e.g. runs/demo/dlrm); exported if needed")

@@ -65,7 +65,8 @@ def cumpt_tiers(probs: Any, beta: float = 0.5) -> np.ndarray:
     p = _probs(probs)
     upper_tail = np.cumsum(p[:, ::-1], axis=1)[:, ::-1]  # column k-1 holds Σ_{j ≥ k} p_j
     reaches = upper_tail >= beta - _EPS
-    # The highest such k: reaches[:, 0] always holds (the tail from tier 1 is 1).
+    # The tail from tier 1 is 1 by definition, though a float32 softmax can sum a few 1e-8 below it.
+    reaches[:, 0] = True
     return (len(LABELS) - np.argmax(reaches[:, ::-1], axis=1)).astype(np.int64)
 
 

@@ -12,6 +12,12 @@
     <run>/serving/autofas/             optional (`export --preranking AUTOFAS_RUN`): the derived student's weights
                                        (student.safetensors), student.json (kept fields, widths, d), and the
                                        pre-ranking view's schema.yaml + vocab/ its fields are encoded with
+    <run>/serving/relevance/           optional (`export --relevance RELEVANCE_RUN`): a label-first (or label-only)
+                                       TaoSR1 model (HF config + model.safetensors + tokenizer JSON + chat template),
+                                       its relevance.json (stage, variant, prompt settings) and the rule table
+                                       rules.json its prompts quote; the manifest's `relevance` entry holds the
+                                       CumPT β it is served with (the run's tuned β, or tuned on the dev split at
+                                       export) and where that β came from
 
 Everything is safetensors, JSON, YAML or Parquet: nothing is unpickled at serve time. `load_artifacts` checks each
 file against the manifest's hash before reading it, so a missing, truncated or edited file stops the server at
@@ -162,10 +168,73 @@ def export_autofas(autofas_run: str | Path, out: Path) -> None:
     save_json(student_spec, out / "student.json")
 
 
+RELEVANCE_DIR = "relevance"
+# What a relevance checkpoint serves with, none of it pickled (`model/` also holds TRL's training_args.bin: left
+# behind). The model, its config and the tokenizer are required; the rest is copied when the run has it.
+RELEVANCE_MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "relevance.json",
+                         "generation_config.json", "tokenizer_config.json", "special_tokens_map.json",
+                         "chat_template.jinja")
+RELEVANCE_REQUIRED = RELEVANCE_MODEL_FILES[:4]
+#: The dev split β is tuned on at export when the run was never calibrated (relevance.md §3.4).
+DEV_SPLIT = "valid"
+
+
+def export_relevance(relevance_run: str | Path, out: Path) -> dict[str, Any]:
+    """Copy the model of a `rankstack train relevance` run (any stage) into `out`; returns the manifest's `relevance`
+    entry: the CumPT β it is served with (the run's `cumpt.json`, else tuned on the dev split of the run's dataset
+    now) and the run's settings. A think-first run is refused: its first token is no label."""
+    from rankstack.relevance.cumpt import CALIBRATION_FILE, RelevanceScorer
+    from rankstack.relevance.data import load_split
+    from rankstack.relevance.stage import checkpoint_dir
+
+    try:
+        checkpoint = checkpoint_dir(relevance_run)
+    except ConfigError:
+        raise ConfigError(f"--relevance {relevance_run} holds no relevance checkpoint (no relevance.json in it or in "
+                          "its model/ folder); pass the --out folder of `rankstack train relevance`.") from None
+    meta = json.loads((checkpoint / "relevance.json").read_text())
+    if meta.get("variant") == "think_first":
+        raise ConfigError(f"--relevance {relevance_run} is a think-first run: its answer starts with the rationale, "
+                          "not the label, so it cannot be served from one forward pass; export a label-first (or "
+                          "label-only) run.")
+    for name in RELEVANCE_REQUIRED:
+        if not (checkpoint / name).is_file():
+            raise ConfigError(f"{checkpoint / name} is missing; the relevance run is incomplete (its model must be "
+                              "saved as safetensors with its tokenizer's tokenizer.json).")
+    dataset = Path(meta.get("dataset", ""))
+    rules = dataset / "rules.json"
+    if meta.get("rule_text") and not rules.is_file():
+        raise ConfigError(f"{rules} is missing: the relevance run quotes rule texts in its prompts, and they come "
+                          "from the dataset it was trained on; export from a machine that has that dataset.")
+    calibration = checkpoint.parent / CALIBRATION_FILE
+    if calibration.is_file():
+        beta, source = float(json.loads(calibration.read_text())["beta"]), str(calibration.resolve())
+    elif (dataset / "schema.yaml").is_file():
+        scorer = RelevanceScorer.from_run(checkpoint)
+        dev = load_split(dataset, DEV_SPLIT)
+        beta = scorer.calibrate(dev)
+        source = f"tuned at export on {len(dev)} pairs of {dataset.resolve() / DEV_SPLIT}"
+    else:
+        raise ConfigError(f"{relevance_run} has no tuned CumPT β ({calibration} is missing) and its dataset {dataset} "
+                          "is not here to tune one on; calibrate the run (RelevanceScorer.calibrate + "
+                          "save_calibration) or export where its dataset is.")
+    out.mkdir(parents=True)
+    for name in RELEVANCE_MODEL_FILES:
+        if (checkpoint / name).is_file():
+            shutil.copy2(checkpoint / name, out / name)
+    if rules.is_file():
+        shutil.copy2(rules, out / "rules.json")
+    return {"beta": beta, "beta_source": source, "stage": meta.get("stage"), "variant": meta["variant"],
+            "rule_text": bool(meta.get("rule_text")), "run": str(checkpoint.parent.resolve())}
+
+
 def export_run(run_dir: str | Path, world_dir: str | Path | None = None,
-               geogr_run: str | Path | None = None, autofas_run: str | Path | None = None) -> Path:
+               geogr_run: str | Path | None = None, autofas_run: str | Path | None = None,
+               relevance_run: str | Path | None = None) -> Path:
     """Write `<run_dir>/serving/` from a finished ranking run (its config.yaml and best weights) and its world;
-    with `geogr_run`, the GeoGR retriever of that `rankstack train retrieval` run goes into `serving/geogr/`."""
+    with `geogr_run`, the GeoGR retriever of that `rankstack train retrieval` run goes into `serving/geogr/`, with
+    `autofas_run` the AutoFAS student into `serving/autofas/`, with `relevance_run` the TaoSR1 model into
+    `serving/relevance/`."""
     from rankstack.ranking.run import load_run_config
     from rankstack.serving.features import WorldTables
 
@@ -185,7 +254,9 @@ def export_run(run_dir: str | Path, world_dir: str | Path | None = None,
     world = Path(world_dir).resolve() if world_dir else data_dir.parent
     tables = WorldTables.load(world)  # fails now, naming the file, if the world is incomplete
     dataset = Dataset.open(data_dir)
-    out = run_dir / SERVING_DIR
+    # Written beside the old export and swapped in at the end: a refused input (a think-first relevance run, an
+    # incomplete GeoGR run) leaves the previous export as it was.
+    served, out = run_dir / SERVING_DIR, run_dir / f"{SERVING_DIR}.partial"
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -205,11 +276,17 @@ def export_run(run_dir: str | Path, world_dir: str | Path | None = None,
         export_geogr(geogr_run, out / GEOGR_DIR, tables.n_pois)
     if autofas_run is not None:
         export_autofas(autofas_run, out / AUTOFAS_DIR)
+    relevance = export_relevance(relevance_run, out / RELEVANCE_DIR) if relevance_run is not None else None
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     manifest = {"format": FORMAT_VERSION, "world": str(world), "run": str(run_dir.resolve()),
                 "files": {name: _sha256(out / name) for name in files}}
+    if relevance is not None:
+        manifest[RELEVANCE_DIR] = relevance
     atomic_write(out / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
-    return out
+    if served.exists():
+        shutil.rmtree(served)
+    out.rename(served)
+    return served
 
 
 @dataclass
@@ -225,6 +302,8 @@ class Artifacts:
     popularity: np.ndarray
     geogr_dir: Path | None = None  # serving/geogr/ when the export holds a GeoGR retriever
     autofas_dir: Path | None = None  # serving/autofas/ when the export holds an AutoFAS student
+    relevance_dir: Path | None = None  # serving/relevance/ when the export holds a TaoSR1 relevance model
+    relevance_beta: float = 0.5  # the CumPT β the manifest stores for it
 
 
 def _fail(path: Path, problem: str) -> ConfigError:
@@ -269,7 +348,18 @@ def load_artifacts(run_dir: str | Path, world_dir: str | Path | None = None) -> 
     world = Path(world_dir) if world_dir else Path(manifest["world"])
     geogr = root / GEOGR_DIR if f"{GEOGR_DIR}/retriever.json" in files else None
     autofas = root / AUTOFAS_DIR if f"{AUTOFAS_DIR}/student.json" in files else None
-    return Artifacts(root, world, spec["model"], model, dataset.schema, vocab, popularity, geogr, autofas)
+    relevance, beta = None, 0.5
+    if f"{RELEVANCE_DIR}/relevance.json" in files:
+        relevance = root / RELEVANCE_DIR
+        for name in RELEVANCE_REQUIRED:
+            if f"{RELEVANCE_DIR}/{name}" not in files:
+                raise _fail(relevance / name, "is not listed in manifest.json")
+        entry = manifest.get(RELEVANCE_DIR)
+        beta = entry.get("beta") if isinstance(entry, dict) else None
+        if not isinstance(beta, (int, float)) or not 0.0 < beta <= 1.0:
+            raise _fail(manifest_path, f"has no CumPT β in (0, 1] for {relevance} (relevance.beta = {beta!r})")
+    return Artifacts(root, world, spec["model"], model, dataset.schema, vocab, popularity, geogr, autofas, relevance,
+                     float(beta))
 
 
 @dataclass
@@ -318,3 +408,31 @@ def load_geogr(artifacts: Artifacts, num_beams: int | None = None) -> Any:
     except Exception as err:  # any load failure is a start-up failure naming the artifact
         raise ConfigError(f"serving artifact {artifacts.geogr_dir} does not load as a GeoGR retriever "
                           f"({type(err).__name__}: {err}); re-export it with `rankstack export --retrieval`.") from None
+
+
+def load_relevance(artifacts: Artifacts, batch_size: int = 32) -> Any:
+    """The exported TaoSR1 model as a `rankstack.relevance.cumpt.RelevanceScorer` (eval mode, the manifest's β, the
+    exported rule table); a file that does not load raises a `ConfigError` naming it."""
+    from rankstack.relevance.cumpt import RelevanceScorer
+    from rankstack.relevance.data import load_rule_table
+    from rankstack.relevance.sft import load_checkpoint
+
+    root = artifacts.relevance_dir
+    if root is None:
+        raise ConfigError(f"the serving config asks for `relevance: cumpt` but {artifacts.root / RELEVANCE_DIR} "
+                          "/relevance.json is missing; export with `rankstack export --run RUN --relevance "
+                          "RELEVANCE_RUN`, or set `relevance: auto` to serve the lexical baseline.")
+    try:
+        model, tokenizer, meta = load_checkpoint(root)
+        scorer = RelevanceScorer(model.eval(), tokenizer, batch_size, beta=artifacts.relevance_beta,
+                                 variant=meta["variant"], rule_text=bool(meta["rule_text"]),
+                                 rule_table=load_rule_table(root))
+    except Exception as err:  # any load failure is a start-up failure naming the artifact
+        raise ConfigError(f"serving artifact {root} does not load as a relevance model ({type(err).__name__}: "
+                          f"{err}); re-export it with `rankstack export --relevance`.") from None
+    if scorer.variant == "think_first":
+        raise _fail(root / "relevance.json", "describes a think-first model, which cannot be served in one pass")
+    if scorer.rule_text and not scorer.rule_table:
+        raise _fail(root / "rules.json", "is missing, and the model's prompts quote the rule texts")
+    scorer.meta = meta
+    return scorer

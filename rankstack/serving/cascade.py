@@ -7,8 +7,9 @@
 
 Feed: retrieval (GeoGR when the export holds a GeoGR run, with geo-nearest popular for users without a logged
 visit; else geo-nearest popular for every user) →
-pre-ranking → ranking → top K. Search: query-conditioned retrieval → pre-ranking → ranking → relevance tiers by
-CumPT (`rankstack.relevance.cumpt`): Bad results dropped, Mid demoted below Good, ranking order within a tier →
+pre-ranking → ranking → top K. Search: query-conditioned retrieval → pre-ranking → ranking → relevance (the TaoSR1
+model when the export holds one, else the lexical baseline) tiers by CumPT (`rankstack.relevance.cumpt`) with the
+stage's β: Bad results dropped, Mid demoted below Good, ranking order within a tier →
 top K. Stages are the protocols of `rankstack.serving.stages`; which method runs, and whether it is a baseline,
 is in each answer's `funnel`.
 
@@ -31,11 +32,12 @@ import torch
 from rankstack.config import load_yaml
 from rankstack.errors import ConfigError
 from rankstack.relevance.cumpt import cumpt_tiers, expected_tier, page_tiers
-from rankstack.serving.artifacts import Artifacts, load_artifacts, load_autofas, load_geogr
+from rankstack.serving.artifacts import Artifacts, load_artifacts, load_autofas, load_geogr, load_relevance
 from rankstack.serving.features import OnlineFeatures, RequestContext, WorldTables, from_latlon
 from rankstack.serving.stages import (
     AutoFASPreRanker,
     Candidates,
+    CumPTRelevance,
     GeoGRFeedRetriever,
     GeoNearestPopular,
     LexicalGeoRetriever,
@@ -72,6 +74,7 @@ class StageBudgets:
 
 FEED_RETRIEVERS = ("auto", "geogr", "geo_nearest_popular")
 PRERANKERS = ("auto", "autofas", "retrieval_score_truncation")
+RELEVANCE_STAGES = ("auto", "cumpt", "lexical")
 
 
 @dataclass
@@ -82,7 +85,11 @@ class CascadeConfig:
     max_k: the largest K a request may ask for (larger → 422); default_k when it asks for none.
     bandwidth_km: h of the geo-popularity score in retrieval (log(1 + visits) − distance / h).
     objective: weight of each ranking task's probability in the ranking score (default p(click)).
-    relevance_beta: CumPT β (relevance.md §3.4).
+    relevance: `auto` (the TaoSR1 model when the export holds one, `serving/relevance/`, else the lexical baseline),
+        `cumpt` (the TaoSR1 model; start-up fails without it) or `lexical` (the `lexical_rules` baseline).
+    relevance_beta: CumPT β (relevance.md §3.4); None: the stage's own (the β exported with the TaoSR1 model, 0.5
+        for the baseline).
+    relevance_batch_size: (query, POI) prompts per forward pass of the TaoSR1 model.
     score_batch_size: candidates per ranking forward pass.
     use_user_cache: HeMix scores through its user-side cache (False: the reference path, for comparison).
     threads: torch intra-op threads per request (1: requests run in parallel in the server's thread pool, one core
@@ -102,7 +109,9 @@ class CascadeConfig:
     default_k: int = 10
     bandwidth_km: float = 1.0
     objective: dict[str, float] = field(default_factory=lambda: {"click": 1.0})
-    relevance_beta: float = 0.5
+    relevance: str = "auto"
+    relevance_beta: float | None = None
+    relevance_batch_size: int = 32
     score_batch_size: int = 512
     use_user_cache: bool = True
     threads: int = 1
@@ -124,6 +133,10 @@ class CascadeConfig:
             raise ValueError(f"feed_retrieval must be one of {', '.join(FEED_RETRIEVERS)}, got `{self.feed_retrieval}`")
         if self.preranker not in PRERANKERS:
             raise ValueError(f"preranker must be one of {', '.join(PRERANKERS)}, got `{self.preranker}`")
+        if self.relevance not in RELEVANCE_STAGES:
+            raise ValueError(f"relevance must be one of {', '.join(RELEVANCE_STAGES)}, got `{self.relevance}`")
+        if self.relevance_beta is not None and not 0.0 < self.relevance_beta <= 1.0:
+            raise ValueError(f"relevance_beta must be in (0, 1], got {self.relevance_beta}")
 
 
 def load_cascade_config(path: str | Path | None) -> CascadeConfig:
@@ -203,9 +216,12 @@ class Cascade:
             student = load_autofas(artifacts)
             preranker = AutoFASPreRanker(student.model, OnlineFeatures(tables, student.schema, student.vocab),
                                          student.spec)
+        relevance: RelevanceScorer = LexicalRelevance(tables)
+        if config.relevance == "cumpt" or (config.relevance == "auto" and artifacts.relevance_dir is not None):
+            relevance = CumPTRelevance(load_relevance(artifacts, config.relevance_batch_size), tables)
         return cls(tables, config, feed,
                    LexicalGeoRetriever(tables, artifacts.popularity, config.bandwidth_km),
-                   preranker, ranker, LexicalRelevance(tables), QueryParser(tables))
+                   preranker, ranker, relevance, QueryParser(tables))
 
     # ---- request resolution --------------------------------------------------------------------------------
 
@@ -307,7 +323,8 @@ class Cascade:
         tiers = None
         if query is not None:
             probs = self.relevance.tier_probabilities(query, ranked.pois)
-            tier = cumpt_tiers(probs, self.config.relevance_beta)
+            beta = self.relevance.beta if self.config.relevance_beta is None else self.config.relevance_beta
+            tier = cumpt_tiers(probs, beta)
             page = page_tiers(tier)
             order = np.flatnonzero(page == "Good").tolist() + np.flatnonzero(page == "Mid").tolist()
             tiers = {"tier": tier, "page": page, "expected": expected_tier(probs)}

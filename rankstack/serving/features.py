@@ -91,13 +91,17 @@ class WorldTables:
               "open_hour", "close_hour", "lat", "lon")}
         n_pois = len(p["x_km"])
         stated = np.zeros((n_pois, len(city.ATTRIBUTES)), dtype=bool)
-        for i, names in enumerate(pois_table.column("attributes").to_pylist()):
+        recorded = np.ones_like(stated)
+        for i, (names, unstated) in enumerate(zip(pois_table.column("attributes").to_pylist(),
+                                                  pois_table.column("attributes_unstated").to_pylist())):
             stated[i, [city.ATTR_INDEX[a] for a in names]] = True
+            recorded[i, [city.ATTR_INDEX[a] for a in unstated]] = False
         zeros = np.zeros(n_pois)
-        # Features read the stated attributes (attrs & recorded); the truth behind them is not loaded.
+        # Features read the stated attributes (attrs & recorded), and the relevance record says which attributes the
+        # record is silent on (`recorded`); the truth behind them is not loaded.
         pois = Pois(p["x_km"], p["y_km"], p["category_l2_id"] - 1, p["brand_id"], p["price_level"], p["rating"], zeros,
                     p["review_count"].astype(np.float64), p["district_id"] - 1, p["open_hour"], p["close_hour"],
-                    stated, np.ones_like(stated), pois_table.column("name").to_pylist(), [])
+                    stated, recorded, pois_table.column("name").to_pylist(), [])
         u = {name: users_table.column(name).to_numpy() for name in
              ("home_x_km", "home_y_km", "work_x_km", "work_y_km", "income_band", "loyalty_band")}
         age = np.array([city.AGE_BANDS.index(a) for a in users_table.column("age_band").to_pylist()], dtype=np.int64)

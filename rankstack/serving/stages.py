@@ -16,11 +16,12 @@ server runs honest, clearly named baselines and says so in every response (`base
 | search retrieval | `lexical_geo`: query terms matched against POI category/brand/attribute/district names, plus geo-popularity | query-conditioned GeoGR |
 | pre-ranking | `retrieval_score_truncation`: keep the best retrieval scores, or `autofas` when the export holds an AutoFAS student (`AutoFASPreRanker`) | — |
 | ranking | the run's trained model (`HeMix` with its user-side cache, or a baseline ranker) | — |
-| relevance | `lexical_rules`: the parsed query's category/brand/attributes against the POI record | TaoSR1 / CumPT scorer |
+| relevance | `lexical_rules`: the parsed query's category/brand/attributes against the POI record, or `cumpt` when the export holds a TaoSR1 relevance model (`CumPTRelevance`) | — |
 """
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -32,12 +33,16 @@ import torch
 
 from rankstack.ranking.base import RankingModel
 from rankstack.ranking.hemix import HeMix
+from rankstack.relevance.cumpt import TIER_RULES, RelevanceItem
+from rankstack.relevance.cumpt import RelevanceScorer as CumPTScorer
+from rankstack.relevance.data import RelevanceRecord
 from rankstack.retrieval.baselines import topk_indices
 from rankstack.retrieval.data import haversine_km
 from rankstack.serving.features import OnlineFeatures, RequestContext, WorldTables
 from rankstack.world import city
 from rankstack.world.city import NAVIGATE, ORDER
 from rankstack.world.places import to_latlon
+from rankstack.world.relevance import category_path, constraint_rules, item_attrs_json
 
 
 @dataclass
@@ -78,6 +83,9 @@ class ParsedQuery:
     attributes: tuple[int, ...] = ()
     negated: tuple[int, ...] = ()
     matched: tuple[str, ...] = ()
+    price_cap: str = ""  # "soft" for "cheap …", "hard" for "cheaper …" / "… for less" (a cap below a named brand's)
+    wants_rating: bool = False  # "good …": a soft rating preference
+    needs_knowledge: bool = False  # names a need of the city's knowledge table (K_MAP), not a category
 
     @property
     def understood(self) -> bool:
@@ -115,6 +123,7 @@ class RelevanceScorer(Protocol):
     name: str
     baseline: bool
     note: str
+    beta: float  # the CumPT β its distributions are tiered with, unless the serving config sets one
 
     def tier_probabilities(self, query: ParsedQuery, pois: np.ndarray) -> np.ndarray: ...
 
@@ -228,17 +237,19 @@ class QueryParser:
         norm = _normalise(text)
         matched: list[str] = []
 
-        def longest(names: list[tuple[str, int]]) -> int:
-            hits = sorted((n for n in names if _phrase_in(n[0], norm)), key=lambda n: -len(n[0]))
+        def longest(names: list[tuple[str, int]], text: str = norm) -> tuple[str, int]:
+            hits = sorted((n for n in names if _phrase_in(n[0], text)), key=lambda n: -len(n[0]))
             if hits:
                 matched.append(hits[0][0])
-                return hits[0][1]
-            return -1
+                return hits[0]
+            return "", -1
 
-        l2 = longest(self.l2)
-        brand = max(longest(self.brands), 0)
-        district = longest(self.districts)
-        l1 = longest(self.l1)
+        l2 = longest(self.l2)[1]
+        brand_name, brand = longest(self.brands)
+        brand = max(brand, 0)
+        # "Harbor Suites" names a brand, not the Harbor district
+        district = longest(self.districts, norm.replace(_normalise(brand_name), " ") if brand else norm)[1]
+        l1 = longest(self.l1)[1]
         if l2 < 0 and brand:
             l2 = self.brand_category[brand]
         if l1 < 0 and l2 >= 0:
@@ -246,14 +257,28 @@ class QueryParser:
         attributes, negated = [], []
         for i, attr in enumerate(city.ATTRIBUTES):
             words = attr.replace("_", " ")
-            if not _phrase_in(words, norm):
+            said, negation = city.ATTR_PHRASES[attr]  # the city's own phrasing ("kid friendly", "open 24 hours")
+            named = _phrase_in(words, norm) or _phrase_in(said, norm)
+            negated_phrase = negation is not None and _phrase_in(negation, norm)
+            if not (named or negated_phrase):
                 continue
             matched.append(words)
-            if any(f" {neg} {_normalise(words).strip()}" in norm for neg in ("not", "no", "without", "non")):
+            if negated_phrase or any(f" {neg} {_normalise(words).strip()}" in norm
+                                     for neg in ("not", "no", "without", "non")):
                 negated.append(i)
             else:
                 attributes.append(i)
-        return ParsedQuery(text, l2, l1, brand, district, tuple(attributes), tuple(negated), tuple(matched))
+        needs = [(_normalise(need), attrs) for need, _, attrs in city.KNOWLEDGE if _normalise(need) in norm]
+        wishes = norm  # the words outside a stated need ("a cheap bed for backpackers" is a need, not a price cap)
+        for phrase, attrs in needs:
+            wishes = wishes.replace(phrase, " ")
+            for attr in attrs:  # the need implies them ("watch the sunset": a view)
+                if city.ATTR_INDEX[attr] not in attributes + negated:
+                    attributes.append(city.ATTR_INDEX[attr])
+        price_cap = "hard" if any(f" {w} " in wishes for w in ("cheaper", "for less")) else \
+            "soft" if " cheap " in wishes else ""
+        return ParsedQuery(text, l2, l1, brand, district, tuple(attributes), tuple(negated), tuple(matched),
+                           price_cap, " good " in wishes, bool(needs))
 
 
 def lexical_match(tables: WorldTables, query: ParsedQuery, pois: np.ndarray | None = None) -> np.ndarray:
@@ -398,8 +423,9 @@ class LexicalRelevance:
 
     name = "lexical_rules"
     baseline = True
-    note = ("baseline: the TaoSR1/CumPT relevance model is not wired into serving yet; tiers come from the parsed "
+    note = ("baseline: the export holds no TaoSR1 relevance model (`export --relevance`); tiers come from the parsed "
             "query's category, brand and attributes against the POI record")
+    beta = 0.5
 
     def __init__(self, tables: WorldTables) -> None:
         self.tables = tables
@@ -437,3 +463,68 @@ class LexicalRelevance:
         if not query.understood:
             parts.append("no query term was recognised, so the tier is unknown (Mid)")
         return "; ".join(parts)
+
+
+def relevance_rules(query: ParsedQuery) -> tuple[str, ...]:
+    """The rule ids a served query's relevance prompts list: the tier rules R1-R4, then the atomic rules of the
+    constraints the parser found, mapped by the world's own rule retrieval (`rankstack.world.relevance.
+    constraint_rules`) in the order the query bank writes them (brand, required and negated attributes, price,
+    rating, district), then K_MAP when the query states a need of the city's knowledge table ("somewhere to charge
+    my car"). The world's pairs list the rules of the constraints the query was generated with; a served query has
+    only its text, so these are the parser's reading of it."""
+    # "like BlueFlame but cheaper": the brand is the reference for the price cap, not a constraint
+    constraints = [{"name": "brand", "op": "eq", "hard": True}] if query.brand and query.price_cap != "hard" else []
+    constraints += [{"name": city.ATTRIBUTES[a], "op": "has", "hard": True} for a in query.attributes]
+    constraints += [{"name": city.ATTRIBUTES[a], "op": "not_has", "hard": True} for a in query.negated]
+    if query.price_cap:
+        constraints.append({"name": "price_level", "op": "lt" if query.price_cap == "hard" else "le",
+                            "hard": query.price_cap == "hard"})
+    if query.wants_rating:
+        constraints.append({"name": "rating", "op": "ge", "hard": False})
+    if query.district >= 0:
+        constraints.append({"name": "district", "op": "eq", "hard": True})
+    rules = [*TIER_RULES, *dict.fromkeys(r for c in constraints for r in constraint_rules(c))]
+    if query.needs_knowledge:
+        rules.append("K_MAP")
+    return tuple(rules)
+
+
+def poi_items(tables: WorldTables) -> list[RelevanceItem]:
+    """Every POI's record as the world's relevance pairs show it (title, category path, brand, price level, and
+    `item_attrs_json`: stated attributes, district, rating, hours), from the observable tables."""
+    pois, brands = tables.world.pois, tables.poi_table.column("brand").to_pylist()
+    return [RelevanceItem(str(i + 1), pois.names[i], category_path(int(pois.cat[i])), brands[i],
+                          float(pois.price[i]), json.loads(item_attrs_json(pois, tables.world.districts, i)))
+            for i in range(tables.n_pois)]
+
+
+class CumPTRelevance:
+    """Relevance by a TaoSR1 model (relevance.md §3.4): each (query, POI) pair becomes the prompt the model was
+    trained on — `rankstack.relevance.data.prompt_message` via the scorer, with the request's query text, the POI's
+    record (`poi_items`) and the rules `relevance_rules` retrieves for the parsed query — and one batched forward pass
+    reads the four label logits at the last prompt position → p(tier k), tiered by CumPT with the exported β. The
+    rationale is decoded (greedily) only for a request that asks for it."""
+
+    name = "cumpt"
+    baseline = False
+
+    def __init__(self, scorer: CumPTScorer, tables: WorldTables, max_new_tokens: int = 160) -> None:
+        self.scorer, self.items, self.max_new_tokens = scorer, poi_items(tables), max_new_tokens
+        self.beta = float(scorer.beta)
+        self.note = (f"TaoSR1 relevance model ({scorer.meta.get('stage', '?')}, {scorer.variant}): one forward pass "
+                     f"per (query, POI) pair, CumPT tiers at beta = {self.beta}")
+
+    def records(self, query: ParsedQuery, pois: np.ndarray) -> list[RelevanceRecord]:
+        """The unlabelled pairs the prompts are built from."""
+        rules = relevance_rules(query)
+        return self.scorer.records([query.text] * len(pois), [self.items[int(i)] for i in pois], [rules] * len(pois))
+
+    @torch.inference_mode()
+    def tier_probabilities(self, query: ParsedQuery, pois: np.ndarray) -> np.ndarray:
+        if not len(pois):
+            return np.zeros((0, 4))
+        return self.scorer.score_records(self.records(query, pois))
+
+    @torch.inference_mode()
+    def rationale(self, query: ParsedQuery, poi: int) -> str:
+        return self.scorer.explain(query.text, self.items[poi], relevance_rules(query), self.max_new_tokens)
