@@ -4,8 +4,9 @@ Every stage runs through the library function behind its own CLI command, at the
 it (`DemoConfig`), into one folder under `--out` (default `runs/demo`):
 
     world/        the synthetic city                                  rankstack world generate
-    ranking/      the ranking model beside item popularity and the    rankstack train ranking
-                  Bayes-optimal figures of the world's truth
+    <model>/      the ranking run (runs/demo/dlrm), beside item       rankstack train ranking
+                  popularity and the Bayes-optimal figures of the
+                  world's truth
     preranking/   AutoFAS under one latency budget, the ranker's      rankstack train preranking --budget-ms
                   recipe as its teacher, beside the teacher, random
                   scores and the true probabilities
@@ -13,7 +14,7 @@ it (`DemoConfig`), into one folder under `--out` (default `runs/demo`):
                   SASRec and the oracle
     relevance/    a label-first SFT of a small LM, scored by CumPT    rankstack train relevance --stage sft,
                   beside the majority class                           rankstack bench relevance
-    ranking/serving/   the serving artifacts of every stage           rankstack export --retrieval --preranking
+    <model>/serving/   the serving artifacts of every stage           rankstack export --retrieval --preranking
     report.md, *.png   one table and one bar plot per stage, the timings
     stages/<stage>.json   what each finished stage measured (its wall time and metrics)
 
@@ -123,6 +124,7 @@ def _table(model: str, series: dict[str, dict[str, Any]], metrics: list[str], pl
            notes: list[str], run: Path) -> dict[str, Any]:
     """What a trained stage records: its metrics per method (the model first), which of them to plot, notes."""
     return {"model": model, "metrics": metrics, "plot": plot, "notes": notes, "run": str(run),
+            "columns": list(series),  # the order of the table's columns (the JSON record sorts its keys)
             "series": {name: _floats(values, metrics) for name, values in series.items()}}
 
 
@@ -166,7 +168,9 @@ def run_preranking(spec: PrerankingSpec, world: Path, run: Path, ranking_run: Pa
     result = train_preranking(prerank_config, run)
     row, refs = result["autofas"], result["references"]
     metrics = ["auc", "gauc", "overlap@10", "true_overlap@10", "click_recall@10"]
-    notes = [f"AutoFAS kept {row['n_fields']} fields ({', '.join(row['fields'])}), MLP widths {row['widths']}; "
+    dropped = [f["field"] for f in row["selection"]["fields"] if not f["kept"]]
+    notes = [f"AutoFAS kept {row['n_fields']} of {row['n_fields'] + len(dropped)} fields (dropped: "
+             f"{', '.join(dropped) or 'none'}), MLP widths {row['widths']}; "
              f"measured latency p50 {row['latency_p50_ms']:.2f} ms per request of {prerank_config.n_cand} "
              f"candidates (budget {row['budget_ms']:.2f} ms, predicted {row['predicted_ms']:.2f} ms)",
              "teacher: the ranking stage's recipe retrained for the view's fields; overlap@10: share of the "
@@ -194,6 +198,8 @@ def run_retrieval(spec: StageSpec, world: Path, run: Path, world_spec: WorldSpec
     notes = [f"trained on the `{world_spec.size}` world (the one every stage uses: the export needs its POIs) with "
              f"{spec.config}; lists of {int(series['GeoGR'].get('width', 0))} POIs",
              f"test requests scored: {counts}"]
+    if "sasrec" not in report:
+        notes.append("SASRec is off in this config (`rankstack bench retrieval` trains it)")
     return _table("GeoGR", series, metrics, metrics, notes, run)
 
 
@@ -243,6 +249,14 @@ def run_export(ranking_run: Path, world: Path, retrieval_run: Path, preranking_r
 # ---- the pipeline -------------------------------------------------------------------------------------------
 
 
+def ranking_dir(config: DemoConfig, out: str | Path) -> Path:
+    """The ranking run folder, named after its model (`runs/demo/dlrm`): the run the server serves."""
+    from rankstack.ranking.run import load_run_config
+
+    spec = config.ranking
+    return Path(out) / load_run_config(config_path(spec.config), {**spec.overrides, "data": "."}).model.name
+
+
 def run_demo(config: DemoConfig, out: str | Path, fresh: bool = False, log: Callable[[str], None] = print) -> Path:
     """Run every stage not finished yet into `out`, then write `out/report.md` and its plots; returns the report."""
     out = Path(out)
@@ -250,7 +264,8 @@ def run_demo(config: DemoConfig, out: str | Path, fresh: bool = False, log: Call
         shutil.rmtree(out, ignore_errors=True)
     (out / "stages").mkdir(parents=True, exist_ok=True)
     world = out / "world"
-    runs = {name: out / name for name in ("ranking", "preranking", "retrieval", "relevance")}
+    runs = {name: out / name for name in ("preranking", "retrieval", "relevance")} | {
+        "ranking": ranking_dir(config, out)}
     steps: dict[str, Callable[[], dict[str, Any]]] = {
         "world": lambda: run_world(config.world, world),
         "ranking": lambda: run_ranking(config.ranking, world, runs["ranking"]),
@@ -310,7 +325,7 @@ def write_report(records: list[dict[str, Any]], config: DemoConfig, out: Path, i
         if "series" not in r:
             continue
         stage = r["stage"]
-        names = list(r["series"])
+        names = r["columns"]
         lines += [f"## {TITLES.get(stage, stage)}", "", f"Run folder: `{r['run']}`.", "",
                   "| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
         for metric in r["metrics"]:
@@ -339,7 +354,7 @@ def plot_stage(record: dict[str, Any], path: Path) -> None:
     import numpy as np
 
     plt = _pyplot()
-    metrics, names = record["plot"], list(record["series"])
+    metrics, names = record["plot"], record["columns"]
     width = 0.8 / len(names)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(metrics) + 2), 4.0))
     x = np.arange(len(metrics))
@@ -370,7 +385,7 @@ def serve(config: DemoConfig, out: str | Path) -> None:
     """`rankstack serve` on the demo's ranking run (exported with every stage); prints the demo page's URL."""
     from rankstack.cli import build_parser
 
-    argv = ["serve", "--run", str(Path(out) / "ranking"), "--host", config.serve.host, "--port",
+    argv = ["serve", "--run", str(ranking_dir(config, out)), "--host", config.serve.host, "--port",
             str(config.serve.port)]
     if config.serve.config:
         argv += ["--config", config.serve.config]

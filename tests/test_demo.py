@@ -99,7 +99,7 @@ def test_the_exported_cascade_serves_every_trained_stage(demo):
     from rankstack.serving.cascade import Cascade, CascadeConfig, StageBudgets
 
     _, out = demo
-    cascade = Cascade.load(out / "ranking", config=CascadeConfig(feed=StageBudgets(120, 60),
+    cascade = Cascade.load(out / "dlrm", config=CascadeConfig(feed=StageBudgets(120, 60),
                                                                  search=StageBudgets(120, 60), max_k=50))
     client = TestClient(create_app(cascade), raise_server_exceptions=False)
     assert client.get("/").status_code == 200
@@ -112,7 +112,7 @@ def test_the_exported_cascade_serves_every_trained_stage(demo):
 
 def test_a_rerun_skips_finished_stages_and_redoes_the_rest(demo, capsys):
     config, out = demo
-    weights = out / "ranking" / "best.safetensors"
+    weights = out / "dlrm" / "best.safetensors"
     sft = out / "relevance" / "model" / "model.safetensors"
     stamps = {path: path.stat().st_mtime_ns for path in (weights, sft)}
     (out / "stages" / "export.json").unlink()  # as if killed during the export
