@@ -390,7 +390,7 @@ def serve(config: DemoConfig, out: str | Path) -> None:
     if config.serve.config:
         argv += ["--config", config.serve.config]
     args = build_parser().parse_args(argv)
-    print(f"\nthe demo page: http://{config.serve.host}:{config.serve.port}/ (report: {Path(out) / REPORT})")
+    print(f"\nreport: {Path(out) / REPORT}; starting the server (Ctrl-C stops it), it prints the demo page's URL")
     args.func(args)
 
 
