@@ -13,13 +13,16 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install --quiet $(TORCH_CPU); fi
-	$(PY) -m pip install --quiet -e '.[dev,bench,retrieval,relevance,serving]'
+	$(PY) -m pip install --quiet -e '.[dev,bench,retrieval,relevance,serving,demo]'
 	touch $(STAMP)
 
 setup: $(STAMP)
 
+# Every stage on the small world at small budgets, runs/demo/report.md, then the server (Ctrl-C stops it). A re-run
+# skips the stages already finished; DEMO_ARGS=--fresh starts over, DEMO_ARGS=--no-serve stops after the report.
+DEMO_ARGS ?=
 demo: setup
-	$(VENV)/bin/rankstack demo --out runs/demo
+	$(VENV)/bin/rankstack demo --out runs/demo $(DEMO_ARGS)
 
 test: setup
 	$(PY) -m pytest -q

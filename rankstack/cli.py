@@ -14,7 +14,7 @@
     rankstack bench preranking --config FILE --out DIR [--latency-table]    (AutoFAS budget sweep + baselines)
     rankstack bench relevance --run RUN [--run RUN ...] [--split test]      (CumPT vs argmax vs decode, speed)
     rankstack bench relevance --cross-encoder FILE --out DIR                (the MiniLM baseline)
-    rankstack demo [--out DIR]
+    rankstack demo [--out DIR] [--config FILE] [--set ...] [--fresh] [--no-serve]   (every stage, report, serve)
     rankstack export --run DIR [--world DIR] [--retrieval GEOGR_RUN] [--preranking AUTOFAS_RUN]  (→ DIR/serving/)
     rankstack serve --run DIR [--world DIR] [--config FILE] [--host 127.0.0.1] [--port 8000]
 
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -36,8 +35,6 @@ from typing import Any
 from rankstack.config import parse_override
 from rankstack.errors import RankstackError
 from rankstack.relevance import STAGES as RELEVANCE_STAGES
-
-DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "ranking" / "dlrm_world_small.yaml"
 
 
 def _overrides(pairs: Sequence[str] | None) -> dict[str, Any]:
@@ -189,23 +186,12 @@ def cmd_bench_ranking(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from rankstack.ranking.run import format_results, load_run_config, train_ranking
-    from rankstack.world import WorldConfig, generate
+    from rankstack.demo import load_demo_config, run_demo, serve
 
-    out = Path(args.out)
-    world = out / "world"
-    if not (world / "world.yaml").is_file():
-        start = time.perf_counter()
-        generate(WorldConfig.preset("small"), seed=args.seed, out=world)
-        print(f"generated the small world in {time.perf_counter() - start:.1f} s → {world}")
-    config = load_run_config(DEMO_CONFIG, {"data": str(world / "ranking")})
-    # The demo retrains from scratch each time; the world above is reused.
-    shutil.rmtree(out / "dlrm", ignore_errors=True)
-    start = time.perf_counter()
-    results = train_ranking(config, out / "dlrm", where=str(DEMO_CONFIG))
-    print(f"\nDLRM on the small world (trained in {time.perf_counter() - start:.0f} s), test split:")
-    print(format_results(results["test"], _tasks(results["test"])))
-    print(f"\nrun folder: {out / 'dlrm'} (config.yaml, train_log.csv, tb/, metrics.json, results.json)")
+    config = load_demo_config(args.config, _overrides(args.set))
+    run_demo(config, args.out, fresh=args.fresh)
+    if not args.no_serve:
+        serve(config, args.out)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -336,9 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--latency-table", action="store_true", help="only (re)measure this device's latency table")
     bp.set_defaults(func=cmd_bench_preranking)
 
-    demo = sub.add_parser("demo", help="generate the small world and train the ranking baseline on it")
+    demo = sub.add_parser("demo", help="every stage on the small world at small budgets, a report, then the server "
+                                        "(configs/demo.yaml; docs/demo.md)")
     demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--config", help="the demo config (default configs/demo.yaml)")
+    demo.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a demo config key")
+    demo.add_argument("--fresh", action="store_true", help="start over instead of skipping the finished stages")
+    demo.add_argument("--no-serve", action="store_true", help="stop after the report (CI, tests)")
     demo.set_defaults(func=cmd_demo)
 
     export = sub.add_parser("export", help="write a ranking run's serving artifacts (safetensors + JSON)")
