@@ -232,18 +232,30 @@ def run_relevance(spec: RelevanceSpec, world: Path, run: Path) -> dict[str, Any]
                   metrics, ["macro_f1", "accuracy", "page_macro_f1"], notes, run)
 
 
-def run_export(ranking_run: Path, world: Path, retrieval_run: Path, preranking_run: Path) -> dict[str, Any]:
-    """`rankstack export`: the ranking run's serving artifacts with GeoGR and the AutoFAS student beside them."""
+#: The served relevance model must beat always-the-majority-tier by this much test macro-F1; otherwise search keeps
+#: the lexical baseline (a model at the class prior would tier every result the same).
+RELEVANCE_SERVE_MARGIN = 0.05
+
+
+def run_export(ranking_run: Path, world: Path, retrieval_run: Path, preranking_run: Path, relevance_run: Path,
+               relevance: dict[str, Any]) -> dict[str, Any]:
+    """`rankstack export`: the ranking run's serving artifacts with GeoGR, the AutoFAS student and, when it beats the
+    majority class, the relevance model beside them (`relevance`: the relevance stage's record)."""
     from rankstack.serving.artifacts import export_run
 
     runs: dict[str, Path] = {"geogr_run": retrieval_run, "autofas_run": preranking_run}
-    # `export_run` takes no relevance run in this branch; once it does, serve the SFT run with one line here:
-    # runs["relevance_run"] = <out>/relevance
+    model, majority = (relevance["series"][name]["macro_f1"] for name in ("SFT, CumPT", "majority class"))
+    if model >= majority + RELEVANCE_SERVE_MARGIN:
+        runs["relevance_run"] = relevance_run
+        note = f"the relevance model is served (test macro-F1 {model:.3f} vs the majority class {majority:.3f})"
+    else:
+        note = (f"the relevance model is not served: its test macro-F1 {model:.3f} does not beat the majority class "
+                f"{majority:.3f} by {RELEVANCE_SERVE_MARGIN}, so search keeps the lexical-rules baseline")
     served = export_run(ranking_run, world, **runs)
     files = [p for p in served.rglob("*") if p.is_file()]
     size = sum(p.stat().st_size for p in files)
     return {"notes": [f"{served}: {len(files)} files, {size / 2**20:.1f} MiB (safetensors, JSON, YAML, Parquet), with "
-                      f"{', '.join(sorted(runs))}"]}
+                      f"{', '.join(sorted(runs))}", note]}
 
 
 # ---- the pipeline -------------------------------------------------------------------------------------------
@@ -272,7 +284,8 @@ def run_demo(config: DemoConfig, out: str | Path, fresh: bool = False, log: Call
         "preranking": lambda: run_preranking(config.preranking, world, runs["preranking"], runs["ranking"]),
         "retrieval": lambda: run_retrieval(config.retrieval, world, runs["retrieval"], config.world),
         "relevance": lambda: run_relevance(config.relevance, world, runs["relevance"]),
-        "export": lambda: run_export(runs["ranking"], world, runs["retrieval"], runs["preranking"]),
+        "export": lambda: run_export(runs["ranking"], world, runs["retrieval"], runs["preranking"],
+                                     runs["relevance"], json.loads((out / "stages" / "relevance.json").read_text())),
     }
     start = time.perf_counter()
     records = []

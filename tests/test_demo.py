@@ -7,6 +7,7 @@ The stage budgets are those of the stage tests' tiny runs (tests/_serving.py): t
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from rankstack.cli import main
 from rankstack.config import load_yaml, read_yaml
-from rankstack.demo import DEFAULT_CONFIG, STAGES, config_path, load_demo_config
+from rankstack.demo import DEFAULT_CONFIG, RELEVANCE_SERVE_MARGIN, STAGES, config_path, load_demo_config
 
 TINY_STAGES = {
     "world": {"size": "tiny", "seed": 0},
@@ -108,6 +109,13 @@ def test_the_exported_cascade_serves_every_trained_stage(demo):
     methods = [(s["stage"], s["method"], s["baseline"]) for s in answer.json()["funnel"]]
     assert methods == [("retrieval", "geogr", False), ("preranking", "autofas", False), ("ranking", "dlrm", False)]
     assert len(answer.json()["results"]) == 5
+    # search tiers come from the relevance model only when it beat the majority class by the serving margin
+    relevance = json.loads((out / "stages" / "relevance.json").read_text())["series"]
+    served = relevance["SFT, CumPT"]["macro_f1"] >= relevance["majority class"]["macro_f1"] + RELEVANCE_SERVE_MARGIN
+    search = client.post("/v1/search", json={"user_id": 17, "query": "coffee", "context": {"hour": 12}, "k": 5})
+    assert search.status_code == 200, search.text
+    stage = next(s for s in search.json()["funnel"] if s["stage"] == "relevance")
+    assert (stage["method"], stage["baseline"]) == (("cumpt", False) if served else ("lexical_rules", True))
 
 
 def test_a_rerun_skips_finished_stages_and_redoes_the_rest(demo, capsys):
@@ -123,3 +131,17 @@ def test_a_rerun_skips_finished_stages_and_redoes_the_rest(demo, capsys):
     assert "[demo] export: done" in printed and (out / "stages" / "export.json").is_file()
     assert all(path.stat().st_mtime_ns == stamp for path, stamp in stamps.items())
     assert "finished in an earlier run" in (out / "report.md").read_text()
+
+
+def test_the_export_serves_the_relevance_model_only_above_the_margin(demo, tmp_path):
+    from rankstack.demo import run_export
+    from rankstack.serving.cascade import Cascade
+
+    _, out = demo
+    ranking = shutil.copytree(out / "dlrm", tmp_path / "dlrm", ignore=shutil.ignore_patterns("serving"))
+    runs = (ranking, out / "world", out / "retrieval", out / "preranking", out / "relevance")
+    for model, served in ((0.30, False), (0.40, True)):
+        record = {"series": {"SFT, CumPT": {"macro_f1": model}, "majority class": {"macro_f1": 0.30}}}
+        notes = run_export(*runs, record)["notes"]
+        assert ("is served" in notes[-1]) == served, notes
+        assert Cascade.load(ranking).relevance.name == ("cumpt" if served else "lexical_rules")
