@@ -14,7 +14,9 @@ probabilities (`rankstack.world.truth.WorldTruth`, every POI as if shown at posi
 Variants, each a cascade with one stage swapped: `cascade` (as served), `ranking=retrieval_order` (the ranker
 replaced by its baseline: the retrieval score order), `ranking=oracle` (the ranker replaced by the true
 probabilities: the best any ranker could do on these candidates), `preranking=off` (the ranker scores every
-retrieved candidate) and, for search, `relevance=off` (no tiers: nothing dropped or demoted). Writes benchmarks/results/cascade_quality.json.
+retrieved candidate), for search `relevance=off` (no tiers: nothing dropped or demoted), and, when the export holds
+them, GeoGR, AutoFAS and the TaoSR1 model each swapped for its baseline (`retrieval=geo_nearest_popular`,
+`preranking=retrieval_score_truncation`, `relevance=lexical`). Writes benchmarks/results/cascade_quality.json.
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ def main() -> None:
             return Ranked(candidates.pois[order], p[order], {})
 
     class NoRelevance:
-        name, baseline, note = "none", True, "relevance stage off: every candidate Good"
+        name, baseline, note, beta = "none", True, "relevance stage off: every candidate Good", 0.5
 
         def tier_probabilities(self, query: Any, pois: np.ndarray) -> np.ndarray:
             return np.tile([0.0, 0.0, 0.0, 1.0], (len(pois), 1))
@@ -97,6 +99,14 @@ def main() -> None:
     variants = {"cascade": base, "ranking=retrieval_order": swapped(RetrievalOrder()),
                 "ranking=oracle": swapped(Oracle()), "preranking=off": swapped(config=everything),
                 "relevance=off": swapped(relevance=NoRelevance())}
+    # The trained retrieval, pre-ranking and relevance stages, each swapped for its baseline (when the export has one)
+    methods = base.stage_methods()
+    for stage, key, baseline in (("feed_retrieval", "feed_retrieval", "geo_nearest_popular"),
+                                 ("preranking", "preranker", "retrieval_score_truncation"),
+                                 ("relevance", "relevance", "lexical")):
+        if not methods[stage]["baseline"]:
+            variants[f"{stage.removeprefix('feed_')}={baseline}"] = Cascade.load(args.run, args.world,
+                                                           replace(base.config, **{key: baseline}))
     k = args.k
     scores: dict[str, dict[str, list[float]]] = {v: {"feed": [], "search": []} for v in variants}
     recalls: dict[str, dict[str, list[float]]] = {v: {"feed": [], "search": []} for v in variants}
@@ -121,7 +131,7 @@ def main() -> None:
         retrieval_recall[kind].append(len(set(best) & set(retrieved.pois.tolist())) / k)
         preranking_recall[kind].append(len(set(best) & set(survivors.pois.tolist())) / k)
         for name, cascade in variants.items():
-            if name == "relevance=off" and kind == "feed":
+            if name.startswith("relevance=") and kind == "feed":
                 continue
             answer = (cascade.search(int(row.user_id), query, context, k) if kind == "search"
                       else cascade.feed(int(row.user_id), context, k))
