@@ -141,6 +141,18 @@ def test_retrieval_run_config_reads_the_lm_section():
     json.dumps(config.lm.model.__dict__)
 
 
+
+def test_lora_is_refused_for_retrieval_with_a_clear_message():
+    from rankstack.errors import ConfigError
+    from rankstack.retrieval.lm import build_lm
+    from rankstack.retrieval.run import load_run_config
+
+    config = load_run_config(Path(__file__).resolve().parents[1] / "configs/retrieval/city_tiny.yaml",
+                             {"lm.model.lora_r": 8})
+    with pytest.raises(ConfigError, match="lm.model.lora_r"):
+        build_lm(config.lm, None, [])
+
+
 # ------------------------------------------------------------------------------------------------------------
 # The whole pipeline on the tiny city
 

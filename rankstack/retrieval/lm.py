@@ -46,6 +46,7 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 from trl import SFTConfig, SFTTrainer  # noqa: E402
 
 from rankstack.errors import ConfigError  # noqa: E402
+from rankstack.pretrained import resolve_model_path  # noqa: E402
 from rankstack.relevance.sft import ModelConfig, TrainingConfig, build_model  # noqa: E402
 from rankstack.relevance.tokenizer import load_tokenizer, train_tokenizer  # noqa: E402
 from rankstack.retrieval.data import NextPoiSamples, RetrievalData, haversine_km  # noqa: E402
@@ -410,9 +411,12 @@ def sft_examples(writer: PromptWriter, samples: NextPoiSamples, max_examples: in
 def build_lm(config: LMConfig, sids: SemanticIds, corpus: Sequence[str]) -> tuple[Any, Any, tuple[int, ...]]:
     """(model, tokenizer, SID level offsets): a local pretrained LM or a config-built one with a BPE trained on
     `corpus` (SIDs stripped), plus the SID tokens (geogr.md §4.1)."""
+    if config.model.lora_r > 0:
+        raise ConfigError("lm.model.lora_r: retrieval fine-tunes every parameter (the new SID embeddings must train); "
+                          "LoRA is built for the relevance stage only. Set lm.model.lora_r: 0.")
     path = config.tokenizer_path or config.model.path
     if path is not None:
-        tokenizer = load_tokenizer(path)
+        tokenizer = load_tokenizer(resolve_model_path(path))
     else:
         tokenizer = train_tokenizer((strip_sids(t) for t in corpus), config.vocab_size, config.min_frequency)
     seed_everything(config.seed)
