@@ -8,6 +8,18 @@
 # (default runs/bench/gpu).
 #
 #     OUT=runs/bench/gpu SFT_STEPS=800 bash benchmarks/gpu_session.sh
+#
+# On the workplace's lent H100/H200 machines (no package index there; their image has torch, transformers and peft
+# but not TRL or datasets), carry our versions as wheels. Here, once:
+#     echo /.whl/ >> .git/info/exclude
+#     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+#         transformers==5.24.0 trl==1.16.0 datasets==5.2.0 peft==0.21.2 tokenizers==0.23.3 dill==0.4.1 \
+#         multiprocess==0.70.19 fsspec==2026.9.0
+# then run, carrying `.whl`:
+#     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+#     bash benchmarks/gpu_session.sh
+# The whole session took 4 min on an H200 (2026-11-26); BENCHMARKS.md "GPU" has what it measured.
 set -u
 OUT=${OUT:-runs/bench/gpu}
 mkdir -p "$OUT"
