@@ -278,6 +278,7 @@ def run_demo(config: DemoConfig, out: str | Path, fresh: bool = False, log: Call
     world = out / "world"
     runs = {name: out / name for name in ("preranking", "retrieval", "relevance")} | {
         "ranking": ranking_dir(config, out)}
+    records: dict[str, dict[str, Any]] = {}  # each stage's record, in STAGES order (loaded or just measured)
     steps: dict[str, Callable[[], dict[str, Any]]] = {
         "world": lambda: run_world(config.world, world),
         "ranking": lambda: run_ranking(config.ranking, world, runs["ranking"]),
@@ -285,10 +286,9 @@ def run_demo(config: DemoConfig, out: str | Path, fresh: bool = False, log: Call
         "retrieval": lambda: run_retrieval(config.retrieval, world, runs["retrieval"], config.world),
         "relevance": lambda: run_relevance(config.relevance, world, runs["relevance"]),
         "export": lambda: run_export(runs["ranking"], world, runs["retrieval"], runs["preranking"],
-                                     runs["relevance"], json.loads((out / "stages" / "relevance.json").read_text())),
+                                     runs["relevance"], records["relevance"]),
     }
     start = time.perf_counter()
-    records = []
     for name in STAGES:
         path = out / "stages" / f"{name}.json"
         if path.is_file():
@@ -303,8 +303,8 @@ def run_demo(config: DemoConfig, out: str | Path, fresh: bool = False, log: Call
             save_json(record, path)  # written last: its presence means the stage finished
             log(f"[demo] {name}: done in {record['wall_s']:.0f} s")
             record["resumed"] = False
-        records.append(record)
-    report = write_report(records, config, out, time.perf_counter() - start)
+        records[name] = record
+    report = write_report(list(records.values()), config, out, time.perf_counter() - start)
     log(f"[demo] report: {report}")
     return report
 
