@@ -101,12 +101,12 @@ def main() -> None:
                 "relevance=off": swapped(relevance=NoRelevance())}
     # The trained retrieval, pre-ranking and relevance stages, each swapped for its baseline (when the export has one)
     methods = base.stage_methods()
-    for stage, key, baseline in (("feed_retrieval", "feed_retrieval", "geo_nearest_popular"),
-                                 ("preranking", "preranker", "retrieval_score_truncation"),
-                                 ("relevance", "relevance", "lexical")):
+    for label, stage, key, baseline in (("retrieval", "feed_retrieval", "feed_retrieval", "geo_nearest_popular"),
+                                        ("preranking", "preranking", "preranker", "retrieval_score_truncation"),
+                                        ("relevance", "relevance", "relevance", "lexical")):
         if not methods[stage]["baseline"]:
-            variants[f"{stage.removeprefix('feed_')}={baseline}"] = Cascade.load(args.run, args.world,
-                                                           replace(base.config, **{key: baseline}))
+            swapped_config = replace(base.config, **{key: baseline})
+            variants[f"{label}={baseline}"] = Cascade.load(args.run, args.world, swapped_config)
     k = args.k
     scores: dict[str, dict[str, list[float]]] = {v: {"feed": [], "search": []} for v in variants}
     recalls: dict[str, dict[str, list[float]]] = {v: {"feed": [], "search": []} for v in variants}
