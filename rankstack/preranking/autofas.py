@@ -64,6 +64,10 @@ class AutoFASConfig:
     search_features, search_arch, teacher_guidance, latency_reg: ablation switches of §9.
     derive_fill: after §4.4's trimming, add dropped fields back in descending π/ĉ while the predicted latency
         stays within the budget (our addition: the search can leave much of the budget unused).
+    derive_test_z: when > 0, derivation keeps (and `derive_fill` re-admits) only fields whose held-out benefit is
+        significant: the search loss on the held-out requests rises when the field is permuted across rows, by at
+        least `derive_test_z` standard errors over held-out batches (our addition; see `AutoFASSearch.field_test`).
+        0 (default) is §4.4 as written.
     """
 
     n_layers: int = 3
@@ -97,6 +101,7 @@ class AutoFASConfig:
     latency_reg: bool = True
     fixed_widths: list[int] = field(default_factory=lambda: [256, 128, 64])  # used when search_arch is False
     derive_fill: bool = True
+    derive_test_z: float = 0.0
 
     def __post_init__(self) -> None:
         if self.n_layers < 1 or not self.widths:
@@ -226,6 +231,9 @@ class StudentSpec:
     op_probs: list[list[float]]
     trimmed: list[str] = field(default_factory=list)
     added: list[str] = field(default_factory=list)
+    benefit: dict[str, float] = field(default_factory=dict)
+    benefit_z: dict[str, float] = field(default_factory=dict)
+    failed_test: list[str] = field(default_factory=list)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=1))
@@ -337,10 +345,11 @@ class AutoFASSearch:
     def run(self, train: PrerankSplit, trace_path: str | Path | None = None, log_every: int = 50) -> StudentSpec:
         """Search on `train` (its `teacher` logits precomputed), write the trace, return the derived student."""
         with open(trace_path or os.devnull, "w") as trace:
-            self._search(train, trace, log_every)
-        return self.derive()
+            held = self._search(train, trace, log_every)
+        return self.derive(train.subset(held) if self.config.derive_test_z > 0 else None)
 
-    def _search(self, train: PrerankSplit, trace: TextIO, log_every: int) -> None:
+    def _search(self, train: PrerankSplit, trace: TextIO, log_every: int) -> np.ndarray:
+        """The search loop; returns the indices of the held-out requests of the architecture steps."""
         c = self.config
         rng = np.random.default_rng(self.seed)
         order = rng.permutation(train.num_requests)
@@ -391,10 +400,53 @@ class AutoFASSearch:
                     "budget_ms": self.budget_ms, "pi": {f.name: round(float(p), 4) for f, p in zip(self.fields, pi)},
                     "ops": [[round(float(x), 4) for x in torch.softmax(a.detach(), -1)] for a in self.net.alpha],
                 }) + "\n")
+        return held
 
     @torch.no_grad()
-    def derive(self) -> StudentSpec:
-        """§4.4: fields with π > 0.5, trimmed by π/ĉ to the budget; argmax op per layer; ≥ 1 FC layer."""
+    def field_test(self, held: PrerankSplit, mask: torch.Tensor, repeats: int = 2
+                   ) -> dict[str, tuple[float, float]]:
+        """Held-out benefit of each field of `mask` (0/1), as (mean rise, z): per held-out request, the search loss with
+        the field's values permuted across a batch of held-out requests (request fields across requests,
+        candidate fields across all candidate rows) minus its loss with every field of `mask` as is, averaged
+        over `repeats` permutations; the mean rise over requests, and z = mean / standard error. A field the supernet ignores, or
+        whose use does not carry over to requests it was not trained on, scores near 0; one it needs scores high.
+
+        Permutation rather than §3.2's zeros: the supernet was trained with its gates mostly open, so zeros are
+        an input it has rarely seen and every field would look needed (docs/preranking.md)."""
+        c = self.config
+        ops = [torch.softmax(a, -1) for a in self.net.alpha]
+        generator = torch.Generator().manual_seed(self.seed)
+        tested = [f for f, m in zip(self.fields, mask) if m > 0]
+        rises: dict[str, list[float]] = {f.name: [] for f in tested}
+
+        def per_request(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            rows = batch["shown"].shape[0]
+            return torch.stack([self._losses({k: v[r:r + 1] for k, v in batch.items()}, mask, ops)[0]
+                                for r in range(rows)])
+
+        for batch in held.batches(c.batch_requests):
+            base = per_request(batch)
+            for f in tested:
+                rise = torch.zeros_like(base)
+                for _ in range(repeats):
+                    values = batch[f.key]
+                    order = torch.randperm(values.numel(), generator=generator)
+                    rise += (per_request({**batch, f.key: values.flatten()[order].view_as(values)}) - base) / repeats
+                rises[f.name].extend(rise.tolist())
+        out = {}
+        for name, r in rises.items():
+            r = np.asarray(r)
+            se = r.std(ddof=1) / np.sqrt(len(r)) if len(r) > 1 else 0.0
+            out[name] = (float(r.mean()), float(r.mean() / se) if se > 0 else 0.0)
+        return out
+
+    @torch.no_grad()
+    def derive(self, held: PrerankSplit | None = None) -> StudentSpec:
+        """§4.4: fields with π > 0.5, trimmed by π/ĉ to the budget; argmax op per layer; ≥ 1 FC layer. With
+        `held` (and `derive_test_z` > 0), fields whose held-out benefit is not significant (`field_test`) are
+        neither kept nor re-admitted by `derive_fill`, and trimming and filling rank fields by measured benefit per
+        cost instead of π/ĉ: once the gates saturate near π = 1, π/ĉ only ranks by cost, and the costliest field
+        goes first however much it is needed."""
         c = self.config
         pi = self.net.gate.keep_prob()
         widths = []
@@ -406,11 +458,20 @@ class AutoFASSearch:
         if not widths:
             widths = [c.widths[int(torch.argmax(self.net.alpha[0]))]]
         kept = [f for f, p in zip(self.fields, pi) if p > 0.5] if c.search_features else list(self.fields)
+        value = {f.name: float(p) for f, p in zip(self.fields, pi)}
+        tested: dict[str, tuple[float, float]] = {}
+        failed: set[str] = set()
+        if held is not None and c.derive_test_z > 0 and c.search_features:
+            # Every field is tested with all others open, so that the fill below can rely on the same test.
+            tested = self.field_test(held, torch.ones(len(self.fields)))
+            failed = {name for name, (_, z) in tested.items() if z < c.derive_test_z}
+            kept = [f for f in kept if f.name not in failed]
+            value = {name: max(rise, 0.0) for name, (rise, _) in tested.items()}
         if not kept:
             kept = [self.fields[int(torch.argmax(pi))]]
         trimmed = []
         predicted = self._predict(kept, widths)
-        ratio = {f.name: float(p) / max(f.request_cost_ms(self.n_cand), 1e-9) for f, p in zip(self.fields, pi)}
+        ratio = {f.name: value[f.name] / max(f.request_cost_ms(self.n_cand), 1e-9) for f in self.fields}
         while predicted["total"] > self.budget_ms and len(kept) > 1:
             drop = min(kept, key=lambda f: ratio[f.name])
             kept.remove(drop)
@@ -420,7 +481,8 @@ class AutoFASSearch:
         if c.derive_fill and c.search_features:
             # The gates can overshoot below the budget (the hinge pushes, then nothing pulls back), so dropped
             # fields return in descending π/ĉ while the predicted latency stays within the budget.
-            for f in sorted((f for f in self.fields if f not in kept), key=lambda f: -ratio[f.name]):
+            for f in sorted((f for f in self.fields if f not in kept and f.name not in failed),
+                            key=lambda f: -ratio[f.name]):
                 trial = self._predict([*kept, f], widths)
                 if trial["total"] <= self.budget_ms:
                     kept.append(f)
@@ -431,7 +493,8 @@ class AutoFASSearch:
             fields=[f.name for f in kept], widths=widths, predicted_ms=predicted,
             keep_prob={f.name: round(float(p), 4) for f, p in zip(self.fields, pi)},
             op_probs=[[round(float(x), 4) for x in torch.softmax(a, -1)] for a in self.net.alpha], trimmed=trimmed,
-            added=added)
+            added=added, benefit={k: float(f"{r:.3g}") for k, (r, _) in tested.items()},
+            benefit_z={k: round(z, 2) for k, (_, z) in tested.items()}, failed_test=sorted(failed))
 
     def _predict(self, kept: list[PrerankField], widths: list[int]) -> dict[str, float]:
         return predict_mlp(self.fields, [f.name for f in kept], widths, self.table, self.n_cand,
@@ -440,9 +503,11 @@ class AutoFASSearch:
 
 
 def next_to_drop(spec: StudentSpec, fields: list[PrerankField], n_cand: int) -> str | None:
-    """The kept field with the lowest π_f/ĉ_f (the one derivation drops next), or None if one field is left.
-    Used when the measured latency of a derived student exceeds the budget (§4.6 calibration)."""
+    """The kept field with the lowest value per cost (the one derivation drops next: measured held-out benefit
+    when `derive_test_z` tested the fields, else π_f), or None if one field is left. Used when the measured
+    latency of a derived student exceeds the budget (§4.6 calibration)."""
     if len(spec.fields) <= 1:
         return None
     cost = {f.name: max(f.request_cost_ms(n_cand), 1e-9) for f in fields}
-    return min(spec.fields, key=lambda name: spec.keep_prob[name] / cost[name])
+    value = {name: max(spec.benefit[name], 0.0) for name in spec.fields} if spec.benefit else spec.keep_prob
+    return min(spec.fields, key=lambda name: value[name] / cost[name])
