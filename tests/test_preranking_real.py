@@ -18,7 +18,8 @@ from rankstack.config import from_dict
 from rankstack.data.converters import get_converter
 from rankstack.data.dataset import Dataset
 from rankstack.errors import ConfigError, RankstackError
-from rankstack.preranking.data import load_split
+from rankstack.preranking.data import PrerankSplit, load_split
+from rankstack.preranking.evaluate import click_recall_at_k, overlap_at_k
 from rankstack.preranking.latency import predict_mlp
 from rankstack.preranking.run import PrerankRunConfig, prepare, train_autofas
 
@@ -154,3 +155,14 @@ def test_config_errors_name_the_fix(real, tmp_path):
     (costless / "schema.yaml").write_text(yaml.safe_dump(schema))
     with pytest.raises(ConfigError, match="cost_ms"):
         prepare(from_dict(PrerankRunConfig, {**data, "data": str(costless)}), tmp_path / "y", log=lambda *_: None)
+
+
+def test_top_k_breaks_ties_at_random_not_by_position():
+    """A scorer that cannot tell candidates apart finds the real check-in (always row 0 of a Foursquare request)
+    in its top 10 about 10 / N_c of the time, and agrees with itself completely."""
+    scores = torch.zeros(400, 200)
+    click = torch.zeros(400, 200)
+    click[:, 0] = 1.0
+    split = PrerankSplit({"shown": torch.ones_like(click), "click": click}, np.arange(400))
+    assert click_recall_at_k(scores, split, 10) == pytest.approx(10 / 200, abs=0.03)
+    assert overlap_at_k(scores, scores, 10) == 1.0
