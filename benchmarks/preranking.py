@@ -1,5 +1,6 @@
 """Pre-ranking benchmark (autofas.md §13): AutoFAS at several latency budgets beside COLD, the two-tower model, the
-hand-designed distilled MLPs and the all-features MLP, on a synthetic world's pre-ranking view.
+hand-designed distilled MLPs and the all-features MLP, on a synthetic world's pre-ranking view or on a converted
+real one (`--data` + `--teacher-data`, Foursquare NYC: configs/preranking/autofas_nyc.yaml).
 
 Runs `rankstack.preranking.run.bench_preranking` (the same code as `rankstack bench preranking`), then copies
 `results.json`, `pareto.csv` and the two Pareto plots to `benchmarks/results/preranking_<name>.*` with the
@@ -8,6 +9,8 @@ budget). Generates the world first if `--world` does not hold one.
 
     python benchmarks/preranking.py --config configs/preranking/autofas_world_small.yaml \
         --world runs/world_small --out runs/preranking_small --name small
+    python benchmarks/preranking.py --config configs/preranking/autofas_nyc.yaml --data runs/nyc_view \
+        --teacher-data runs/nyc_ctr --out runs/preranking_nyc --name nyc
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ def main() -> None:
     parser.add_argument("--world", default=str(ROOT / "runs/world_small"))
     parser.add_argument("--size", default="small", help="world size to generate when --world is empty")
     parser.add_argument("--view", default="", help="pre-ranking view folder (default: <out>/view)")
+    parser.add_argument("--data", default="", help="a converted real pre-ranking view instead of a world")
+    parser.add_argument("--teacher-data", default="", help="with --data: the dataset the teacher trains on")
     parser.add_argument("--out", default=str(ROOT / "runs/preranking_small"))
     parser.add_argument("--name", default="small")
     parser.add_argument("--summarize", action="store_true", help="only summarise an existing --out folder")
@@ -45,10 +50,14 @@ def main() -> None:
 
     out = Path(args.out)
     if not args.summarize:
-        world = Path(args.world)
-        if not (world / "world.yaml").is_file():
-            generate(WorldConfig.preset(args.size), seed=0, out=world)
-        overrides = {"world": str(world), **({"view": args.view} if args.view else {}),
+        if args.data:
+            overrides = {"world": "", "data": args.data, "teacher_data": args.teacher_data}
+        else:
+            world = Path(args.world)
+            if not (world / "world.yaml").is_file():
+                generate(WorldConfig.preset(args.size), seed=0, out=world)
+            overrides = {"world": str(world)}
+        overrides = {**overrides, **({"view": args.view} if args.view else {}),
                      **({"teacher_run": args.teacher_run} if args.teacher_run else {}),
                      **({"seed": args.seed} if args.seed is not None else {})}
         config = load_config(args.config, overrides)
@@ -84,17 +93,24 @@ def main() -> None:
 
 
 def table(result: dict) -> str:
+    """The Pareto table; `true overlap@10` (world only: the true probabilities' top-10) is `–` on real data."""
+
+    def cell(row: dict, key: str) -> str:
+        return f"{row[key]:.3f}" if key in row else "–"
+
     lines = ["| model | config | latency p50 (ms) | predicted (ms) | retrieval (ms) | AUC | GAUC | overlap@10 | "
-             "true overlap@10 | fields |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "true overlap@10 | click recall@10 | fields |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(result["rows"], key=lambda r: r["latency_p50_ms"]):
         pred = f"{r['predicted_ms']:.2f}" if r.get("predicted_ms") else "–"
         lines.append(f"| {r['model']} | {r.get('config', '')} | {r['latency_p50_ms']:.2f} | {pred} | "
                      f"{r['retrieval_ms']:.2f} | {r['auc']:.4f} | {r['gauc']:.4f} | {r['overlap@10']:.3f} | "
-                     f"{r['true_overlap@10']:.3f} | {r['n_fields']} |")
+                     f"{cell(r, 'true_overlap@10')} | {cell(r, 'click_recall@10')} | {r['n_fields']} |")
     for ref in ("teacher", "bayes", "random"):
+        if ref not in result["references"]:
+            continue
         m = result["references"][ref]
         lines.append(f"| {ref} (reference) | | | | | {m['auc']:.4f} | {m['gauc']:.4f} | {m['overlap@10']:.3f} | "
-                     f"{m['true_overlap@10']:.3f} | |")
+                     f"{cell(m, 'true_overlap@10')} | {cell(m, 'click_recall@10')} | |")
     lines.append("")
     for r in result["rows"]:
         if r["model"] == "autofas":

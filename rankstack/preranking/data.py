@@ -7,8 +7,10 @@ request; `candidate`: once per candidate) and its fetch cost in ms from `schema.
 
 `PrerankSplit` holds one split as tensors shaped `[R, N_c]` (requests × candidates; `[R, N_c, L]` for
 multi-valued fields): every field's ids or values, `shown`, `click`, the frozen teacher's logits and, on the
-synthetic world, the true click probability. The view is small enough on this machine to sit in memory
-(`small` world: 2 K requests × 200 candidates × ~45 fields), which makes request-level batching trivial.
+synthetic world, the true click probability. On real data (a CTR conversion with sampled negatives, e.g.
+Foursquare NYC, autofas.md §8) every candidate carries a label, so `shown` is 1 everywhere. The view is small
+enough on this machine to sit in memory (`small` world: 2 K requests × 200 candidates × ~45 fields), which makes
+request-level batching trivial.
 """
 
 from __future__ import annotations
@@ -101,7 +103,9 @@ class PrerankSplit:
 
 
 def load_split(dataset: Dataset, split: str, fields: list[PrerankField]) -> PrerankSplit:
-    """Read `split` of a pre-ranking view (each request's candidates contiguous, the same count per request)."""
+    """Read `split` of a pre-ranking view (each request's candidates contiguous, the same count per request).
+
+    A view without a `shown` column has a label on every candidate (`shown` = 1 everywhere)."""
     file = dataset.split_file(split)
     rid = pq.read_table(file, columns=["request_id"]).column("request_id").to_numpy()
     starts = np.flatnonzero(np.r_[True, rid[1:] != rid[:-1]])
@@ -110,7 +114,9 @@ def load_split(dataset: Dataset, split: str, fields: list[PrerankField]) -> Prer
         raise DataError(f"{file}: requests have {sizes.min()}..{sizes.max()} candidates; the pre-ranking view needs "
                         "the same number per request, contiguous (write it with `build_preranking_view`).")
     n_cand = int(sizes[0])
-    wanted = {f.key for f in fields} | {"shown", "click"}
+    # A real CTR conversion (e.g. Foursquare: the real check-in plus sampled negatives) labels every candidate.
+    labelled_all = "shown" not in dataset.schema.names
+    wanted = {f.key for f in fields} | {"click"} | (set() if labelled_all else {"shown"})
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in wanted}
     for batch in BatchLoader(dataset, split, batch_size=n_cand * 256, shuffle=False):
         for key in wanted:
@@ -119,6 +125,8 @@ def load_split(dataset: Dataset, split: str, fields: list[PrerankField]) -> Prer
     for key, values in parts.items():
         flat = torch.cat(values)
         tensors[key] = flat.reshape(len(starts), n_cand, *flat.shape[1:])
+    if labelled_all:
+        tensors["shown"] = torch.ones_like(tensors["click"])
     truth = dataset.truth_path(split)
     if truth is not None:
         p = pq.read_table(truth, columns=["p_click"]).column("p_click").to_numpy()

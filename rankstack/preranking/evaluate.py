@@ -4,6 +4,10 @@ all candidates, click recall@K, and on the synthetic world the same figures for 
 `Overlap@K` (= recall of the teacher's top-K) per request is `|TopK_S ∩ TopK_T| / K`, averaged over requests;
 random scoring gives `K / N_c` in expectation and the teacher 1. `true_overlap@K` compares with the top-K of the
 true click probabilities (the world's answer key, never a training signal).
+
+Top-K sets break tied scores at random (a fixed seed), not by candidate position: a view's order can carry the
+label (the world's displayed candidates come first; a Foursquare request's real check-in is its first row), and a
+student with few candidate-level fields scores many candidates alike.
 """
 
 from __future__ import annotations
@@ -17,10 +21,16 @@ from rankstack.preranking.data import PrerankSplit
 KS = (10, 20)
 
 
+def top_k(scores: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
+    """`[R, k]` candidate indices of each request's k highest scores, ties broken at random (fixed `seed`)."""
+    shuffle = torch.argsort(torch.rand(scores.shape, generator=torch.Generator().manual_seed(seed)), dim=1)
+    return shuffle.gather(1, torch.topk(scores.gather(1, shuffle), k, dim=1).indices)
+
+
 def overlap_at_k(scores: torch.Tensor, reference: torch.Tensor, k: int) -> float:
     """Mean over requests of |top-k(scores) ∩ top-k(reference)| / k; both `[R, N_c]`."""
-    top_s = torch.topk(scores, k, dim=1).indices
-    top_r = torch.topk(reference, k, dim=1).indices
+    top_s = top_k(scores, k)
+    top_r = top_k(reference, k)
     hits = (top_s.unsqueeze(2) == top_r.unsqueeze(1)).any(2).float().sum(1)
     return float((hits / k).mean())
 
@@ -28,7 +38,7 @@ def overlap_at_k(scores: torch.Tensor, reference: torch.Tensor, k: int) -> float
 def click_recall_at_k(scores: torch.Tensor, split: PrerankSplit, k: int) -> float:
     """Share of all clicks whose candidate is in the scorer's top-k of its request."""
     click = split.tensors["click"] * split.tensors["shown"]
-    top = torch.zeros_like(click).scatter_(1, torch.topk(scores, k, dim=1).indices, 1.0)
+    top = torch.zeros_like(click).scatter_(1, top_k(scores, k), 1.0)
     total = float(click.sum())
     return float((click * top).sum()) / total if total else float("nan")
 

@@ -1,8 +1,9 @@
 """`rankstack train preranking` and `rankstack bench preranking` (autofas.md §4, §6, §7, §13).
 
-`prepare` builds (or opens) the pre-ranking view of a world, trains (or loads) the ranking teacher on the
-world's displayed impressions over the view's fields, precomputes the teacher's logits on every candidate,
-and loads this device's latency table. `train_autofas` searches under one budget, derives the student,
+`prepare` builds (or opens) the pre-ranking view of a world, or opens a converted real one (`data:`, e.g.
+Foursquare NYC, §8), trains (or loads) the ranking teacher on the world's displayed impressions (or on
+`teacher_data:`) over the view's fields, precomputes the teacher's logits on every candidate, and loads this
+device's latency table. `train_autofas` searches under one budget, derives the student,
 retrains it with distillation, measures its latency per request and, if the measured latency exceeds
 1.1 × the budget, drops the next field by π/ĉ and retrains (at most `calibration_rounds` times; §4.6 re-searches
 with a doubled λ instead, which costs a search per round). `bench_preranking` adds every baseline and the
@@ -71,10 +72,15 @@ class LatencyConfig:
 
 @dataclass
 class PrerankRunConfig:
-    """A pre-ranking run on a synthetic world.
+    """A pre-ranking run on a synthetic world or on a converted real dataset (exactly one of `world`, `data`).
 
     world: world folder (`rankstack world generate`). view: the pre-ranking view folder, built there if missing
         (default `<out>/view`). n_cand, requests: candidates per request and requests per split of the view.
+    data: instead of a world, a real pre-ranking view: a CTR conversion with `n_cand` candidates per request
+        and fetch costs in its schema (Foursquare NYC: `--option negatives=199 sample_requests=...`, see
+        configs/preranking/autofas_nyc.yaml). No true probabilities and no field kinds: no Bayes reference.
+    teacher_data: with `data`, the dataset the teacher trains on (the ordinary CTR conversion of the same source);
+        the view is read with its vocabularies, so ids and numeric buckets match the teacher's.
     teacher_config: ranking run config of the teacher (`data` and `features` are filled in); teacher_run: a
         finished teacher run folder to reuse instead (default `<out>/teacher`, trained if missing); teacher_epochs:
         overrides the teacher config's epochs when > 0.
@@ -83,7 +89,9 @@ class PrerankRunConfig:
     budget_factors: the sweep of `bench preranking`, as multiples of T_ref = 0.5 × COLD-all latency (§4).
     """
 
-    world: str
+    world: str = ""
+    data: str = ""
+    teacher_data: str = ""
     view: str = ""
     n_cand: int = 200
     requests: dict[str, int] = field(default_factory=lambda: {"train": 1000, "valid": 200, "test": 300})
@@ -128,18 +136,21 @@ class Prepared:
 
 
 def prepare(config: PrerankRunConfig, out: Path, log=print) -> Prepared:
-    from rankstack.world.preranking import build_preranking_view
-
-    world = Path(config.world)
-    view = Path(config.view) if config.view else out / "view"
-    if not (view / "schema.yaml").is_file():
-        start = time.perf_counter()
-        build_preranking_view(world, view, config.n_cand, config.requests, config.seed)
-        log(f"pre-ranking view → {view} ({time.perf_counter() - start:.1f} s)")
-    dataset = Dataset.open(view)
+    view, teacher_data = _view(config, out, log)
+    # The view is read with the teacher dataset's vocabularies, so ids and numeric buckets are the teacher's.
+    dataset = dataclasses.replace(Dataset.open(view), vocab=Dataset.open(teacher_data).vocab)
     fields = prerank_fields(dataset.schema, config.exclude_fields)
-    layout = FieldLayout.from_dataset(Dataset.open(view, columns=[f.name for f in fields]), ["click"])
+    if not any(f.cost_ms > 0 for f in fields):
+        raise ConfigError(f"{view / 'schema.yaml'} gives no pre-ranking field a fetch `cost_ms`; the latency budget "
+                          "needs them (autofas.md §8): set `cost_ms` per column (request-level per request, others "
+                          "per candidate).")
+    layout = FieldLayout.from_dataset(
+        dataclasses.replace(dataset, schema=dataset.schema.select([f.name for f in fields])), ["click"])
     splits = {s: load_split(dataset, s, fields) for s in ("train", "valid", "test")}
+    if config.data and splits["train"].n_cand != config.n_cand:
+        raise ConfigError(f"{view} has {splits['train'].n_cand} candidates per request, the config asks for "
+                          f"n_cand {config.n_cand}; convert with `--option negatives={config.n_cand - 1}` or set "
+                          f"n_cand: {splits['train'].n_cand}.")
 
     teacher_dir = Path(config.teacher_run) if config.teacher_run else out / "teacher"
     if not best_weights_path(teacher_dir).exists():
@@ -147,7 +158,7 @@ def prepare(config: PrerankRunConfig, out: Path, log=print) -> Prepared:
 
         path = REPO / config.teacher_config if not Path(config.teacher_config).is_file() else Path(
             config.teacher_config)
-        overrides: dict[str, Any] = {"data": str(world / "ranking"), "features": [f.name for f in fields],
+        overrides: dict[str, Any] = {"data": str(teacher_data), "features": [f.name for f in fields],
                                      "tasks": ["click"]}
         if config.teacher_epochs > 0:
             overrides["trainer.epochs"] = config.teacher_epochs
@@ -166,6 +177,32 @@ def prepare(config: PrerankRunConfig, out: Path, log=print) -> Prepared:
     info = {"run": str(teacher_dir), "model": type(teacher).__name__,
             "valid": references(splits["valid"]), "test": references(splits["test"])}
     return Prepared(config, view, layout, fields, splits, table, info)
+
+
+def _view(config: PrerankRunConfig, out: Path, log=print) -> tuple[Path, Path]:
+    """(the pre-ranking view, the dataset the teacher trains on): a world's view, built if missing, and its
+    `ranking/` dataset; or `data` and `teacher_data` as given."""
+    if bool(config.world) == bool(config.data):
+        raise ConfigError("set exactly one of `world:` (a synthetic world folder, `rankstack world generate`) and "
+                          "`data:` (a converted real pre-ranking view, e.g. Foursquare NYC with negatives=199; see "
+                          f"configs/preranking/autofas_nyc.yaml); got world={config.world!r}, data={config.data!r}.")
+    if config.world:
+        if config.teacher_data:
+            raise ConfigError("`teacher_data:` goes with `data:`; on a world the teacher trains on <world>/ranking.")
+        from rankstack.world.preranking import build_preranking_view
+
+        view = Path(config.view) if config.view else out / "view"
+        if not (view / "schema.yaml").is_file():
+            start = time.perf_counter()
+            build_preranking_view(config.world, view, config.n_cand, config.requests, config.seed)
+            log(f"pre-ranking view → {view} ({time.perf_counter() - start:.1f} s)")
+        return view, Path(config.world) / "ranking"
+    if config.view:
+        raise ConfigError("`view:` is where a world's view is built; with `data:` the view is `data` itself.")
+    if not config.teacher_data:
+        raise ConfigError("`data:` needs `teacher_data:`, the dataset the teacher trains on and whose vocabularies "
+                          "encode the view (the ordinary CTR conversion of the same source).")
+    return Path(config.data), Path(config.teacher_data)
 
 
 # ---- training and scoring any model ----------------------------------------------------------------------------
@@ -294,26 +331,29 @@ def _drop(prep: Prepared, spec: StudentSpec, name: str) -> None:
 
 
 def selection_report(prep: Prepared, spec: StudentSpec, out: Path) -> dict[str, Any]:
-    """Kept and dropped fields with their kind (world truth), level, cost, π and held-out benefit z (when tested);
-    precision/recall vs planted."""
+    """Kept and dropped fields with their kind (world truth; `unknown` on real data), level, cost, π and held-out
+    benefit z (when `derive_test_z` tested them); on a world, the noise kept and the informative fields recalled."""
     kinds = _field_kinds(prep)
     rows = []
     for f in prep.fields:
         rows.append({"field": f.name, "kept": f.name in spec.fields, "level": f.level, "role": f.role,
                      "cost_ms_per_request": round(f.request_cost_ms(prep.n_cand) * prep.config.latency.cost_scale, 5),
                      "pi": spec.keep_prob.get(f.name), "benefit_z": spec.benefit_z.get(f.name),
-                     "kind": kinds.get(f.name, "")})
+                     "kind": kinds.get(f.name, "unknown" if not kinds else "")})
     kept = [r for r in rows if r["kept"]]
     noise = [r for r in rows if r["kind"] == "noise"]
     informative = [r for r in rows if r["kind"] == "informative"]
     report = {
         "fields": rows, "widths": spec.widths, "predicted_ms": spec.predicted_ms, "trimmed": spec.trimmed, "added": spec.added,
         "failed_test": spec.failed_test,
-        "noise_kept": [r["field"] for r in noise if r["kept"]],
-        "informative_dropped": [r["field"] for r in informative if not r["kept"]],
-        "noise_share_of_kept": len([r for r in kept if r["kind"] == "noise"]) / max(len(kept), 1),
-        "informative_recall": len([r for r in informative if r["kept"]]) / max(len(informative), 1),
     }
+    if kinds:  # the world's truth; real data has none
+        report.update({
+            "noise_kept": [r["field"] for r in noise if r["kept"]],
+            "informative_dropped": [r["field"] for r in informative if not r["kept"]],
+            "noise_share_of_kept": len([r for r in kept if r["kind"] == "noise"]) / max(len(kept), 1),
+            "informative_recall": len([r for r in informative if r["kept"]]) / max(len(informative), 1),
+        })
     save_json(report, out / "selection.json")
     return report
 

@@ -151,7 +151,8 @@ def _local_time(minutes: np.ndarray, time_origin: str) -> tuple[np.ndarray, np.n
 
 def convert_foursquare(input: Path, out: Path, task: str, city: str, min_checkins: int, history_len: int,
                        negatives: int, pool_size: int, seq_len: int, realtime_len: int, grid_m: float,
-                       trajectory_gap_h: float, time_origin: str, max_users: int, seed: int) -> Path:
+                       trajectory_gap_h: float, time_origin: str, max_users: int, sample_requests: dict[str, str],
+                       seed: int) -> Path:
     """Convert STAN check-in arrays into next-POI samples (`task=next_poi`) or CTR requests (`task=ctr`).
 
     Options:
@@ -161,7 +162,11 @@ def convert_foursquare(input: Path, out: Path, task: str, city: str, min_checkin
         grid_m: grid cell side in metres (default 500).
         time_origin: local date-time of minute 0 (default 2012-04-03T14:00, see the module docstring).
         max_users: keep only the N lowest user ids after filtering (0 = all), for quick runs.
-        seed: seed of the negative sampler (ctr).
+        sample_requests: ctr only, requests kept per split, e.g. `train:1000,valid:200,test:400` (a split not
+            named keeps all). The sample is drawn after every feature is computed over the whole log, so a
+            sampled request's rows equal those of the full conversion (up to its negatives): the pre-ranking view
+            of autofas.md §8 (`negatives=199`) is a sample of the ordinary conversion.
+        seed: seed of the negative sampler and of `sample_requests` (ctr).
 
     `task=next_poi` (geogr.md §2): each user's stream is cut into trajectories at gaps over `trajectory_gap_h`
     hours (default 24). Train targets: every train check-in that is not the first of its trajectory; valid/test
@@ -193,6 +198,14 @@ def convert_foursquare(input: Path, out: Path, task: str, city: str, min_checkin
     if seq_len <= realtime_len:
         raise RankstackError(f"converter `{NAME}`: `seq_len` ({seq_len}) must exceed `realtime_len` "
                              f"({realtime_len}).")
+    sample = {}
+    for name, value in sample_requests.items():
+        if name not in SPLITS or not value.isdigit() or int(value) < 1:
+            raise RankstackError(f"converter `{NAME}`: option `sample_requests` takes split:count pairs with splits "
+                                 f"among {', '.join(SPLITS)} and positive counts, got {name}:{value}.")
+        sample[name] = int(value)
+    if sample and task != "ctr":
+        raise RankstackError(f"converter `{NAME}`: option `sample_requests` applies to task=ctr only.")
     if pool_size < negatives:
         raise RankstackError(f"converter `{NAME}`: `pool_size` ({pool_size}) must be at least `negatives` "
                              f"({negatives}).")
@@ -275,8 +288,11 @@ def convert_foursquare(input: Path, out: Path, task: str, city: str, min_checkin
     rng = np.random.default_rng(seed)
     lookups = {"poi_id": np.arange(len(cell_of)), "grid_cell": cell_of}
     with DatasetWriter(out, _ctr_schema(seq_len, realtime_len)) as writer:
-        for name in SPLITS:
+        for index, name in enumerate(SPLITS):
             targets = np.flatnonzero(eligible & (split == name))
+            if name in sample and sample[name] < len(targets):
+                pick = np.random.default_rng([seed, index]).choice(len(targets), sample[name], replace=False)
+                targets = targets[np.sort(pick)]
             for begin in range(0, len(targets), _CHUNK_TARGETS):
                 t = targets[begin:begin + _CHUNK_TARGETS]
                 prev_poi = log.item[prev[t]]
@@ -399,6 +415,8 @@ CONVERTER = Converter(
         Option("grid_m", 500.0, "grid cell side in metres"),
         Option("time_origin", "2012-04-03T14:00", "local date-time of minute 0 of the arrays"),
         Option("max_users", 0, "keep only the N lowest user ids after filtering (0 = all)"),
+        Option("sample_requests", "", "ctr: requests kept per split, e.g. train:1000,valid:200,test:400 (default all)",
+               kind="map"),
         Option("seed", 0, "seed of the negative sampler"),
     ),
     run=convert_foursquare,
