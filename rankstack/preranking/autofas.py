@@ -65,8 +65,8 @@ class AutoFASConfig:
     derive_fill: after §4.4's trimming, add dropped fields back in descending π/ĉ while the predicted latency
         stays within the budget (our addition: the search can leave much of the budget unused).
     derive_test_z: when > 0, derivation keeps (and `derive_fill` re-admits) only fields whose held-out benefit is
-        significant: the search loss on the held-out requests rises when the field is permuted across rows, by at
-        least `derive_test_z` standard errors over held-out batches (our addition; see `AutoFASSearch.field_test`).
+        significant: the search loss on the held-out requests rises when the field is permuted across requests, by
+        at least `derive_test_z` standard errors over requests (our addition; see `AutoFASSearch.field_test`).
         0 (default) is §4.4 as written.
     """
 
@@ -403,21 +403,20 @@ class AutoFASSearch:
         return held
 
     @torch.no_grad()
-    def field_test(self, held: PrerankSplit, mask: torch.Tensor, repeats: int = 2
-                   ) -> dict[str, tuple[float, float]]:
-        """Held-out benefit of each field of `mask` (0/1), as (mean rise, z): per held-out request, the search loss with
-        the field's values permuted across a batch of held-out requests (request fields across requests,
-        candidate fields across all candidate rows) minus its loss with every field of `mask` as is, averaged
-        over `repeats` permutations; the mean rise over requests, and z = mean / standard error. A field the supernet ignores, or
-        whose use does not carry over to requests it was not trained on, scores near 0; one it needs scores high.
+    def field_test(self, held: PrerankSplit, repeats: int = 2) -> dict[str, tuple[float, float]]:
+        """Held-out benefit of every field, as (mean rise, z). Per held-out request: the search loss with the
+        field's values permuted across a batch of held-out requests (request fields across requests, candidate
+        fields across all candidate rows), averaged over `repeats` permutations, minus the loss with every field as
+        is. Mean over requests, and z = mean / standard error. A field the supernet ignores, or whose use does not
+        carry over to requests it was not trained on, scores near 0; a field it needs scores high.
 
         Permutation rather than §3.2's zeros: the supernet was trained with its gates mostly open, so zeros are
         an input it has rarely seen and every field would look needed (docs/preranking.md)."""
         c = self.config
+        mask = torch.ones(len(self.fields))
         ops = [torch.softmax(a, -1) for a in self.net.alpha]
         generator = torch.Generator().manual_seed(self.seed)
-        tested = [f for f, m in zip(self.fields, mask) if m > 0]
-        rises: dict[str, list[float]] = {f.name: [] for f in tested}
+        rises: dict[str, list[float]] = {f.name: [] for f in self.fields}
 
         def per_request(batch: dict[str, torch.Tensor]) -> torch.Tensor:
             rows = batch["shown"].shape[0]
@@ -426,7 +425,7 @@ class AutoFASSearch:
 
         for batch in held.batches(c.batch_requests):
             base = per_request(batch)
-            for f in tested:
+            for f in self.fields:
                 rise = torch.zeros_like(base)
                 for _ in range(repeats):
                     values = batch[f.key]
@@ -462,8 +461,8 @@ class AutoFASSearch:
         tested: dict[str, tuple[float, float]] = {}
         failed: set[str] = set()
         if held is not None and c.derive_test_z > 0 and c.search_features:
-            # Every field is tested with all others open, so that the fill below can rely on the same test.
-            tested = self.field_test(held, torch.ones(len(self.fields)))
+            # Every field is tested with all others as they are, so that the fill below can rely on the same test.
+            tested = self.field_test(held)
             failed = {name for name, (_, z) in tested.items() if z < c.derive_test_z}
             kept = [f for f in kept if f.name not in failed]
             value = {name: max(rise, 0.0) for name, (rise, _) in tested.items()}
@@ -480,7 +479,7 @@ class AutoFASSearch:
         added = []
         if c.derive_fill and c.search_features:
             # The gates can overshoot below the budget (the hinge pushes, then nothing pulls back), so dropped
-            # fields return in descending π/ĉ while the predicted latency stays within the budget.
+            # fields return in descending value per cost while the predicted latency stays within the budget.
             for f in sorted((f for f in self.fields if f not in kept and f.name not in failed),
                             key=lambda f: -ratio[f.name]):
                 trial = self._predict([*kept, f], widths)
