@@ -333,7 +333,8 @@ def _drop(prep: Prepared, spec: StudentSpec, name: str) -> None:
 def selection_report(prep: Prepared, spec: StudentSpec, out: Path) -> dict[str, Any]:
     """Kept and dropped fields with their kind (world truth; `unknown` on real data), level, cost, π and held-out
     benefit z (when `derive_test_z` tested them); on a world, the noise kept and the informative fields recalled."""
-    kinds = _field_kinds(prep)
+    truth = _world_fields(prep)
+    kinds = _field_kinds(truth)
     rows = []
     for f in prep.fields:
         rows.append({"field": f.name, "kept": f.name in spec.fields, "level": f.level, "role": f.role,
@@ -353,16 +354,19 @@ def selection_report(prep: Prepared, spec: StudentSpec, out: Path) -> dict[str, 
             "informative_dropped": [r["field"] for r in informative if not r["kept"]],
             "noise_share_of_kept": len([r for r in kept if r["kind"] == "noise"]) / max(len(kept), 1),
             "informative_recall": len([r for r in informative if r["kept"]]) / max(len(informative), 1),
+            "costly_informative_kept": [n for n in truth.get("costly_informative", []) if n in spec.fields],
         })
     save_json(report, out / "selection.json")
     return report
 
 
-def _field_kinds(prep: Prepared) -> dict[str, str]:
+def _world_fields(prep: Prepared) -> dict[str, Any]:
+    """The world's answer key for the view's fields (`truth/fields.json`), or {} on real data."""
     path = prep.view / "truth" / "fields.json"
-    if not path.is_file():
-        return {}
-    data = json.loads(path.read_text())
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _field_kinds(data: dict[str, Any]) -> dict[str, str]:
     kinds = {n: k for k in ("informative", "weak", "noise") for n in data.get(k, [])}
     kinds.update({n: f"duplicate:{of}" for n, of in data.get("duplicates", {}).items()})
     kinds.update({n: f"proxy:{p['of']}" for n, p in data.get("proxies", {}).items()})
