@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 
@@ -172,3 +173,27 @@ def test_search_steps_move_gates_towards_the_budget():
     after = search.net.gate.keep_prob().detach()
     assert after[0] < before[0] - 0.2  # `hour`, the costliest field
     assert spec.predicted_ms["total"] <= 0.05 or len(spec.fields) == 1
+
+
+def test_field_test_keeps_what_the_teacher_needs_and_drops_what_the_net_cannot_see():
+    """`derive_test_z`: the teacher here depends on `ctr` alone, and `tags` reaches the supernet as zeros (its
+    embedding table is zero and frozen). The held-out permutation test finds `ctr` needed and `tags` worth exactly
+    nothing, so derivation drops `tags` and `derive_fill` does not bring it back under a loose budget."""
+    from rankstack.preranking.data import PrerankSplit
+
+    torch.manual_seed(0)
+    batch = toy_batch(requests=48, seed=2)
+    batch["teacher"] = (batch["ctr__bucket"].float() - 10.0) / 2.0
+    split = PrerankSplit(batch, request_ids=np.arange(48), fields=toy_fields())
+    config = AutoFASConfig(n_layers=1, widths=[16], embedding_dim=4, search_steps=150, batch_requests=8,
+                           lr_weights=1e-2, lr_embedding=0.1, heldout_frac=0.5, derive_test_z=2.0)
+    search = _search(config, budget=100.0)
+    tags = search.net.inputs.embedder.tables["tag"].weight
+    with torch.no_grad():
+        tags.zero_()
+    tags.requires_grad_(False)
+    spec = search.run(split)
+    assert spec.benefit_z["tags"] == 0.0 and "tags" in spec.failed_test
+    assert "tags" not in spec.fields and "tags" not in spec.added
+    assert spec.benefit_z["ctr"] >= 2.0 and "ctr" in spec.fields
+    assert spec.benefit["ctr"] > max(spec.benefit[name] for name in ("hour", "age", "tags"))
