@@ -220,6 +220,9 @@ class Supernet(nn.Module):
         return self.head(h).squeeze(-1)
 
 
+TARGETS = ("shown", "click", "teacher")  # what the search loss reads from a batch besides the fields
+
+
 @dataclass
 class StudentSpec:
     """What the search selected: kept fields and hidden widths, with the predicted latency (ms)."""
@@ -290,8 +293,11 @@ class AutoFASSearch:
 
     def _losses(self, batch: dict[str, torch.Tensor], mask: torch.Tensor, ops: list[torch.Tensor]
                 ) -> tuple[torch.Tensor, dict[str, float]]:
+        return self._objective(self.net.logits(batch, mask, ops), batch)
+
+    def _objective(self, z: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """The search loss of the logits `z` `[R, N_c]` of `batch`: μ·BCE on shown rows + γ·KD (+ listwise KD)."""
         c = self.config
-        z = self.net.logits(batch, mask, ops)
         ls = bce_on_shown(z, batch)
         total = c.bce_weight * ls
         logs = {"L_S": float(ls.detach())}
@@ -419,9 +425,10 @@ class AutoFASSearch:
         rises: dict[str, list[float]] = {f.name: [] for f in self.fields}
 
         def per_request(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-            rows = batch["shown"].shape[0]
-            return torch.stack([self._losses({k: v[r:r + 1] for k, v in batch.items()}, mask, ops)[0]
-                                for r in range(rows)])
+            # One forward for the batch (rows are independent), then the loss of each request on its own.
+            z = self.net.logits(batch, mask, ops)
+            return torch.stack([self._objective(z[r:r + 1], {k: batch[k][r:r + 1] for k in TARGETS})[0]
+                                for r in range(z.shape[0])])
 
         for batch in held.batches(c.batch_requests):
             base = per_request(batch)
