@@ -101,3 +101,18 @@ def test_shards_are_disjoint_and_equal_length(toy):
     assert len(shards[0]) == len(shards[1])
     ids = [set(torch.cat([b["request_id"] * 10_000 + b["poi_id"] for b in s]).tolist()) for s in shards]
     assert not ids[0] & ids[1]
+
+
+def test_bucketize_keeps_a_point_mass_apart_from_larger_values():
+    """A zero-inflated count's quantile boundaries collapse onto 0; zero and positive counts must still differ,
+    and each boundary value belongs to the bucket below it."""
+    import numpy as np
+
+    from rankstack.data.vocab import NUM_RESERVED_IDS, Vocabulary
+
+    vocab = Vocabulary({}, {"visits": np.array([0.0]), "gap": np.array([0.0, 2.0])}, {})
+    assert vocab.bucketize("visits", np.array([0.0, 1.0, 7.0])).tolist() == [NUM_RESERVED_IDS, NUM_RESERVED_IDS + 1,
+                                                                             NUM_RESERVED_IDS + 1]
+    assert vocab.bucketize("gap", np.array([-1.0, 0.0, 1.0, 2.0, 3.0])).tolist() == [
+        NUM_RESERVED_IDS, NUM_RESERVED_IDS, NUM_RESERVED_IDS + 1, NUM_RESERVED_IDS + 1, NUM_RESERVED_IDS + 2]
+    assert vocab.bucket_count("gap") == NUM_RESERVED_IDS + 3
