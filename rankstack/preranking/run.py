@@ -3,10 +3,10 @@
 `prepare` builds (or opens) the pre-ranking view of a world, or opens a converted real one (`data:`, e.g.
 Foursquare NYC, §8), trains (or loads) the ranking teacher on the world's displayed impressions (or on
 `teacher_data:`) over the view's fields, precomputes the teacher's logits on every candidate, and loads this
-device's latency table. `train_autofas` searches under one budget, derives the student,
-retrains it with distillation, measures its latency per request and, if the measured latency exceeds
-1.1 × the budget, drops the next field by π/ĉ and retrains (at most `calibration_rounds` times; §4.6 re-searches
-with a doubled λ instead, which costs a search per round). `bench_preranking` adds every baseline and the
+device's latency table. `train_autofas` searches under one budget, derives the student, measures it untrained
+and drops fields (lowest value per cost first, `autofas.next_to_drop`) until it fits the budget, retrains it with
+distillation and measures it again; if it then exceeds 1.1 × the budget, it drops the next field and retrains (at
+most `calibration_rounds` times; §4.6 re-searches with a doubled λ instead, which costs a search per round). `bench_preranking` adds every baseline and the
 budget sweep and writes `pareto.csv`, `results.json` and the Pareto plots.
 
 Latency per request (`N_c` candidates) = simulated retrieval of the kept fields (schema costs × `cost_scale`)
