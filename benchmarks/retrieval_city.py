@@ -1,4 +1,6 @@
-"""GeoGR against its baselines and ablations on the synthetic city (geogr.md §10.2, §10.4), one seed.
+"""GeoGR against its baselines and ablations on a next-POI dataset (geogr.md §10.2, §10.4), one seed: the synthetic
+city (the default config) or Foursquare NYC (`--config configs/retrieval/nyc_cpu.yaml`, `--data` from `rankstack
+data convert --format foursquare-nyc`; the oracle row exists only on the city).
 
 Runs `train_retrieval` for each variant into `<out>/<variant>` (finished stages are reused, so a rerun only
 evaluates what is missing), then prints the test table beside popularity, geo-nearest popular and the oracle, and
@@ -11,6 +13,8 @@ appends one JSON row per variant to `benchmarks/results/retrieval_city.jsonl`. V
     em           lm.em.rounds = 2 (EM refinement, then CPT + SFT again on the best round's SIDs)
 
     python benchmarks/retrieval_city.py --data runs/world-tiny/next_poi --out runs/bench-city-tiny
+    python benchmarks/retrieval_city.py --config configs/retrieval/nyc_cpu.yaml --data data/nyc-next-poi \
+        --out runs/bench-nyc --variants geogr tiger --results benchmarks/results/retrieval_nyc.jsonl
 """
 
 from __future__ import annotations
@@ -62,16 +66,17 @@ def main() -> None:
                   if (run / name / "stage.json").is_file()}
         served = metrics.get("served", {"model": "sft", "sids": "sids"})  # runs evaluated before it was recorded
         diagnostics = SemanticIds.load(run / served["sids"]).meta.get("diagnostics", {})
-        row = {"benchmark": "retrieval_city", "variant": variant, "overrides": VARIANTS[variant], "run": str(run),
+        row = {"benchmark": "retrieval_city", "data": args.data, "config": args.config, "variant": variant,
+               "overrides": VARIANTS[variant], "run": str(run),
                "test": metrics["geogr"]["test"], "valid": metrics["geogr"]["valid"], "served": served,
-               "within_code_km": diagnostics.get("within_code_km"),
+               "within_code_km": diagnostics.get("within_code_km"), "uniqueness": diagnostics.get("uniqueness"),
                "complementary_share_l1": diagnostics.get("complementary_share_l1"),
                "stage_wall_time_s": stages, "this_call_s": time.perf_counter() - start, "command": command,
                "date": time.strftime("%Y-%m-%d"), "git": git,
                "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared)"}
         rows.append(row)
         baselines = {name: metrics[name]["test"] if "test" in metrics[name] else metrics[name]
-                     for name in ("popularity", "geo_nearest_popular", "oracle") if name in metrics}
+                     for name in ("popularity", "geo_nearest_popular", "sasrec", "oracle") if name in metrics}
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     with open(args.results, "a") as f:
         for row in rows:
