@@ -141,7 +141,6 @@ def test_retrieval_run_config_reads_the_lm_section():
     json.dumps(config.lm.model.__dict__)
 
 
-
 def test_lora_is_refused_for_retrieval_with_a_clear_message():
     from rankstack.errors import ConfigError
     from rankstack.retrieval.lm import build_lm

@@ -231,14 +231,19 @@ def fit(model: PrerankModel, prep: Prepared, run_dir: Path, metric: str = "overl
 def score(model: PrerankModel, prep: Prepared, name: str, fields: list[str], retrieval: float,
           predicted: float | None = None, serving: torch.nn.Module | None = None, **extra: Any) -> dict[str, Any]:
     """Test metrics and the measured latency per request of a trained model (one Pareto row)."""
-    lc = prep.config.latency
-    measured = measure_request_latency(serving or model, prep.serving_batches(), lc.repeats, lc.warmup, lc.threads)
+    measured = _inference_latency(prep, serving or model)
     report = score_report(model_scores(model, prep.splits["test"]), prep.splits["test"])
     row = {"model": name, "n_fields": len(fields), "retrieval_ms": retrieval, "infer_p50_ms": measured["p50_ms"],
            "infer_p99_ms": measured["p99_ms"], "latency_p50_ms": retrieval + measured["p50_ms"],
            "latency_p99_ms": retrieval + measured["p99_ms"], "predicted_ms": predicted,
            "params": sum(p.numel() for p in model.parameters()), **report, **extra, "fields": fields}
     return row
+
+
+def _inference_latency(prep: Prepared, model: torch.nn.Module) -> dict[str, float]:
+    """p50 / p99 inference time (ms) of `model` on one test request at a time, as the config's latency section says."""
+    lc = prep.config.latency
+    return measure_request_latency(model, prep.serving_batches(), lc.repeats, lc.warmup, lc.threads)
 
 
 def _retrieval(prep: Prepared, names: list[str]) -> float:
@@ -261,11 +266,15 @@ def retrain_loss(config: PrerankRunConfig) -> LossWeights:
     return dataclasses.replace(DISTILL, listwise=config.autofas.listwise_weight)
 
 
+def _student(prep: Prepared, names: list[str], widths: list[int], loss: LossWeights | None = None) -> MLPStudent:
+    return MLPStudent(prep.layout, _by_name(prep, names), widths, prep.config.autofas.embedding_dim,
+                      loss or retrain_loss(prep.config))
+
+
 def train_student(prep: Prepared, names: list[str], widths: list[int], run_dir: Path,
                   loss: LossWeights | None = None, metric: str = "overlap@10") -> MLPStudent:
     seed_everything(prep.config.seed)
-    model = MLPStudent(prep.layout, _by_name(prep, names), widths, prep.config.autofas.embedding_dim,
-                       loss or retrain_loss(prep.config))
+    model = _student(prep, names, widths, loss)
     fit(model, prep, run_dir, metric)
     return model
 
@@ -316,11 +325,7 @@ def train_autofas(prep: Prepared, budget_ms: float, out: Path, log=print) -> dic
 
 def _measured_ms(prep: Prepared, names: list[str], widths: list[int]) -> float:
     """Measured p50 latency per request (retrieval + inference) of an untrained student on `names` and `widths`."""
-    lc = prep.config.latency
-    model = MLPStudent(prep.layout, _by_name(prep, names), widths, prep.config.autofas.embedding_dim,
-                       retrain_loss(prep.config))
-    return _retrieval(prep, names) + measure_request_latency(model, prep.serving_batches(), lc.repeats, lc.warmup,
-                                                             lc.threads)["p50_ms"]
+    return _retrieval(prep, names) + _inference_latency(prep, _student(prep, names, widths))["p50_ms"]
 
 
 def _drop(prep: Prepared, spec: StudentSpec, name: str) -> None:
