@@ -2,6 +2,10 @@
 cores.
 
     python benchmarks/relevance_rl.py --init RUN [--seed 0] [--steps 30] [--arms grpo,srpo,agrl,srpo_agrl]
+        [--set rollout.num_generations=8 ...] [--result FILE]
+
+On a CUDA card the arms train in bf16 (`benchmarks/gpu_relevance.sh` runs them for a ~94M model, one process per
+arm and seed).
 
 Every arm starts from the same `--init` run (an SFT or DPO run of `rankstack train relevance`), draws the same pool
 (class-balanced train pairs, GRPO's difficulty filter from K = 8 samples) and spends the same number of optimizer
@@ -9,7 +13,7 @@ steps × prompts × G rollouts; AGRL's guided replay samples extra hinted rollou
 arm is evaluated before and after on the eval split by greedy decoding: macro-F1 overall and on the hard query
 types, step accuracy, rule adherence, discriminative-hallucination and format-failure rates. The SRPO arms also
 report the generative step RM's agreement with the verifier on held-out rollouts. Writes one JSON row per arm to
-`benchmarks/results/relevance_rl_seed<seed>.json` and prints the command that produced it.
+`benchmarks/results/relevance_rl_seed<seed>.json` (or `--result`) and prints the command that produced it.
 """
 
 from __future__ import annotations
@@ -46,9 +50,17 @@ def main() -> None:
     parser.add_argument("--eval-pairs", type=int, default=228)
     parser.add_argument("--arms", default=",".join(ARMS))
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench"))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="a config override for every arm (after the script's own)")
+    parser.add_argument("--result", help="the JSON to write (default benchmarks/results/relevance_rl_seed<seed>.json)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    from rankstack.config import parse_override
     from rankstack.relevance import train_relevance
+
+    cuda = torch.cuda.is_available()
 
     command = "python benchmarks/relevance_rl.py " + " ".join(sys.argv[1:])
     print(command, flush=True)
@@ -56,7 +68,8 @@ def main() -> None:
               "data.max_eval_examples": args.eval_pairs, "training.max_steps": args.steps, "training.seed": args.seed,
               "training.learning_rate": args.lr,
               "training.logging_steps": 1, "pool.refresh_steps": 0, "rollout.max_completion_length": 128,
-              "eval.max_new_tokens": 128}
+              "eval.max_new_tokens": 128, "training.bf16": cuda}
+    shared.update(parse_override(text) for text in args.set)
     rows = []
     for arm in args.arms.split(","):
         stage, config = ARMS[arm]
@@ -75,9 +88,10 @@ def main() -> None:
                      "entropy": [row.get("entropy") for row in steps], "reward": [row.get("reward") for row in steps],
                      "step_rm": metrics.get("step_rm", {}), "pool": metrics.get("pool", {})})
         print(json.dumps({k: rows[-1][k] for k in ("arm", "wall_s", "before", "after")}), flush=True)
-    result = ROOT / "benchmarks" / "results" / f"relevance_rl_seed{args.seed}.json"
-    result.write_text(json.dumps({"command": command, "machine": "2-core AMD EPYC CPU, shared with other jobs",
-                                  "rows": rows}, indent=1))
+    result = Path(args.result) if args.result else ROOT / "benchmarks" / "results" / f"relevance_rl_seed{args.seed}.json"
+    machine = torch.cuda.get_device_name(0) if cuda else f"CPU, {os.cpu_count()} cores"
+    result.parent.mkdir(parents=True, exist_ok=True)
+    result.write_text(json.dumps({"command": command, "machine": machine, "rows": rows}, indent=1))
     print(f"wrote {result}")
 
 

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# The relevance checks of one lent-device session, in one command, every process at once on one card
+# (BENCHMARKS.md "The TaoSR1 ladder at 94 M parameters" and "Relevance RL at 94 M parameters"):
+#   1. the TaoSR1 ladder of the ~94M Llama on the small city for seeds $SEEDS: one process runs the label-first
+#      chain SFT → DPO → GRPO, another the label-only and think-first SFT variants (benchmarks/relevance_cpu.py);
+#   2. once the first seed's DPO run exists, GRPO vs SRPO vs AGRL vs SRPO+AGRL from it for RL seeds $RL_SEEDS, one
+#      process per arm and seed (benchmarks/relevance_rl.py), evaluated on the whole test split.
+# A 94M model leaves most of an H100/H200 idle while it generates, so the processes share the card. Every process
+# stops at DEADLINE_S after the start of this script, whatever it finished is kept, and the results are packed into
+# at most 8 files under $OUT (the device tool returns no more).
+#
+#     OUT=runs/bench/gpu-relevance bash benchmarks/gpu_relevance.sh
+#
+# On the workplace's device machines, carry `.whl` (see benchmarks/gpu_session.sh) and start with
+#     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+# A CPU dry run of the plumbing (minutes): MODEL=tiny WORLD=tiny SFT_STEPS=4 RL_STEPS=2 EVAL_PAIRS=16 ... bash ...
+set -u
+OUT=${OUT:-runs/bench/gpu-relevance}
+WORK=${WORK:-/tmp/gpu-relevance}
+DEADLINE_S=${DEADLINE_S:-540}
+SEEDS=${SEEDS:-"1 2"}
+RL_SEEDS=${RL_SEEDS:-"0 1 2"}
+ARMS=${ARMS:-"grpo srpo agrl srpo_agrl"}
+MODEL=${MODEL:-100m}
+WORLD=${WORLD:-small}
+EVAL_PAIRS=${EVAL_PAIRS:-256}       # the ladder's bench: the first test pairs, as seed 0's row
+RL_EVAL_PAIRS=${RL_EVAL_PAIRS:-1368}  # the RL arms: the whole test split of the small city
+RL_STEPS=${RL_STEPS:-30}
+RL_LR=${RL_LR:-2e-5}
+GEN_BATCH=${GEN_BATCH:-128}
+mkdir -p "$OUT" "$WORK/rl"
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export OMP_NUM_THREADS=1
+PY=${PYTHON:-python3}
+started=$SECONDS
+left() { echo $((DEADLINE_S - (SECONDS - started))); }
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$WORK/nvidia_smi.txt" 2>&1
+git rev-parse HEAD >> "$WORK/nvidia_smi.txt" 2>&1
+nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 10 > "$WORK/gpu_util.csv" 2>&1 &
+util=$!
+# The world once, before the processes that read it start.
+$PY -c "from rankstack.world import WorldConfig, generate
+generate(WorldConfig.preset('$WORLD'), seed=0, out='$WORK/world-$WORLD-0', overwrite=True)" || exit 1
+echo "world at $((SECONDS - started)) s"
+
+ladder="--model $MODEL --world $WORLD --sft-steps ${SFT_STEPS:-700} --sft-batch-size 32 --sft-lr 3e-4 --dpo-lr 1e-5
+  --grpo-lr 3e-6 --grpo-steps 20 --grpo-refresh-steps 20 --dpo-prompts 128 --gen-batch-size $GEN_BATCH
+  --eval-pairs $EVAL_PAIRS --skip-cross-encoder --out $WORK"
+for seed in $SEEDS; do
+  timeout "$(left)" $PY benchmarks/relevance_cpu.py $ladder --seed "$seed" --variants label_first \
+    --result "$OUT/ladder_${MODEL}_${WORLD}_seed$seed.json" > "$WORK/ladder_seed$seed.log" 2>&1 &
+  timeout "$(left)" $PY benchmarks/relevance_cpu.py $ladder --seed "$seed" --chain none \
+    --variants label_only think_first --result "$OUT/variants_${MODEL}_${WORLD}_seed$seed.json" \
+    > "$WORK/variants_seed$seed.log" 2>&1 &
+done
+
+first=$(echo $SEEDS | cut -d' ' -f1)
+run="relevance-cpu-$MODEL-$WORLD-$first"
+[ "$MODEL-$WORLD" = tiny-tiny ] && run="relevance-cpu-$first"  # relevance_cpu.py's run folder
+init="$WORK/$run/dpo"
+until grep -q '"bench_dpo"' "$OUT/ladder_${MODEL}_${WORLD}_seed$first.json" 2>/dev/null; do
+  [ "$(left)" -le 0 ] && break
+  sleep 3
+done
+echo "RL start ($init) at $((SECONDS - started)) s"
+rl="--init $init --steps $RL_STEPS --train-pairs 256 --lr $RL_LR --eval-split test --eval-pairs $RL_EVAL_PAIRS
+  --set rollout.num_generations=8 --set rollout.prompts_per_step=8 --set rollout.generation_batch_size=$GEN_BATCH
+  --set eval.batch_size=$GEN_BATCH"
+rm_rl="--set srpo.step_rm.learning_rate=1e-4 --set srpo.step_rm.max_steps=60"
+if [ -d "$init" ] && [ "$(left)" -gt 0 ]; then
+  for seed in $RL_SEEDS; do
+    for arm in $ARMS; do
+      extra=""
+      case $arm in srpo*) extra=$rm_rl ;; esac
+      timeout "$(left)" $PY benchmarks/relevance_rl.py $rl $extra --seed "$seed" --arms "$arm" --out "$WORK/rl" \
+        --result "$WORK/rl/rl_${arm}_seed$seed.json" > "$WORK/rl/rl_${arm}_seed$seed.log" 2>&1 &
+    done
+  done
+fi
+for job in $(jobs -p); do [ "$job" = "$util" ] || wait "$job"; done
+kill $util 2>/dev/null
+echo "done at $((SECONDS - started)) s"
+# Pack: the RL rows and their per-step logs, every log's tail, and the GPU's name.
+for log in $(ls "$WORK"/*.log "$WORK"/rl/*.log 2>/dev/null); do tail -c 20000 "$log" > "$log.tail"; done
+tar czf "$OUT/relevance_gpu_session.tar.gz" -C "$WORK" nvidia_smi.txt gpu_util.csv $(cd "$WORK" && ls *.log.tail rl/*.json \
+  rl/*.log.tail rl/*/train_log.jsonl rl/*/metrics.json 2>/dev/null)
+ls -la "$OUT"
