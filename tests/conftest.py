@@ -39,7 +39,7 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def relevance_rl_init(tiny_world_dir: Path, tmp_path_factory) -> Path:
-    """A label-first SFT run that has memorised 8 tiny-world pairs (80 steps, rule ids only in the prompt): its
+    """A label-first SFT run that has memorised 8 tiny-world pairs (160 steps, rule ids only in the prompt): its
     samples start with a label and are sometimes well-formed, so the RL stages (SRPO, AGRL) get mixed groups."""
     from rankstack.relevance import train_relevance
 
@@ -47,6 +47,6 @@ def relevance_rl_init(tiny_world_dir: Path, tmp_path_factory) -> Path:
     config = Path(__file__).resolve().parents[1] / "configs" / "relevance" / "sft_tiny.yaml"
     train_relevance("sft", config, {
         "data.world_preset": None, "data.dataset": str(tiny_world_dir / "relevance"), "data.rule_text": False,
-        "data.max_train_examples": 8, "data.max_eval_examples": 4, "training.max_steps": 80,
+        "data.max_train_examples": 8, "data.max_eval_examples": 4, "training.max_steps": 160,
         "training.learning_rate": 1.0e-2, "training.lr_scheduler": "constant", "training.logging_steps": 30}, out)
     return out

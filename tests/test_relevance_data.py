@@ -62,6 +62,19 @@ def test_records_load_with_gold_steps(records: dict[str, list[RelevanceRecord]])
     assert all(r.gold is not None for rs in records.values() for r in rs)
 
 
+def test_a_limited_split_is_a_fixed_sample_spread_over_queries(world: Path,
+                                                               records: dict[str, list[RelevanceRecord]]) -> None:
+    train = records["train"]
+    limit = len(train) // 10
+    sample = load_split(world, "train", limit)
+    assert len(sample) == limit and sample == load_split(world, "train", limit)  # the same rows on every call
+    order = {r.pair_id: i for i, r in enumerate(train)}
+    positions = [order[r.pair_id] for r in sample]
+    assert positions == sorted(positions)  # file order kept
+    # The file is grouped by query, so its first rows hold a few queries only; the sample spans far more.
+    assert len({r.query_id for r in sample}) > 2 * len({r.query_id for r in train[:limit]})
+
+
 def test_rule_engine_reproduces_every_tier_of_the_city(records: dict[str, list[RelevanceRecord]]) -> None:
     for record in itertools.chain(*records.values()):
         gold = record.gold

@@ -58,7 +58,7 @@ class CrossEncoderConfig:
         dataset / world_preset / world_seed: the pairs, as in the SFT config (a relevance folder, or a city to
             generate under the run folder).
         encoder_path: A local BERT-like folder; None uses the MiniLM package.
-        max_train_examples: Use the first N train pairs only (None: all).
+        max_train_examples: Use N train pairs only, a fixed sample spread over the split (`load_split`; None: all).
         eval_split / test_split: Model selection split and the reported split.
         max_eval_examples: Pairs of each evaluated split (None: all).
     """

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from rankstack.data.dataset import Dataset
@@ -78,15 +79,24 @@ class RelevanceRecord:
 
 
 def load_split(dataset_dir: str | Path, split: str, limit: int | None = None) -> list[RelevanceRecord]:
-    """The records of one split (checked against the dataset's schema), in file order; the first `limit` only."""
+    """The records of one split (checked against the dataset's schema), in file order.
+
+    With `limit`, a fixed random sample of `limit` rows (the same for every run and seed), still in file order:
+    the splits are grouped by query, so the first rows would be a handful of queries (the first 128 train pairs
+    of the small city are 11 of its queries, none of them an attribute query).
+    """
     dataset = Dataset.open(dataset_dir)
     missing = {"label", "gold", "rules", "item_attrs"} - {c.name for c in dataset.schema.columns}
     if missing:
         raise DataError(f"{dataset_dir} is not a relevance dataset: column `{sorted(missing)[0]}` is missing; write it "
                         "with `relevance_schema` (rankstack/data/formats.py).")
     path = dataset.split_file(split)
-    rows = pq.read_table(path).slice(0, limit).to_pylist() if limit is not None else pq.read_table(path).to_pylist()
-    return [RelevanceRecord.from_row(row, f"{path} row {i}") for i, row in enumerate(rows)]
+    table = pq.read_table(path)
+    rows = np.arange(table.num_rows)
+    if limit is not None and limit < table.num_rows:
+        rows = np.sort(np.random.default_rng(0).choice(table.num_rows, limit, replace=False))
+        table = table.take(rows)
+    return [RelevanceRecord.from_row(row, f"{path} row {i}") for i, row in zip(rows.tolist(), table.to_pylist())]
 
 
 def load_rule_table(dataset_dir: str | Path) -> dict[str, str]:

@@ -68,9 +68,9 @@ class DataConfig:
         world_seed: The seed of that city.
         variant: `label_first` (default: label, then the five sections), `think_first` or `label_only`.
         rule_text: Write each retrieved rule's text into the prompt (False: only the rule ids).
-        max_train_examples: Use the first N train pairs only (None: all).
+        max_train_examples: Use N train pairs only, a fixed sample spread over the split (`load_split`; None: all).
         eval_split: The held-out split evaluated before and after training.
-        max_eval_examples: Pairs evaluated per split (the first N of the eval split and of train).
+        max_eval_examples: Pairs evaluated per split (a fixed sample of N of the eval split and of train).
     """
 
     dataset: str | None = None

@@ -34,7 +34,7 @@ class StageDataConfig:
 
     Args:
         dataset: A relevance dataset folder; None uses the one the init checkpoint was trained on.
-        max_train_examples: Use the first N train pairs only (None: all).
+        max_train_examples: Use N train pairs only, a fixed sample spread over the split (`load_split`; None: all).
         eval_split: The held-out split evaluated before and after the stage.
         max_eval_examples: Pairs of `eval_split` evaluated.
     """
