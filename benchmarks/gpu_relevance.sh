@@ -14,12 +14,19 @@
 # On the workplace's device machines, carry `.whl` (see benchmarks/gpu_session.sh) and start with
 #     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 # A CPU dry run of the plumbing (minutes): MODEL=tiny WORLD=tiny SFT_STEPS=4 RL_STEPS=2 EVAL_PAIRS=16 ... bash ...
+#
+# Sizing, from its first run (H200, 2026-11-26, BENCHMARKS.md): two seeds' ladders (4 processes) took 7.5 min with
+# the RL arms beside them; 16 processes at generation batch 128 ran out of the card's memory, and under 8 processes
+# an RL step took about 3 s (GRPO), 6 s (SRPO) and 6-16 s (AGRL, SRPO+AGRL), so the ladder of 3 seeds and the 12 RL
+# runs do not fit one 10-minute call together: give a session either the ladder (RL_SEEDS="") or the RL arms
+# (SEEDS=0 CHAIN=dpo VARIANTS="", fewer RL_STEPS or RL_SEEDS).
 set -u
 OUT=${OUT:-runs/bench/gpu-relevance}
 WORK=${WORK:-/tmp/gpu-relevance}
 DEADLINE_S=${DEADLINE_S:-540}
 SEEDS=${SEEDS:-"1 2"}
-RL_SEEDS=${RL_SEEDS:-"0 1 2"}
+RL_SEEDS=${RL_SEEDS-"0 1 2"}
+VARIANTS=${VARIANTS-"label_only think_first"}
 ARMS=${ARMS:-"grpo srpo agrl srpo_agrl"}
 MODEL=${MODEL:-100m}
 WORLD=${WORLD:-small}
@@ -28,9 +35,11 @@ RL_EVAL_PAIRS=${RL_EVAL_PAIRS:-1368}  # the RL arms: the whole test split of the
 RL_STEPS=${RL_STEPS:-30}
 RL_LR=${RL_LR:-2e-5}
 GEN_BATCH=${GEN_BATCH:-128}
+RL_GEN_BATCH=${RL_GEN_BATCH:-64}    # 128 took 10-20 GB per RL process: 16 processes ran out of an H200's 139 GB
+MAX_JOBS=${MAX_JOBS:-12}            # processes at once; an RL arm waits for a free slot
 mkdir -p "$OUT" "$WORK/rl"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-export OMP_NUM_THREADS=1
+export OMP_NUM_THREADS=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 PY=${PYTHON:-python3}
 started=$SECONDS
 left() { echo $((DEADLINE_S - (SECONDS - started))); }
@@ -48,10 +57,10 @@ ladder="--model $MODEL --world $WORLD --sft-steps ${SFT_STEPS:-700} --sft-batch-
   --grpo-lr 3e-6 --grpo-steps 20 --grpo-refresh-steps 20 --dpo-prompts 128 --gen-batch-size $GEN_BATCH
   --eval-pairs $EVAL_PAIRS --skip-cross-encoder --out $WORK"
 for seed in $SEEDS; do
-  timeout "$(left)" $PY benchmarks/relevance_cpu.py $ladder --seed "$seed" --variants label_first \
+  timeout "$(left)" $PY benchmarks/relevance_cpu.py $ladder --seed "$seed" --chain "${CHAIN:-full}" --variants label_first \
     --result "$OUT/ladder_${MODEL}_${WORLD}_seed$seed.json" > "$WORK/ladder_seed$seed.log" 2>&1 &
-  timeout "$(left)" $PY benchmarks/relevance_cpu.py $ladder --seed "$seed" --chain none \
-    --variants label_only think_first --result "$OUT/variants_${MODEL}_${WORLD}_seed$seed.json" \
+  [ -n "$VARIANTS" ] && timeout "$(left)" $PY benchmarks/relevance_cpu.py $ladder --seed "$seed" --chain none \
+    --variants $VARIANTS --result "$OUT/variants_${MODEL}_${WORLD}_seed$seed.json" \
     > "$WORK/variants_seed$seed.log" 2>&1 &
 done
 
@@ -65,12 +74,13 @@ until grep -q '"bench_dpo"' "$OUT/ladder_${MODEL}_${WORLD}_seed$first.json" 2>/d
 done
 echo "RL start ($init) at $((SECONDS - started)) s"
 rl="--init $init --steps $RL_STEPS --train-pairs 256 --lr $RL_LR --eval-split test --eval-pairs $RL_EVAL_PAIRS
-  --set rollout.num_generations=8 --set rollout.prompts_per_step=8 --set rollout.generation_batch_size=$GEN_BATCH
-  --set eval.batch_size=$GEN_BATCH"
+  --set rollout.num_generations=8 --set rollout.prompts_per_step=8 --set rollout.generation_batch_size=$RL_GEN_BATCH
+  --set eval.batch_size=$RL_GEN_BATCH"
 rm_rl="--set srpo.step_rm.learning_rate=1e-4 --set srpo.step_rm.max_steps=60"
 if [ -d "$init" ] && [ "$(left)" -gt 0 ]; then
   for seed in $RL_SEEDS; do
     for arm in $ARMS; do
+      while [ "$(jobs -rp | wc -l)" -gt "$MAX_JOBS" ] && [ "$(left)" -gt 0 ]; do sleep 2; done  # + the util logger
       extra=""
       case $arm in srpo*) extra=$rm_rl ;; esac
       timeout "$(left)" $PY benchmarks/relevance_rl.py $rl $extra --seed "$seed" --arms "$arm" --out "$WORK/rl" \

@@ -49,8 +49,9 @@ def main() -> None:
     parser.add_argument("--gen-batch-size", type=int, default=16,
                         help="sequences per generate() call (pass@N sampling, the GRPO pool filter, evaluation)")
     parser.add_argument("--skip-cross-encoder", action="store_true")
-    parser.add_argument("--chain", choices=["full", "sft", "none"], default="full",
-                        help="the label-first chain to run: SFT → DPO → GRPO, its SFT only, or none (variants only)")
+    parser.add_argument("--chain", choices=["full", "dpo", "sft", "none"], default="full",
+                        help="the label-first chain to run: SFT → DPO → GRPO, SFT → DPO, SFT only, or none (variants "
+                             "only)")
     parser.add_argument("--model", choices=sorted(MODELS), default="tiny")
     parser.add_argument("--world", default="tiny", help="world preset (seed 0) the pairs come from")
     parser.add_argument("--sft-lr", type=float, default=5.0e-3)
@@ -112,7 +113,7 @@ def main() -> None:
     if args.chain != "none":
         stage("sft_label_first", "sft", CONFIGS / "sft_tiny.yaml", {**sft, "data.variant": "label_first"}, chain)
         bench("sft_label_first", chain)
-    if args.chain == "full":
+    if args.chain in ("full", "dpo"):
         stage("dpo", "dpo", CONFIGS / "dpo_tiny.yaml",
               {"data.max_train_examples": args.dpo_prompts, "data.max_eval_examples": 64,
                "sampling.max_new_tokens": 160,
@@ -120,6 +121,7 @@ def main() -> None:
                "sampling.batch_size": args.gen_batch_size, "eval.batch_size": args.gen_batch_size,
                "training.bf16": cuda, "eval.max_new_tokens": 160}, out / "dpo", init=chain)
         bench("dpo", out / "dpo")
+    if args.chain == "full":
         grpo = {"data.max_train_examples": 256, "data.max_eval_examples": 64, "rollout.num_generations": 8,
                 "rollout.prompts_per_step": 8, "rollout.max_completion_length": 160,
                 "pool.refresh_steps": args.grpo_refresh_steps, "training.max_steps": args.grpo_steps,
