@@ -16,16 +16,20 @@ meant to capture off (e.g. `realtime_intent: 0`) should remove that loss. This d
         [--ablations no_fixed_queries drop_realtime_events ...] [--recipe medium] [--base-world DIR]
 
 `--base-world` reuses an existing world folder (e.g. /tmp/world-medium) instead of generating the base world.
-`--max-steps` / `--eval-max-rows` cap every run for smoke checks; such tables are not results.
+`--max-steps` / `--eval-max-rows` cap every run for smoke checks; such tables are not results. `--jobs N` generates
+the worlds and trains the runs N at a time (each in its own process: on a GPU, several runs share the card);
+`--collect-only` trains nothing and tabulates the runs that finished.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import statistics
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from rankstack.config import parse_override  # noqa: E402
 from rankstack.ranking.bench import machine_info  # noqa: E402
-from rankstack.ranking.sweep import mean_std, run_or_load  # noqa: E402
+from rankstack.ranking.sweep import mean_std, run_all  # noqa: E402
 
 # hemix.md §8 switch per ablation, and the world mechanism (§7) whose signal it should lose (None: no mechanism,
 # reported on the base world only).
@@ -51,14 +55,16 @@ ABLATIONS: dict[str, tuple[dict, str | None]] = {
 }
 
 
-def world_dir(out: Path, size: str, world_seed: int, knob: str | None, base: str | None) -> Path:
-    """The ranking dataset of the base world (`knob` None) or of the world with `knob` = 0, generated if absent."""
+def world_dir(out: Path, size: str, world_seed: int, knob: str | None, base: str | None,
+              create: bool = True) -> Path:
+    """The ranking dataset of the base world (`knob` None) or of the world with `knob` = 0, generated if absent
+    (unless `create` is false)."""
     if knob is None and base:
         return Path(base) / "ranking"
     from rankstack.world import WorldConfig, generate
 
     folder = out / "worlds" / (f"{size}-seed{world_seed}" + (f"-{knob}-off" if knob else ""))
-    if not (folder / "world.yaml").is_file():
+    if create and not (folder / "world.yaml").is_file():
         overrides = {knob: 0.0} if knob else {}
         generate(WorldConfig.preset(size, **overrides), seed=world_seed, out=folder)
         print(f"generated {folder}", flush=True)
@@ -85,6 +91,9 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int)
     parser.add_argument("--eval-max-rows", type=int)
     parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="worlds generated and runs trained at once, each in its own process")
+    parser.add_argument("--collect-only", action="store_true", help="train nothing; tabulate the finished runs")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
@@ -96,9 +105,14 @@ def main() -> None:
     plan = [("base", None, ["full", *args.ablations])]
     plan += [(f"{knob}-off", knob, ["full", *[a for a in args.ablations if ABLATIONS[a][1] == knob]])
              for knob in knobs]
-    rows = []
-    for world, knob, names in plan:
-        data = world_dir(out, args.size, args.world_seed, knob, args.base_world)
+    worlds = [(out, args.size, args.world_seed, knob, args.base_world, not args.collect_only) for _, knob, _ in plan]
+    if args.jobs > 1 and not args.collect_only:
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            datas = list(pool.map(world_dir, *zip(*worlds)))
+    else:
+        datas = [world_dir(*world) for world in worlds]
+    cells, runs = [], []
+    for (world, knob, names), data in zip(plan, datas):
         for name in names:
             switch = ABLATIONS[name][0] if name != "full" else {}
             for seed in args.seeds:
@@ -107,12 +121,18 @@ def main() -> None:
                              **({"trainer.max_steps": args.max_steps} if args.max_steps else {}),
                              **({"eval_max_rows": args.eval_max_rows} if args.eval_max_rows else {}),
                              **dict(parse_override(p) for p in args.set)}
-                results = run_or_load(config, overrides, out / "runs" / world / f"{name}-seed{seed}")
-                test = results["test"]
-                rows.append({"world": world, "knob": knob, "ablation": name, "seed": seed,
-                             "click_auc": test["click_auc"], "order_auc": test.get("order_auc"),
-                             "bayes_click_auc": test.get("bayes", {}).get("click_auc")})
-                print(f"{world} {name} seed {seed}: click AUC {test['click_auc']:.4f}", flush=True)
+                cells.append((world, knob, name, seed))
+                runs.append((config, overrides, out / "runs" / world / f"{name}-seed{seed}"))
+    rows = []
+    for (world, knob, name, seed), results in zip(cells, run_all(runs, args.jobs, args.collect_only)):
+        if results is None:
+            print(f"{world} {name} seed {seed}: no result", flush=True)
+            continue
+        test = results["test"]
+        rows.append({"world": world, "knob": knob, "ablation": name, "seed": seed,
+                     "click_auc": test["click_auc"], "order_auc": test.get("order_auc"),
+                     "bayes_click_auc": test.get("bayes", {}).get("click_auc")})
+        print(f"{world} {name} seed {seed}: click AUC {test['click_auc']:.4f}", flush=True)
 
     lines = ["| ablation | mechanism | click AUC (base) | ΔAUC base | significant drop | ΔAUC mechanism off | "
              "drop vanishes |", "|---|---|---|---|---|---|---|"]

@@ -10,7 +10,7 @@ one world dataset, one run per size, and writes:
   Bayes-optimal AUC as a line.
 
     python benchmarks/ranking_scaling.py --data /tmp/world-medium/ranking --out benchmarks/results/scaling-medium \\
-        [--sizes 64x1 128x1 128x2 256x2 256x3] [--epochs 1] [--max-steps N] [--seed 0]
+        [--sizes 64x1 128x1 128x2 256x2 256x3] [--epochs 1] [--max-steps N] [--seed 0] [--jobs N] [--collect-only]
 
 The issue's result needs the `medium` (or `large`) world; runs on `small` with few steps are smoke checks only.
 """
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from rankstack.ranking.bench import machine_info  # noqa: E402
-from rankstack.ranking.sweep import model_cost, run_or_load  # noqa: E402
+from rankstack.ranking.sweep import model_cost, run_all  # noqa: E402
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -93,6 +93,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="another override for every run")
+    parser.add_argument("--jobs", type=int, default=1, help="sizes trained at once, each in its own process")
+    parser.add_argument("--collect-only", action="store_true", help="train nothing; tabulate the finished sizes")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
@@ -102,24 +104,30 @@ def main() -> None:
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for dim, layers in map(parse_size, args.sizes):
-        overrides = {"data": args.data, "model.args.dim": dim, "model.args.n_layers": layers,
-                     "trainer.epochs": args.epochs, "trainer.seed": args.seed,
-                     "trainer.early_stopping_patience": None,
-                     **({"trainer.max_steps": args.max_steps} if args.max_steps else {}),
-                     **({"eval_max_rows": args.eval_max_rows} if args.eval_max_rows else {}),
-                     **dict(parse_override(p) for p in args.set)}
-        results = run_or_load(args.config, overrides, out / "runs" / f"d{dim}-L{layers}")
+    sizes = [parse_size(size) for size in args.sizes]
+    runs = [(args.config, {"data": args.data, "model.args.dim": dim, "model.args.n_layers": layers,
+                           "trainer.epochs": args.epochs, "trainer.seed": args.seed,
+                           "trainer.early_stopping_patience": None,
+                           **({"trainer.max_steps": args.max_steps} if args.max_steps else {}),
+                           **({"eval_max_rows": args.eval_max_rows} if args.eval_max_rows else {}),
+                           **dict(parse_override(p) for p in args.set)}, out / "runs" / f"d{dim}-L{layers}")
+            for dim, layers in sizes]
+    rows, bayes = [], None
+    for (dim, layers), (_, overrides, _), results in zip(sizes, runs, run_all(runs, args.jobs, args.collect_only)):
+        if results is None:
+            print(f"d={dim} L={layers}: no result", flush=True)
+            continue
         cost = model_cost(args.config, overrides)
+        bayes = results["test"].get("bayes", {}).get("click_auc")
         rows.append({"dim": dim, "n_layers": layers, **cost,
                      "wall_time_s": results["train"]["wall_time_s"], "steps": results["train"]["steps"],
                      **{k: v for k, v in results["test"].items() if isinstance(v, float)}})
         print(f"d={dim} L={layers}: {cost['dense_params']:,} dense params, "
               f"{cost['forward_flops_per_sample'] / 1e6:.1f} MFLOP/sample, "
               f"click AUC {rows[-1]['click_auc']:.4f}", flush=True)
+    if not rows:
+        sys.exit("no size has a result yet.")
     rows.sort(key=lambda r: r["dense_params"])
-    bayes = results["test"].get("bayes", {}).get("click_auc")
     auc = [r["click_auc"] for r in rows]
     log_params = np.log10([r["dense_params"] for r in rows])
     summary = {

@@ -11,7 +11,9 @@ item-popularity baseline and the Bayes-optimal figures of the world's true proba
         [--models hemix dlrm dcnv2 din rankmixer transformer] [--seeds 0 1 2] [--set trainer.lr_dense=3e-4]
         [--set transformer:trainer.lr_dense=1e-3]
 
-`--max-steps` and `--eval-max-rows` cap each run for smoke checks; such tables are not results.
+`--max-steps` and `--eval-max-rows` cap each run for smoke checks; such tables are not results. `--jobs N` trains
+N runs at once (each in its own process: on a GPU, several runs share the card); `--collect-only` trains nothing
+and tabulates the runs that finished.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from rankstack.config import parse_override  # noqa: E402
 from rankstack.ranking import MODELS  # noqa: E402
 from rankstack.ranking.bench import machine_info  # noqa: E402
-from rankstack.ranking.sweep import format_table, run_or_load, summarise  # noqa: E402
+from rankstack.ranking.sweep import format_table, run_all, summarise  # noqa: E402
 
 TASKS = ("click", "order")
 
@@ -59,25 +61,30 @@ def main() -> None:
     parser.add_argument("--eval-max-rows", type=int, help="cap on validation rows per evaluation")
     parser.add_argument("--set", action="append", default=[], metavar="[MODEL:]KEY.PATH=VALUE",
                         help="an override for every run, or only for MODEL's runs (transformer:model.args.dim=64)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in its own process")
+    parser.add_argument("--collect-only", action="store_true", help="train nothing; tabulate the finished runs")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     out = Path(args.out)
+    plan = [(model, seed, ROOT / "configs" / "ranking" / f"{model}_world_{args.recipe}.yaml")
+            for model in args.models for seed in args.seeds]
+    runs = [(config, {"data": args.data, "trainer.seed": seed,
+                      **({"trainer.max_steps": args.max_steps} if args.max_steps else {}),
+                      **({"eval_max_rows": args.eval_max_rows} if args.eval_max_rows else {}),
+                      **model_overrides(args.set, model)}, out / "runs" / f"{model}-seed{seed}")
+            for model, seed, config in plan]
     rows = []
-    for model in args.models:
-        config = ROOT / "configs" / "ranking" / f"{model}_world_{args.recipe}.yaml"
-        for seed in args.seeds:
-            overrides = {"data": args.data, "trainer.seed": seed,
-                         **({"trainer.max_steps": args.max_steps} if args.max_steps else {}),
-                         **({"eval_max_rows": args.eval_max_rows} if args.eval_max_rows else {}),
-                         **model_overrides(args.set, model)}
-            results = run_or_load(config, overrides, out / "runs" / f"{model}-seed{seed}")
-            rows.append({"model": model, "seed": seed, "config": str(config), "params": results["params"],
-                         "wall_time_s": results["train"]["wall_time_s"],
-                         "samples_per_s": results["train"]["samples_per_s"], "test": results["test"]})
-            print(f"{model} seed {seed}: click AUC {results['test']['click_auc']:.4f}", flush=True)
+    for (model, seed, config), results in zip(plan, run_all(runs, args.jobs, args.collect_only)):
+        if results is None:
+            print(f"{model} seed {seed}: no result", flush=True)
+            continue
+        rows.append({"model": model, "seed": seed, "config": str(config), "params": results["params"],
+                     "wall_time_s": results["train"]["wall_time_s"],
+                     "samples_per_s": results["train"]["samples_per_s"], "test": results["test"]})
+        print(f"{model} seed {seed}: click AUC {results['test']['click_auc']:.4f}", flush=True)
     summary = summarise(rows, "model", TASKS)
     table = format_table(summary, TASKS)
     command = " ".join(["python", *sys.argv])

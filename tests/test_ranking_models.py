@@ -262,3 +262,18 @@ def test_sweep_runs_once_reads_finished_runs_back_and_tabulates(tiny_world_dir, 
     assert "| dlrm | 2 |" in table and "| bayes |" in table and "| popularity |" in table
     cost = model_cost(config, overrides)
     assert cost["dense_params"] > 0 and cost["forward_flops_per_sample"] > 0
+
+
+def test_sweep_trains_runs_in_parallel_processes_as_it_would_one_by_one(tiny_world_dir, tmp_path):
+    from rankstack.ranking.sweep import run_all
+
+    config = CONFIG_DIR / "dlrm_world_small.yaml"
+    runs = [(config, {"data": str(tiny_world_dir / "ranking"), "trainer.max_steps": 2, "model.args.top_mlp": [16],
+                      "eval_max_rows": 500, "trainer.seed": seed}, tmp_path / "parallel" / f"seed{seed}")
+            for seed in (0, 1)]
+    assert run_all(runs, collect_only=True) == [None, None]  # nothing finished, nothing trained
+    assert not (tmp_path / "parallel").exists()
+    parallel = run_all(runs, jobs=2)
+    alone = run_all([(config, runs[1][1], tmp_path / "alone")])
+    assert parallel[1]["test"] == alone[0]["test"] and parallel[0]["test"] != parallel[1]["test"]
+    assert run_all(runs, collect_only=True) == parallel

@@ -13,8 +13,11 @@ mechanisms on/off) and `benchmarks/ranking_scaling.py` (sizes).
 from __future__ import annotations
 
 import json
+import multiprocessing
 import statistics
+import traceback
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +43,31 @@ def run_or_load(config: str | Path, overrides: dict[str, Any], out: str | Path) 
     return train_ranking(run_config, out, where=str(config))
 
 
+Run = tuple[str | Path, dict[str, Any], str | Path]  # (config, overrides, out folder)
+
+
+def _run_logged(run: Run) -> dict[str, Any] | None:
+    try:
+        return run_or_load(*run)
+    except Exception:  # noqa: BLE001 - one failed run must not take the sweep's other runs with it
+        print(f"run {run[2]} failed:\n{traceback.format_exc()}", flush=True)
+        return None
+
+
+def run_all(runs: Sequence[Run], jobs: int = 1, collect_only: bool = False) -> list[dict[str, Any] | None]:
+    """`run_or_load` for every run, in order: with `jobs` > 1, that many at once, each in its own process (a
+    ranker of the world's size leaves most of a GPU idle, so several share one card). A run that fails gives None
+    (its traceback is printed) when `jobs` > 1 and raises when runs go one by one. With `collect_only`, nothing is
+    trained: finished runs are read back, the others give None (to tabulate a sweep that was stopped)."""
+    if collect_only:
+        return [json.loads(done.read_text()) if (done := Path(out) / "results.json").is_file() else None
+                for _, _, out in runs]
+    if jobs <= 1:
+        return [run_or_load(*run) for run in runs]
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(_run_logged, runs))
+
+
 def model_cost(config: str | Path, overrides: dict[str, Any], batch_size: int = 256) -> dict[str, float]:
     """`dense_params` and `embedding_params` of the run's model, and its forward FLOPs per sample on the dataset's
     first validation batch (`forward_flops_per_sample`, `torch.utils.flop_counter`: matrix products, which is
@@ -55,7 +83,9 @@ def model_cost(config: str | Path, overrides: dict[str, Any], batch_size: int = 
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
+    """Mean and sample standard deviation (0 for a single value; both NaN for none, e.g. a stopped sweep's)."""
+    if not values:
+        return float("nan"), float("nan")
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
