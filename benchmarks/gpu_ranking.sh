@@ -22,14 +22,17 @@ SIZE=${SIZE:-medium}
 RECIPE=${RECIPE:-medium}
 JOBS=${JOBS:-12}
 SEEDS=${SEEDS:-"0 1 2"}
+# The dense rate of every run: the configs' 1e-4 left DIN at 0.596 click AUC after an epoch of the small world, and
+# 1e-3 (the top of hemix.md §6's grid) was the better rate for every model there (BENCHMARKS.md, small-world table).
+LR_DENSE=${LR_DENSE:-1e-3}
 mkdir -p "$OUT" "$WORK"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 PY=${PYTHON:-python3}
 started=$SECONDS
 left() { echo $((DEADLINE_S - (SECONDS - started))); }
 waitall() { for job in $(jobs -p); do [ "$job" = "$util" ] || wait "$job"; done; }  # all but the GPU logger
-cap=()
-[ -n "${MAX_STEPS:-}" ] && cap=(--max-steps "$MAX_STEPS" --eval-max-rows 2000)
+cap=(--set "trainer.lr_dense=$LR_DENSE")
+[ -n "${MAX_STEPS:-}" ] && cap+=(--max-steps "$MAX_STEPS" --eval-max-rows 2000)
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$WORK/nvidia_smi.txt" 2>&1
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 10 > "$WORK/gpu_util.csv" 2>&1 &
