@@ -151,7 +151,8 @@ def cmd_bench_relevance(args: argparse.Namespace) -> None:
     from rankstack.relevance.bench import bench_run
 
     reports = [bench_run(run, args.split, max_examples=args.max_examples, batch_size=args.batch_size,
-                         max_new_tokens=args.max_new_tokens, decode=not args.no_decode) for run in args.run]
+                         max_new_tokens=args.max_new_tokens, decode=not args.no_decode, dtype=args.dtype)
+               for run in args.run]
     text = json.dumps(reports, indent=2)
     if args.out:
         Path(args.out).write_text(text)
@@ -302,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     brel.add_argument("--batch-size", type=int, default=16)
     brel.add_argument("--max-new-tokens", type=int, default=160)
     brel.add_argument("--no-decode", action="store_true", help="skip the full-decode comparison")
+    brel.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
+                      help="the model's dtype for both timings (auto: bf16 on a GPU that has it, else fp32)")
     brel.add_argument("--set", action="append", metavar="KEY=VALUE", help="cross-encoder config overrides")
     brel.set_defaults(func=cmd_bench_relevance)
 

@@ -140,6 +140,22 @@ def test_serving_api_loads_a_run_scores_pairs_and_keeps_its_calibrated_beta(tiny
         scorer.score(["q"], items[:2])
 
 
+def test_scorer_serves_in_bf16_when_asked_and_in_fp32_on_a_cpu_by_default(tiny_world_dir, tmp_path) -> None:
+    world = tiny_world_dir / "relevance"
+    run = random_run(world, tmp_path / "run")
+    records = load_split(world, "valid", 12)
+    full = RelevanceScorer.from_run(run)  # "auto" on a CPU: fp32
+    half = RelevanceScorer.from_run(run, dtype="bf16")
+    assert next(full.model.parameters()).dtype == torch.float32
+    assert next(half.model.parameters()).dtype == torch.bfloat16
+    probs = half.score_records(records)
+    assert probs.dtype == np.float64 and np.allclose(probs.sum(axis=1), 1.0)
+    np.testing.assert_allclose(probs, full.score_records(records), atol=0.03)  # bf16's 8-bit mantissa
+    with pytest.raises(ConfigError, match="dtype"):
+        RelevanceScorer.from_run(run, dtype="fp16")
+    assert bench_run(run, max_examples=4, max_new_tokens=4, dtype="bf16")["dtype"] == "bfloat16"
+
+
 def test_bench_scores_a_think_first_run_by_its_decode_only(tiny_world_dir, tmp_path) -> None:
     world = tiny_world_dir / "relevance"
     think = random_run(world, tmp_path / "think", "think_first")

@@ -35,19 +35,21 @@ def majority_baseline(train_labels: Sequence[int], test_labels: Sequence[int]) -
 
 def bench_run(run: str | Path, split: str = "test", dev_split: str = "valid", max_examples: int | None = 256,
               batch_size: int = 16, max_new_tokens: int = 160, decode: bool = True,
-              device: str | None = None) -> dict[str, Any]:
-    """The CumPT, argmax and full-decode metrics of one run, and its single-pass vs decode throughput.
+              device: str | None = None, dtype: str = "auto") -> dict[str, Any]:
+    """The CumPT, argmax and full-decode metrics of one run, and its single-pass vs decode throughput, both with
+    the model in `dtype` (`RelevanceScorer.from_run`: bf16 on a GPU by default, as a server would run it).
 
     A think-first run has no single-pass distribution (its first token is no label): only its full decode is
     scored, and `cumpt`, `argmax` and the throughput ratio are None."""
-    scorer = RelevanceScorer.from_run(run, batch_size=batch_size, device=device, generate_only=True)
+    scorer = RelevanceScorer.from_run(run, batch_size=batch_size, device=device, generate_only=True, dtype=dtype)
     meta = scorer.meta
     test = load_split(meta["dataset"], split, max_examples)
     labels = np.array([r.label for r in test])
     prompts = scorer.prompts(test)
     report: dict[str, Any] = {"run": str(run), "stage": meta.get("stage"), "variant": meta.get("variant"),
                               "split": split, "pairs": len(test), "beta": None, "cumpt": None, "argmax": None,
-                              "single_pass_pairs_per_s": None}
+                              "single_pass_pairs_per_s": None,
+                              "dtype": str(next(scorer.model.parameters()).dtype).removeprefix("torch.")}
     single_pass_s = None
     if scorer.variant != "think_first":
         report["beta"] = scorer.calibrate(load_split(meta["dataset"], dev_split, max_examples))

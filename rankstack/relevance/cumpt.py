@@ -156,10 +156,11 @@ class RelevanceScorer:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, batch_size: int = 32, device: str | torch.device | None = None,
-                 generate_only: bool = False) -> RelevanceScorer:
+                 generate_only: bool = False, dtype: str = "auto") -> RelevanceScorer:
         """The scorer of a trained relevance run (a run folder or its `model/`), with the β of its `cumpt.json`
         when calibrated (else 0.5, the ordinal median). `generate_only` also loads a think-first run, whose
-        prompts and model serve for decoding only (`score_prompts` refuses it)."""
+        prompts and model serve for decoding only (`score_prompts` refuses it). `dtype`: "auto" serves in bf16 on a
+        CUDA device that supports it and in fp32 elsewhere; "fp32" or "bf16" choose."""
         # sft and stage import this module, so they are imported here, late.
         from rankstack.relevance.data import load_rule_table
         from rankstack.relevance.sft import load_checkpoint
@@ -172,6 +173,11 @@ class RelevanceScorer:
                               "served from one forward pass; serve a label-first or label-only run.")
         if device is not None:
             model = model.to(device)
+        if dtype not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"dtype {dtype!r} is not one of auto, fp32, bf16.")
+        cuda = next(model.parameters()).device.type == "cuda"
+        if dtype == "bf16" or (dtype == "auto" and cuda and torch.cuda.is_bf16_supported()):
+            model = model.to(torch.bfloat16)
         calibration = checkpoint.parent / CALIBRATION_FILE
         beta = json.loads(calibration.read_text())["beta"] if calibration.is_file() else 0.5
         rule_table = load_rule_table(meta["dataset"]) if Path(meta["dataset"]).is_dir() else {}
