@@ -15,17 +15,22 @@ appends one JSON row per variant to `benchmarks/results/retrieval_city.jsonl`. V
     python benchmarks/retrieval_city.py --data runs/world-tiny/next_poi --out runs/bench-city-tiny
     python benchmarks/retrieval_city.py --config configs/retrieval/nyc_cpu.yaml --data data/nyc-next-poi \
         --out runs/bench-nyc --variants geogr tiger --results benchmarks/results/retrieval_nyc.jsonl
+
+`--seed S` sets the tokenizer's and the LM's seeds, `--set key.path=value` overrides the config for every variant,
+and `--jobs N` trains N variants at once, each in its own process (on a GPU they share the card).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,6 +44,38 @@ VARIANTS = {
 KEYS = ("acc@1", "acc@5", "acc@10", "ndcg@5", "ndcg@10", "mrr")
 
 
+def run_variant(variant: str, args: argparse.Namespace, command: str, git: str) -> tuple[dict, dict]:
+    """Train (or finish) one variant's run and return its JSON row and the baselines scored beside it."""
+    from rankstack.config import parse_override
+    from rankstack.retrieval.run import load_run_config, train_retrieval
+    from rankstack.retrieval.semantic_ids import SemanticIds
+
+    overrides = {"data": args.data, "sasrec.enabled": False} | VARIANTS[variant]
+    if args.seed is not None:
+        overrides |= {"semantic_ids.seed": args.seed, "lm.seed": args.seed}
+    overrides |= dict(parse_override(text) for text in args.set)
+    config = load_run_config(args.config, overrides)
+    run = Path(args.out) / variant
+    start = time.perf_counter()
+    metrics = train_retrieval(config, run)
+    stages = {name: json.loads((run / name / "stage.json").read_text()).get("stage_wall_time_s")
+              for name in ("sids", "base", "cpt", "sft", "final_cpt", "final_sft", "eval")
+              if (run / name / "stage.json").is_file()}
+    served = metrics.get("served", {"model": "sft", "sids": "sids"})  # runs evaluated before it was recorded
+    diagnostics = SemanticIds.load(run / served["sids"]).meta.get("diagnostics", {})
+    row = {"benchmark": "retrieval_city", "data": args.data, "config": args.config, "variant": variant,
+           "overrides": VARIANTS[variant], "seed": args.seed, "set": args.set, "run": str(run),
+           "test": metrics["geogr"]["test"], "valid": metrics["geogr"]["valid"], "served": served,
+           "within_code_km": diagnostics.get("within_code_km"), "uniqueness": diagnostics.get("uniqueness"),
+           "complementary_share_l1": diagnostics.get("complementary_share_l1"),
+           "stage_wall_time_s": stages, "this_call_s": time.perf_counter() - start, "command": command,
+           "date": time.strftime("%Y-%m-%d"), "git": git,
+           "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared)"}
+    baselines = {name: metrics[name]["test"] if "test" in metrics[name] else metrics[name]
+                 for name in ("popularity", "geo_nearest_popular", "sasrec", "oracle") if name in metrics}
+    return row, baselines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(ROOT / "configs" / "retrieval" / "city_tiny.yaml"))
@@ -46,37 +83,24 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "retrieval_city.jsonl"))
+    parser.add_argument("--seed", type=int, help="semantic_ids.seed and lm.seed (default: the config's)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="a config override for every variant")
+    parser.add_argument("--jobs", type=int, default=1, help="variants trained at once, each in its own process")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from rankstack.retrieval.run import load_run_config, train_retrieval
-    from rankstack.retrieval.semantic_ids import SemanticIds
 
     command = " ".join([Path(sys.executable).name, *sys.argv])
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                          cwd=ROOT).stdout.strip()
-    rows, baselines = [], {}
-    for variant in args.variants:
-        overrides = {"data": args.data, "sasrec.enabled": False} | VARIANTS[variant]
-        config = load_run_config(args.config, overrides)
-        run = Path(args.out) / variant
-        start = time.perf_counter()
-        metrics = train_retrieval(config, run)
-        stages = {name: json.loads((run / name / "stage.json").read_text()).get("stage_wall_time_s")
-                  for name in ("sids", "base", "cpt", "sft", "final_cpt", "final_sft", "eval")
-                  if (run / name / "stage.json").is_file()}
-        served = metrics.get("served", {"model": "sft", "sids": "sids"})  # runs evaluated before it was recorded
-        diagnostics = SemanticIds.load(run / served["sids"]).meta.get("diagnostics", {})
-        row = {"benchmark": "retrieval_city", "data": args.data, "config": args.config, "variant": variant,
-               "overrides": VARIANTS[variant], "run": str(run),
-               "test": metrics["geogr"]["test"], "valid": metrics["geogr"]["valid"], "served": served,
-               "within_code_km": diagnostics.get("within_code_km"), "uniqueness": diagnostics.get("uniqueness"),
-               "complementary_share_l1": diagnostics.get("complementary_share_l1"),
-               "stage_wall_time_s": stages, "this_call_s": time.perf_counter() - start, "command": command,
-               "date": time.strftime("%Y-%m-%d"), "git": git,
-               "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared)"}
-        rows.append(row)
-        baselines = {name: metrics[name]["test"] if "test" in metrics[name] else metrics[name]
-                     for name in ("popularity", "geo_nearest_popular", "sasrec", "oracle") if name in metrics}
+    calls = [(variant, args, command, git) for variant in args.variants]
+    if args.jobs > 1:
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            done = list(pool.map(run_variant, *zip(*calls)))
+    else:
+        done = [run_variant(*call) for call in calls]
+    rows = [row for row, _ in done]
+    baselines = done[-1][1]
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     with open(args.results, "a") as f:
         for row in rows:
