@@ -68,3 +68,6 @@ def test_tiny_cross_encoder_learns(tiny_world_dir: Path, tiny_bert: Path, tmp_pa
     assert (tmp_path / "results.json").is_file()
     steps = [step for step, _ in results["valid_curve"]]  # every 2 steps, each epoch end (4 steps) and the last
     assert steps == list(range(2, 17, 2)) and results["best_step"] in steps, results["valid_curve"]
+    config.epochs, config.resume = 5, True  # one more epoch, continued from the run's checkpoint
+    more = train_cross_encoder(config, tmp_path)
+    assert more["steps"] == 20 and [step for step, _ in more["valid_curve"]] == list(range(2, 21, 2))

@@ -61,9 +61,10 @@ class CrossEncoderConfig:
         encoder_path: A local BERT-like folder; None uses the MiniLM package.
         max_train_examples: Use the first N train pairs only (None: all).
         eval_split / test_split: Model selection split and the reported split.
-        max_eval_examples: The first N pairs of each evaluated split, in file order (None: all).
+        max_eval_examples: Pairs of each evaluated split (None: all).
         eval_every_steps: Also evaluate on `eval_split` every N steps (None: at each epoch end and the last step
             only); every evaluation is a row of `<eval_split>_curve` in the results.
+        resume: Continue the run in `out_dir` from its last checkpoint (e.g. with more `epochs`).
     """
 
     dataset: str | None = None
@@ -81,6 +82,7 @@ class CrossEncoderConfig:
     test_split: str = "test"
     max_eval_examples: int | None = None
     eval_every_steps: int | None = None
+    resume: bool = False
     seed: int = 0
     device: str = "auto"
 
@@ -194,7 +196,7 @@ def train_cross_encoder(config: CrossEncoderConfig, out_dir: str | Path) -> dict
         lr_embedding=config.learning_rate, weight_decay=config.weight_decay, dense_optimizer="adamw",
         embedding_optimizer="adam", grad_clip_norm=1.0, early_stopping_metric="macro_f1", early_stopping_mode="max",
         checkpoint_every_steps=None, log_every_steps=10,
-        eval_every_steps=config.eval_every_steps, seed=config.seed, device=config.device,
+        eval_every_steps=config.eval_every_steps, resume=config.resume, seed=config.seed, device=config.device,
         progress_bar=False, tensorboard=False)
     loader = EncodedPairLoader(encode_pairs(tokenizer, train, config.max_length), config.batch_size, config.seed)
     fit = Trainer(model, loader, trainer_config, out / "trainer", evaluate=evaluate).fit()
