@@ -58,7 +58,7 @@ def test_class_weights_are_inverse_frequency(tiny_world_dir: Path) -> None:
 def test_tiny_cross_encoder_learns(tiny_world_dir: Path, tiny_bert: Path, tmp_path: Path) -> None:
     config = CrossEncoderConfig(dataset=str(tiny_world_dir / "relevance"), encoder_path=str(tiny_bert),
                                 max_length=64, learning_rate=3e-3, batch_size=16, epochs=4, max_train_examples=64,
-                                max_eval_examples=32, device="cpu")
+                                max_eval_examples=32, eval_every_steps=2, device="cpu")
     results = train_cross_encoder(config, tmp_path)
     with open(tmp_path / "trainer" / "train_log.csv") as log:
         losses = [float(row["loss"]) for row in csv.DictReader(log) if row["loss"]]
@@ -66,3 +66,8 @@ def test_tiny_cross_encoder_learns(tiny_world_dir: Path, tiny_bert: Path, tmp_pa
     for split in ("valid", "test"):
         assert 0.0 <= results[split]["macro_f1"] <= 1.0 and "macro_f1/hard" in results["test"]
     assert (tmp_path / "results.json").is_file()
+    steps = [step for step, _ in results["valid_curve"]]  # every 2 steps, each epoch end (4 steps) and the last
+    assert steps == list(range(2, 17, 2)) and results["best_step"] in steps, results["valid_curve"]
+    config.epochs, config.resume = 5, True  # one more epoch, continued from the run's checkpoint
+    more = train_cross_encoder(config, tmp_path)
+    assert more["steps"] == 20 and [step for step, _ in more["valid_curve"]] == list(range(2, 21, 2))

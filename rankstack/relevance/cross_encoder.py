@@ -13,6 +13,7 @@ trained by the shared `rankstack.train.Trainer` with the valid macro-F1 monitore
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -61,6 +62,9 @@ class CrossEncoderConfig:
         max_train_examples: Use N train pairs only, a fixed sample spread over the split (`load_split`; None: all).
         eval_split / test_split: Model selection split and the reported split.
         max_eval_examples: Pairs of each evaluated split (None: all).
+        eval_every_steps: Also evaluate on `eval_split` every N steps (None: at each epoch end and the last step
+            only); every evaluation is a row of `<eval_split>_curve` in the results.
+        resume: Continue the run in `out_dir` from its last checkpoint (e.g. with more `epochs`).
     """
 
     dataset: str | None = None
@@ -77,6 +81,8 @@ class CrossEncoderConfig:
     eval_split: str = "valid"
     test_split: str = "test"
     max_eval_examples: int | None = None
+    eval_every_steps: int | None = None
+    resume: bool = False
     seed: int = 0
     device: str = "auto"
 
@@ -189,18 +195,28 @@ def train_cross_encoder(config: CrossEncoderConfig, out_dir: str | Path) -> dict
         epochs=config.epochs, max_steps=config.max_steps, lr_dense=config.learning_rate,
         lr_embedding=config.learning_rate, weight_decay=config.weight_decay, dense_optimizer="adamw",
         embedding_optimizer="adam", grad_clip_norm=1.0, early_stopping_metric="macro_f1", early_stopping_mode="max",
-        checkpoint_every_steps=None, log_every_steps=10, seed=config.seed, device=config.device,
+        checkpoint_every_steps=None, log_every_steps=10,
+        eval_every_steps=config.eval_every_steps, resume=config.resume, seed=config.seed, device=config.device,
         progress_bar=False, tensorboard=False)
     loader = EncodedPairLoader(encode_pairs(tokenizer, train, config.max_length), config.batch_size, config.seed)
     fit = Trainer(model, loader, trainer_config, out / "trainer", evaluate=evaluate).fit()
     model.load_state_dict(load_weights(best_weights_path(out / "trainer")))
     results: dict[str, Any] = {"model": "minilm_cross_encoder", "encoder": str(path), "train_pairs": len(train),
-                               "steps": fit.get("steps", fit.get("global_step"))}
+                               "steps": fit.get("steps", fit.get("global_step")), "best_step": fit.get("best_step"),
+                               "train_wall_s": fit.get("wall_time_s"), "samples_per_s": fit.get("samples_per_s"),
+                               f"{config.eval_split}_curve": _eval_curve(out / "trainer" / "train_log.csv")}
     for split, recs in splits.items():
         preds = np.argmax(predict_probs(model, encoded[split]), axis=1) + 1
         results[split] = {**tier_report([r.label for r in recs], preds), **query_type_report(recs, preds)}
     save_json(results, out / "results.json")
     return results
+
+
+def _eval_curve(train_log: Path) -> list[list[float]]:
+    """[step, macro-F1] of every evaluation the trainer logged, in order."""
+    with open(train_log, newline="") as log:
+        return [[int(row["step"]), float(row["eval_macro_f1"])] for row in csv.DictReader(log)
+                if row.get("eval_macro_f1")]
 
 
 __all__ = ["minilm_path", "CrossEncoderConfig", "CrossEncoder", "encode_pairs", "EncodedPairLoader", "predict_probs",
