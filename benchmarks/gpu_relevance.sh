@@ -35,7 +35,7 @@ RL_EVAL_PAIRS=${RL_EVAL_PAIRS:-1368}  # the RL arms: the whole test split of the
 RL_STEPS=${RL_STEPS:-30}
 RL_LR=${RL_LR:-2e-5}
 GEN_BATCH=${GEN_BATCH:-128}
-RL_GEN_BATCH=${RL_GEN_BATCH:-64}    # 128 took 10-20 GB per RL process: 16 processes ran out of an H200's 139 GB
+RL_GEN_BATCH=${RL_GEN_BATCH:-64}    # 128 took 10-20 GiB per RL process: 16 processes ran out of an H200's 139.8 GiB
 MAX_JOBS=${MAX_JOBS:-12}            # processes at once; an RL arm waits for a free slot
 mkdir -p "$OUT" "$WORK/rl"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
