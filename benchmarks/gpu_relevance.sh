@@ -57,8 +57,8 @@ ladder="--model $MODEL --world $WORLD --sft-steps ${SFT_STEPS:-700} --sft-batch-
   --grpo-lr 3e-6 --grpo-steps 20 --grpo-refresh-steps 20 --dpo-prompts 128 --gen-batch-size $GEN_BATCH
   --eval-pairs $EVAL_PAIRS --skip-cross-encoder --out $WORK"
 for seed in $SEEDS; do
-  timeout "$(left)" $PY benchmarks/relevance_cpu.py $ladder --seed "$seed" --chain "${CHAIN:-full}" --variants label_first \
-    --result "$OUT/ladder_${MODEL}_${WORLD}_seed$seed.json" > "$WORK/ladder_seed$seed.log" 2>&1 &
+  timeout "$(left)" $PY benchmarks/relevance_cpu.py $ladder --seed "$seed" --chain "${CHAIN:-full}" \
+    --variants label_first --result "$OUT/ladder_${MODEL}_${WORLD}_seed$seed.json" > "$WORK/ladder_seed$seed.log" 2>&1 &
   [ -n "$VARIANTS" ] && timeout "$(left)" $PY benchmarks/relevance_cpu.py $ladder --seed "$seed" --chain none \
     --variants $VARIANTS --result "$OUT/variants_${MODEL}_${WORLD}_seed$seed.json" \
     > "$WORK/variants_seed$seed.log" 2>&1 &
@@ -93,6 +93,6 @@ kill $util 2>/dev/null
 echo "done at $((SECONDS - started)) s"
 # Pack: the RL rows and their per-step logs, every log's tail, and the GPU's name.
 for log in $(ls "$WORK"/*.log "$WORK"/rl/*.log 2>/dev/null); do tail -c 20000 "$log" > "$log.tail"; done
-tar czf "$OUT/relevance_gpu_session.tar.gz" -C "$WORK" nvidia_smi.txt gpu_util.csv $(cd "$WORK" && ls *.log.tail rl/*.json \
-  rl/*.log.tail rl/*/train_log.jsonl rl/*/metrics.json 2>/dev/null)
+tar czf "$OUT/relevance_gpu_session.tar.gz" -C "$WORK" nvidia_smi.txt gpu_util.csv \
+  $(cd "$WORK" && ls *.log.tail rl/*.json rl/*.log.tail rl/*/train_log.jsonl rl/*/metrics.json 2>/dev/null)
 ls -la "$OUT"
