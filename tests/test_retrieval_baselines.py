@@ -16,6 +16,7 @@ from rankstack.errors import DataError
 from rankstack.retrieval.baselines import (
     BaselineConfig,
     geo_popular_topk,
+    history_topk,
     popularity_topk,
     run_baselines,
     topk_indices,
@@ -160,6 +161,24 @@ def test_baselines_beat_random_and_stay_below_the_oracle(data) -> None:
     assert popularity["coverage"] == pytest.approx(20 / 300) and (lists == lists[0]).all()
 
 
+def test_user_history_ranks_recent_and_frequent_visits_first_then_popularity() -> None:
+    history = np.array([[3, 1, 3, 2, -1], [-1, -1, -1, -1, -1], [0, 4, 4, 4, 1]])  # oldest first, -1 padded
+    popularity = np.array([5.0, 0.0, 1.0, 0.0, 9.0, 7.0])
+    # decay 1: visit counts (3 twice), ties broken by the lower index; decay 0.5: the latest visit (2) first.
+    assert history_topk(history, popularity, 5, 1.0)[0].tolist() == [3, 1, 2, 4, 5]
+    assert history_topk(history, popularity, 5, 0.5)[0].tolist() == [2, 3, 1, 4, 5]
+    assert history_topk(history, popularity, 3, 1.0)[1].tolist() == [4, 5, 0]  # no history: popularity
+    assert history_topk(history, popularity, 2, 1.0, batch_size=1)[2].tolist() == [4, 0]  # 3 visits > 1 visit
+    with pytest.raises(ValueError, match="history_decays"):
+        BaselineConfig(history_decays=(0.0,))
+
+
+def test_user_history_baseline_is_tuned_on_valid(data) -> None:
+    report = run_baselines(data, BaselineConfig(width=20, history_decays=(0.5, 1.0)))["user_history"]
+    assert report["decay"] == max(report["tuning"], key=report["tuning"].get)
+    assert 0.0 <= report["test"]["acc@1"] <= report["test"]["acc@10"] <= 1.0
+
+
 def test_bench_baselines_writes_results_and_rows(world: Path, tmp_path: Path) -> None:
     config = load_run_config(CONFIG, {"data": str(world / "next_poi"), "baselines.bandwidths_km": [1.0, 2.0],
                                       "sasrec.enabled": False})  # SASRec has its own test (test_retrieval_lm)
@@ -169,7 +188,8 @@ def test_bench_baselines_writes_results_and_rows(world: Path, tmp_path: Path) ->
     rows = [json.loads(line) for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
     assert {(r["method"], r["split"]) for r in rows} == {("popularity", "valid"), ("popularity", "test"),
                                                         ("geo_nearest_popular", "valid"),
-                                                        ("geo_nearest_popular", "test"), ("oracle", "test")}
+                                                        ("geo_nearest_popular", "test"), ("user_history", "valid"),
+                                                        ("user_history", "test"), ("oracle", "test")}
     table = format_baselines(report)
     assert table.splitlines()[0].split()[:2] == ["method", "acc@1"] and "oracle" in table
     assert (tmp_path / "run" / "config.yaml").is_file()
