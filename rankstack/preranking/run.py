@@ -6,8 +6,9 @@ Foursquare NYC, §8), trains (or loads) the ranking teacher on the world's displ
 device's latency table. `train_autofas` searches under one budget, derives the student, measures it untrained
 and drops fields (lowest value per cost first, `autofas.next_to_drop`) until it fits the budget, retrains it with
 distillation and measures it again; if it then exceeds 1.1 × the budget, it drops the next field and retrains (at
-most `calibration_rounds` times; §4.6 re-searches with a doubled λ instead, which costs a search per round). `bench_preranking` adds every baseline and the
-budget sweep and writes `pareto.csv`, `results.json` and the Pareto plots.
+most `calibration_rounds` times; §4.6 re-searches with a doubled λ instead, which costs a search per round).
+`bench_preranking` adds every baseline and the budget sweep and writes `pareto.csv`, `results.json` and the Pareto
+plots.
 
 Latency per request (`N_c` candidates) = simulated retrieval of the kept fields (schema costs × `cost_scale`)
 + measured inference p50 (1 thread, fp32, eager, one request at a time).
@@ -350,8 +351,8 @@ def selection_report(prep: Prepared, spec: StudentSpec, out: Path) -> dict[str, 
     noise = [r for r in rows if r["kind"] == "noise"]
     informative = [r for r in rows if r["kind"] == "informative"]
     report = {
-        "fields": rows, "widths": spec.widths, "predicted_ms": spec.predicted_ms, "trimmed": spec.trimmed, "added": spec.added,
-        "failed_test": spec.failed_test,
+        "fields": rows, "widths": spec.widths, "predicted_ms": spec.predicted_ms, "trimmed": spec.trimmed,
+        "added": spec.added, "failed_test": spec.failed_test,
     }
     if kinds:  # the world's truth; real data has none
         report.update({

@@ -15,12 +15,13 @@ each request's own history. SASRec-style and TIGER-style baselines live in `sasr
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from rankstack.retrieval.data import PoiCatalog, RetrievalData, haversine_km
+from rankstack.retrieval.data import NextPoiSamples, PoiCatalog, RetrievalData, haversine_km
 from rankstack.retrieval.evaluate import evaluate_topk, oracle_metrics
 
 
@@ -118,33 +119,25 @@ def run_baselines(data: RetrievalData, config: BaselineConfig | None = None) -> 
         for split in ("valid", "test")
     }}
     valid, test = data.splits["valid"], data.splits["test"]
-    if data.catalogue.lat is not None and valid.lat is not None and test.lat is not None:
-        def geo(split_lat: np.ndarray, split_lon: np.ndarray, h: float) -> np.ndarray:
-            return geo_popular_topk(popularity, data.catalogue, split_lat, split_lon, h, config.width,
-                                    config.batch_size)
 
-        tuning = {h: evaluate_topk(geo(valid.lat, valid.lon, h), valid.target, n_pois)
-                  for h in config.bandwidths_km}
+    def tuned(candidates: Sequence[float], ranked: Callable[[NextPoiSamples, float], np.ndarray]
+              ) -> tuple[float, dict[str, Any]]:
+        """Each candidate setting scored on valid, the best by `tune_metric`, and that one scored on test."""
+        tuning = {c: evaluate_topk(ranked(valid, c), valid.target, n_pois) for c in candidates}
         if config.tune_metric not in next(iter(tuning.values())):
             raise ValueError(f"tune_metric {config.tune_metric!r} is not an evaluator metric; use one of "
                              f"{sorted(next(iter(tuning.values())))}.")
-        best = max(config.bandwidths_km, key=lambda h: tuning[h][config.tune_metric])
-        report["geo_nearest_popular"] = {
-            "bandwidth_km": best,
-            "tuning": {h: m[config.tune_metric] for h, m in tuning.items()},
-            "valid": tuning[best],
-            "test": evaluate_topk(geo(test.lat, test.lon, best), test.target, n_pois),
-        }
-    decays = {d: evaluate_topk(history_topk(valid.history, popularity, config.width, d, config.batch_size),
-                               valid.target, n_pois) for d in config.history_decays}
-    decay = max(config.history_decays, key=lambda d: decays[d][config.tune_metric])
-    report["user_history"] = {
-        "decay": decay,
-        "tuning": {d: m[config.tune_metric] for d, m in decays.items()},
-        "valid": decays[decay],
-        "test": evaluate_topk(history_topk(test.history, popularity, config.width, decay, config.batch_size),
-                              test.target, n_pois),
-    }
+        best = max(candidates, key=lambda c: tuning[c][config.tune_metric])
+        return best, {"tuning": {c: m[config.tune_metric] for c, m in tuning.items()}, "valid": tuning[best],
+                      "test": evaluate_topk(ranked(test, best), test.target, n_pois)}
+
+    if data.catalogue.lat is not None and valid.lat is not None and test.lat is not None:
+        bandwidth, geo = tuned(config.bandwidths_km, lambda split, h: geo_popular_topk(
+            popularity, data.catalogue, split.lat, split.lon, h, config.width, config.batch_size))
+        report["geo_nearest_popular"] = {"bandwidth_km": bandwidth, **geo}
+    decay, history = tuned(config.history_decays, lambda split, d: history_topk(
+        split.history, popularity, config.width, d, config.batch_size))
+    report["user_history"] = {"decay": decay, **history}
     if data.oracle_path is not None:
         report["oracle"] = oracle_metrics(data.oracle_path)
     return report
