@@ -85,8 +85,7 @@ def chain(seeds: dict[int, dict[str, dict]]) -> list[str]:
         pairs = [(s[before], s[after]) for s in seeds.values() if before in s and after in s]
         cells = []
         for section, key, _ in keys:
-            deltas = [value(b, section, key) for b, a in pairs]
-            deltas = [value(a, section, key) - d for (b, a), d in zip(pairs, deltas)]
+            deltas = [value(a, section, key) - value(b, section, key) for b, a in pairs]
             cells.append(" / ".join(f"{d:+.3f}" for d in deltas) + f" (mean {np.mean(deltas):+.3f})")
         lines.append(f"| {NAMES[before]} → {NAMES[after].lstrip('+ ')} | " + " | ".join(cells) + " |")
     return lines
