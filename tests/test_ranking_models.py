@@ -277,3 +277,36 @@ def test_sweep_trains_runs_in_parallel_processes_as_it_would_one_by_one(tiny_wor
     alone = run_all([(config, runs[1][1], tmp_path / "alone")])
     assert parallel[1]["test"] == alone[0]["test"] and parallel[0]["test"] != parallel[1]["test"]
     assert run_all(runs, collect_only=True) == parallel
+
+
+def test_din_activation_unit_equals_the_concatenation_formula_and_dice_reads_real_events_only():
+    """The fast first layer (the target's term once per row) is DIN's MLP on [h̄ ; x ; h̄ − x ; h̄ ⊙ x] with Dice,
+    whose batch moments and running averages come from the real events only."""
+    from rankstack.ranking.din import ActivationUnit
+
+    torch.manual_seed(0)
+    unit = ActivationUnit(12, [8, 4])
+    for dice in unit.dice:
+        torch.nn.init.normal_(dice.alpha)
+    history, target = torch.randn(5, 7, 12), torch.randn(5, 12)
+    mask = torch.rand(5, 7) > 0.3
+
+    def reference(history: torch.Tensor) -> torch.Tensor:
+        x = target.unsqueeze(1).expand_as(history)
+        h = torch.cat([history, x, history - x, history * x], dim=-1)
+        for linear, dice in zip(unit.linears, unit.dice):
+            s = linear(h)
+            real = s[mask]
+            mean, var = real.mean(0), real.var(0, unbiased=False)
+            p = torch.sigmoid((s - mean) / torch.sqrt(var + dice.eps))
+            h = p * s + (1 - p) * dice.alpha * s
+        return unit.score(h).squeeze(-1)
+
+    expected = reference(history)
+    got = unit(history, target, mask)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    x = target.unsqueeze(1).expand_as(history)
+    first = unit.linears[0](torch.cat([history, x, history - x, history * x], dim=-1)[mask])
+    torch.testing.assert_close(unit.dice[0].running_mean, 0.1 * first.mean(0), atol=1e-6, rtol=1e-5)
+    noisy = history.masked_fill(~mask.unsqueeze(-1), 1e3)  # padded events: other values, same real-event outputs
+    torch.testing.assert_close(unit(noisy, target, mask)[mask], expected[mask], atol=1e-5, rtol=1e-5)

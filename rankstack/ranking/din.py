@@ -59,17 +59,20 @@ class Dice(nn.Module):
 
     def forward(self, s: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.training:
-            weight = mask.unsqueeze(-1).to(s.dtype)
-            count = weight.sum((0, 1)).clamp(min=1.0)
-            mean = (s * weight).sum((0, 1)) / count
-            var = ((s - mean) ** 2 * weight).sum((0, 1)) / count
+            # Masked sums as one [1, B·L] × [B·L, d] product each, instead of weighting every element of s first.
+            weight, d = mask.reshape(1, -1).to(s.dtype), s.shape[-1]
+            count = weight.sum().clamp(min=1.0)
+            mean = (weight @ s.reshape(-1, d)).squeeze(0) / count
+            centred = s - mean
+            var = (weight @ centred.square().reshape(-1, d)).squeeze(0) / count
             with torch.no_grad():
                 self.running_mean.lerp_(mean.detach().float(), self.momentum)
                 self.running_var.lerp_(var.detach().float(), self.momentum)
         else:
-            mean, var = self.running_mean, self.running_var
-        p = torch.sigmoid((s - mean) / torch.sqrt(var + self.eps))
-        return p * s + (1 - p) * self.alpha * s
+            centred, var = s - self.running_mean, self.running_var
+        p = torch.sigmoid(centred * torch.rsqrt(var + self.eps))
+        # p·s + (1 − p)·α·s = s·(α + p·(1 − α))
+        return s * torch.lerp(self.alpha, torch.ones_like(self.alpha), p)
 
 
 class ActivationUnit(nn.Module):
@@ -83,9 +86,14 @@ class ActivationUnit(nn.Module):
         self.score = nn.Linear(sizes[-1], 1)
 
     def forward(self, history: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        target = target.unsqueeze(1).expand_as(history)
-        h = torch.cat([history, target, history - target, history * target], dim=-1)
-        for linear, dice in zip(self.linears, self.dice):
+        # The first layer on [h̄ ; x ; h̄ − x ; h̄ ⊙ x] is W_h·h̄ + W_x·x + W_d·(h̄ − x) + W_p·(h̄ ⊙ x)
+        # = (W_h + W_d)·h̄ + W_p·(h̄ ⊙ x) + (W_x − W_d)·x: the target's term is computed once per row, not per event.
+        first = self.linears[0]
+        w_h, w_x, w_d, w_p = first.weight.chunk(4, dim=1)
+        target = target.unsqueeze(1)
+        per_event = torch.cat([history, history * target], dim=-1) @ torch.cat([w_h + w_d, w_p], dim=1).T
+        h = self.dice[0](per_event + nn.functional.linear(target, w_x - w_d, first.bias), mask)
+        for linear, dice in zip(self.linears[1:], self.dice[1:]):
             h = dice(linear(h), mask)
         return self.score(h).squeeze(-1)
 
