@@ -1,8 +1,9 @@
-"""The ranking issue's world table (hemix.md §12.2): every model × seeds on one world, mean ± std beside Bayes.
+"""The ranking issue's tables (hemix.md §12.2, §12.3): every model × seeds on one dataset, mean ± std beside Bayes.
 
-Trains `configs/ranking/<model>_world_<recipe>.yaml` for each model and seed on a world's ranking dataset and
-writes the table of test AUC, GAUC and log-loss for click and conversion (mean ± std over seeds), with the
-item-popularity baseline and the Bayes-optimal figures of the world's true probabilities:
+Trains `configs/ranking/<model>_world_<recipe>.yaml` (`--recipe small|medium`, a world) or
+`configs/ranking/<model>_<recipe>.yaml` (`--recipe beauty|sports`, real data) for each model and seed and writes
+the table of test AUC, GAUC and log-loss for click and conversion (mean ± std over seeds), with the
+item-popularity baseline and, on a world, the Bayes-optimal figures of its true probabilities:
 - `<out>/runs/<model>-seed<s>/`: each run (resumable: a run whose `results.json` exists is read, not retrained;
   one stopped half-way continues from its checkpoint), so running the same command again finishes a table;
 - `<out>/ranking_world.json` (rows and summary) and `<out>/ranking_world.md` (the table).
@@ -10,6 +11,7 @@ item-popularity baseline and the Bayes-optimal figures of the world's true proba
     python benchmarks/ranking_world.py --data /tmp/world-medium/ranking --recipe medium --out runs/world-table \\
         [--models hemix dlrm dcnv2 din rankmixer transformer] [--seeds 0 1 2] [--set trainer.lr_dense=3e-4]
         [--set transformer:trainer.lr_dense=1e-3]
+    python benchmarks/ranking_world.py --data /tmp/beauty --recipe beauty --out runs/beauty-table   # real data
 
 `--max-steps` and `--eval-max-rows` cap each run for smoke checks; such tables are not results. `--jobs N` trains
 N runs at once (each in its own process: on a GPU, several runs share the card); `--collect-only` trains nothing
@@ -33,6 +35,13 @@ from rankstack.ranking.bench import machine_info  # noqa: E402
 from rankstack.ranking.sweep import format_table, run_all, summarise  # noqa: E402
 
 TASKS = ("click", "order")
+WORLD_RECIPES = ("small", "medium")
+
+
+def config_path(model: str, recipe: str) -> Path:
+    """`configs/ranking/<model>_world_<recipe>.yaml` for a world recipe, `<model>_<recipe>.yaml` for real data."""
+    name = f"{model}_world_{recipe}" if recipe in WORLD_RECIPES else f"{model}_{recipe}"
+    return ROOT / "configs" / "ranking" / f"{name}.yaml"
 
 
 def model_overrides(pairs: list[str], model: str) -> dict:
@@ -50,10 +59,10 @@ def model_overrides(pairs: list[str], model: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="a world's ranking dataset folder")
+    parser.add_argument("--data", required=True, help="a ranking dataset folder (a world's, or a converted one)")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--recipe", default="medium", choices=["small", "medium"],
-                        help="which configs/ranking/<model>_world_<recipe>.yaml to train")
+    parser.add_argument("--recipe", default="medium", choices=[*WORLD_RECIPES, "beauty", "sports"],
+                        help="which configs to train: <model>_world_<recipe>.yaml on a world, else <model>_<recipe>.yaml")
     parser.add_argument("--models", nargs="+", default=["hemix", "dlrm", "dcnv2", "din", "rankmixer", "transformer"],
                         choices=sorted(MODELS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -69,8 +78,7 @@ def main() -> None:
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     out = Path(args.out)
-    plan = [(model, seed, ROOT / "configs" / "ranking" / f"{model}_world_{args.recipe}.yaml")
-            for model in args.models for seed in args.seeds]
+    plan = [(model, seed, config_path(model, args.recipe)) for model in args.models for seed in args.seeds]
     runs = [(config, {"data": args.data, "trainer.seed": seed,
                       **({"trainer.max_steps": args.max_steps} if args.max_steps else {}),
                       **({"eval_max_rows": args.eval_max_rows} if args.eval_max_rows else {}),
