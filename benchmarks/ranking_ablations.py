@@ -25,11 +25,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import statistics
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from rankstack.config import parse_override  # noqa: E402
 from rankstack.ranking.bench import machine_info  # noqa: E402
-from rankstack.ranking.sweep import mean_std, run_all  # noqa: E402
+from rankstack.ranking.sweep import map_in_processes, mean_std, run_all  # noqa: E402
 
 # hemix.md §8 switch per ablation, and the world mechanism (§7) whose signal it should lose (None: no mechanism,
 # reported on the base world only).
@@ -106,11 +104,7 @@ def main() -> None:
     plan += [(f"{knob}-off", knob, ["full", *[a for a in args.ablations if ABLATIONS[a][1] == knob]])
              for knob in knobs]
     worlds = [(out, args.size, args.world_seed, knob, args.base_world, not args.collect_only) for _, knob, _ in plan]
-    if args.jobs > 1 and not args.collect_only:
-        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            datas = list(pool.map(world_dir, *zip(*worlds)))
-    else:
-        datas = [world_dir(*world) for world in worlds]
+    datas = map_in_processes(world_dir, worlds, 1 if args.collect_only else args.jobs)
     cells, runs = [], []
     for (world, knob, names), data in zip(plan, datas):
         for name in names:

@@ -16,7 +16,7 @@ import json
 import multiprocessing
 import statistics
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -46,11 +46,20 @@ def run_or_load(config: str | Path, overrides: dict[str, Any], out: str | Path) 
 Run = tuple[str | Path, dict[str, Any], str | Path]  # (config, overrides, out folder)
 
 
-def _run_logged(run: Run) -> dict[str, Any] | None:
+def map_in_processes(fn: Callable[..., Any], calls: Sequence[tuple], jobs: int = 1) -> list[Any]:
+    """`[fn(*call) for call in calls]`; with `jobs` > 1, that many calls at once, each in its own spawned process
+    (`fn` must be importable, and its arguments picklable)."""
+    if jobs <= 1:
+        return [fn(*call) for call in calls]
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(fn, *zip(*calls)))
+
+
+def _run_logged(config: str | Path, overrides: dict[str, Any], out: str | Path) -> dict[str, Any] | None:
     try:
-        return run_or_load(*run)
+        return run_or_load(config, overrides, out)
     except Exception:  # noqa: BLE001 - one failed run must not take the sweep's other runs with it
-        print(f"run {run[2]} failed:\n{traceback.format_exc()}", flush=True)
+        print(f"run {out} failed:\n{traceback.format_exc()}", flush=True)
         return None
 
 
@@ -62,10 +71,7 @@ def run_all(runs: Sequence[Run], jobs: int = 1, collect_only: bool = False) -> l
     if collect_only:
         return [json.loads(done.read_text()) if (done := Path(out) / "results.json").is_file() else None
                 for _, _, out in runs]
-    if jobs <= 1:
-        return [run_or_load(*run) for run in runs]
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(pool.map(_run_logged, runs))
+    return map_in_processes(run_or_load if jobs <= 1 else _run_logged, runs, jobs)
 
 
 def model_cost(config: str | Path, overrides: dict[str, Any], batch_size: int = 256) -> dict[str, float]:
