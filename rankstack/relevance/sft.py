@@ -140,6 +140,8 @@ class TrainingConfig:
         batch_size: Pairs per device step; the effective batch is batch_size × gradient_accumulation_steps.
         max_length: Longest prompt + completion in tokens (longer ones are truncated on the right).
         bf16: bfloat16 mixed precision (GPU).
+        sampling: `random` batches, or `group_by_length` (transformers' `LengthGroupedSampler`: batches of similar
+            length, so less padding; worth it when lengths vary a lot, e.g. SFT on histories of 1 to 20 items).
         seed: Seeds model init, data order and the paraphrase templates.
     """
 
@@ -157,6 +159,7 @@ class TrainingConfig:
     max_length: int = 1024
     logging_steps: int = 10
     bf16: bool = False
+    sampling: Literal["random", "group_by_length"] = "random"
     seed: int = 0
 
 
@@ -289,7 +292,8 @@ def train_sft(config: SFTStageConfig, out_dir: str | Path) -> dict[str, Any]:
         weight_decay=train_cfg.weight_decay, adam_beta1=train_cfg.adam_beta1, adam_beta2=train_cfg.adam_beta2,
         max_length=train_cfg.max_length, completion_only_loss=True, packing=False, gradient_checkpointing=False,
         bf16=train_cfg.bf16, logging_steps=train_cfg.logging_steps, save_strategy="no", report_to="none",
-        seed=train_cfg.seed, data_seed=train_cfg.seed, disable_tqdm=True, dataloader_num_workers=0,
+        train_sampling_strategy=train_cfg.sampling, seed=train_cfg.seed, data_seed=train_cfg.seed, disable_tqdm=True,
+        dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
     )
     lora = lora_config(config.model)

@@ -458,7 +458,8 @@ def train_causal_lm(model: Any, tokenizer: Any, records: list[dict[str, str]], t
         weight_decay=training.weight_decay, adam_beta1=training.adam_beta1, adam_beta2=training.adam_beta2,
         max_length=training.max_length, completion_only_loss=columns != ("text",), packing=False,
         bf16=training.bf16, logging_steps=training.logging_steps, save_strategy="no", report_to="none",
-        seed=training.seed, data_seed=training.seed, disable_tqdm=True, dataloader_num_workers=0,
+        train_sampling_strategy=training.sampling, seed=training.seed, data_seed=training.seed, disable_tqdm=True,
+        dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
     )
     model.train()
