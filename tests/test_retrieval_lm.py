@@ -302,6 +302,21 @@ def test_sasrec_learns_a_deterministic_successor(tmp_path):
     assert report["test"]["acc@1"] > 0.9
 
 
+def test_a_fresh_sasrec_starts_near_the_uniform_loss_on_a_large_catalogue():
+    """With nn.Embedding's std-1 rows the first logits have std ~ sqrt(d) and the first loss is several times
+    log(N); on Amazon Beauty (12 k items) that start left SASRec at the popularity level. A fresh model must start
+    near the uniform loss log(N)."""
+    from rankstack.retrieval.sasrec import SASRec, SASRecConfig
+
+    n, torch_gen = 12_000, torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = SASRec(n, SASRecConfig(dim=64, dropout=0.0))
+    history = torch.randint(0, n, (64, 20), generator=torch_gen)
+    loss = model.loss({"history": history, "target": torch.randint(0, n, (64,), generator=torch_gen)})
+    assert abs(loss.item() - np.log(n)) < 1.0
+    assert model.poi.weight[0].abs().sum() == 0  # the pad row
+
+
 def test_sid_token_rows_are_distinct_and_sized_like_the_old_rows():
     """HF's mean resizing draws new rows with 1e-9 × the old covariance (all SID tokens then share one vector);
     `add_sid_tokens` draws them at full scale, deterministically per seed."""
