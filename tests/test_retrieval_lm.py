@@ -300,6 +300,7 @@ def test_sasrec_learns_a_deterministic_successor(tmp_path):
     report = run_sasrec(toy, SASRecConfig(dim=32, max_epochs=8, patience=8, batch_size=64, width=5, lr=3e-3,
                                           dropout=0.0, device="cpu"), tmp_path / "sasrec")
     assert report["test"]["acc@1"] > 0.9
+    assert 0 < report["epochs_run"] <= 8 and report["best_step"] > 0
 
 
 def test_a_fresh_sasrec_starts_near_the_uniform_loss_on_a_large_catalogue():

@@ -171,7 +171,8 @@ def run_sasrec(data: RetrievalData, config: SASRecConfig, run_dir: str | Path) -
     fit = trainer.fit()
     if trainer.best_weights_path.is_file():
         model.load_state_dict(load_weights(trainer.best_weights_path))
-    report: dict[str, Any] = {"epochs_run": fit.get("epoch", None)}
+    report: dict[str, Any] = {"epochs_run": fit["epochs_completed"], "stopped_early": fit["stopped_early"],
+                              "best_step": fit["best_step"], "wall_time_s": fit["wall_time_s"]}
     for split in ("valid", "test"):
         samples = data.splits[split]
         report[split] = evaluate_topk(sasrec_topk(model, samples, config.width), samples.target, n_pois)
