@@ -162,11 +162,13 @@ def tiny_run(tiny_world_dir: Path, tmp_path_factory) -> tuple[Path, dict]:
 
     # Small enough for the suite: 50 CPT records per template, 1,000 SFT samples for one epoch (32 steps), 256
     # evaluated requests per split. That is far too little training to beat popularity (the tiny city needs
-    # ~1,200 SFT steps, ~9 min on this machine: docs/retrieval.md), so this run checks the mechanics.
+    # ~1,200 SFT steps, ~9 min on this machine: docs/retrieval.md), so this run checks the mechanics, with SFT in
+    # length-grouped batches.
     config = load_run_config(Path(__file__).resolve().parents[1] / "configs/retrieval/city_tiny.yaml",
                              {"data": str(tiny_world_dir / "next_poi"), "lm.decode.max_eval_samples": 256,
                               "semantic_ids.contrastive.max_epochs": 5, "lm.cpt.records_per_template": 50,
                               "lm.sft.max_examples": 1000, "lm.sft.training.num_epochs": 1.0,
+                              "lm.sft.training.sampling": "group_by_length",  # the Beauty config's batching
                               "lm.sft.training.logging_steps": 4, "lm.cpt.training.logging_steps": 2,
                               "sasrec.enabled": False, "lm.decode.device": "cpu"})
     out = tmp_path_factory.mktemp("geogr") / "run"
