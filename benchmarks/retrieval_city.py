@@ -24,13 +24,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import platform
 import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,11 +92,9 @@ def main() -> None:
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                          cwd=ROOT).stdout.strip()
     calls = [(variant, args, command, git) for variant in args.variants]
-    if args.jobs > 1:
-        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            done = list(pool.map(run_variant, *zip(*calls)))
-    else:
-        done = [run_variant(*call) for call in calls]
+    from rankstack.ranking.sweep import map_in_processes
+
+    done = map_in_processes(run_variant, calls, args.jobs)
     rows = [row for row, _ in done]
     baselines = done[-1][1]
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
