@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from rankstack.relevance.sft import ModelConfig, TrainingConfig, build_model
+from rankstack.relevance.tokenizer import train_tokenizer
 from rankstack.retrieval.data import CheckinLog, haversine_km, load_retrieval_data
 from rankstack.retrieval.lm import (
     TEMPLATES,
@@ -20,10 +22,12 @@ from rankstack.retrieval.lm import (
     area_grid,
     cpt_records,
     most_frequent_next,
+    most_visited,
     poi_descriptions,
     sft_examples,
     sid_strings,
     strip_sids,
+    train_causal_lm,
 )
 from rankstack.retrieval.semantic_ids import SemanticIdConfig, build_semantic_ids
 
@@ -74,6 +78,16 @@ def test_prompt_without_context_or_history(data, sids):
     assert writer.prompt([3, 4], hour=5, weekday=1) == "[hist][next]"
     writer = writer_for(data, sids, max_history=2, location="cell")
     assert writer.prompt([-1, 3, 4, 5]) == "[hist]" + writer.sid[4] + writer.sid[5] + "[next]"
+
+
+def test_user_profile_lists_the_most_visited_pois_most_visits_first(data, sids):
+    assert most_visited([7, 3, 7, 5, 3, 9, 7], 3) == [7, 3, 9]  # 7: 3 visits; 3: 2; 9 and 5 tie on 1, 9 is later
+    assert most_visited([], 4) == []
+    writer = writer_for(data, sids, max_history=1, context=False, profile_pois=2)
+    sid = writer.sid
+    assert writer.prompt([-1, 5, 6, 6, 8, 5, 6]) == "[user]" + sid[6] + sid[5] + "[hist]" + sid[6] + "[next]"
+    assert writer.prompt([-1, -1]) == "[user][hist][next]"
+    assert writer_for(data, sids, max_history=1, context=False).prompt([5, 5, 6]) == "[hist]" + sid[6] + "[next]"
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -342,3 +356,15 @@ def test_sid_token_rows_are_distinct_and_sized_like_the_old_rows():
     assert torch.cdist(new, new).add(torch.eye(len(new)) * 1e9).min() > 1e-3
     again, _, _ = build(0)
     assert torch.equal(again[old:], new)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_cpt_and_sft_recompute_activations_only_when_asked(tmp_path, checkpointing):
+    # TRL's SFTConfig turns activation checkpointing on by default; every stage's trainer must say what it wants.
+    records = [{"prompt": f"visit {i} then", "completion": f" {i + 1}"} for i in range(16)]
+    tokenizer = train_tokenizer((r["prompt"] + r["completion"] for r in records), vocab_size=300)
+    model = build_model(ModelConfig(hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1,
+                                    intermediate_size=32, max_position_embeddings=64), tokenizer)
+    training = TrainingConfig(max_steps=1, batch_size=4, max_length=32, activation_checkpointing=checkpointing)
+    train_causal_lm(model, tokenizer, records, training, tmp_path)
+    assert model.is_activation_checkpointing is checkpointing

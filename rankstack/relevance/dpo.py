@@ -225,7 +225,7 @@ def train_dpo(config: DPOStageConfig, out_dir: str | Path) -> dict[str, Any]:
         gradient_accumulation_steps=train_cfg.gradient_accumulation_steps, warmup_steps=train_cfg.warmup_ratio,
         lr_scheduler_type=train_cfg.lr_scheduler, max_grad_norm=train_cfg.max_grad_norm,
         max_length=train_cfg.max_length, precompute_ref_log_probs=train_cfg.precompute_ref_log_probs,
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         bf16=train_cfg.bf16, logging_steps=train_cfg.logging_steps, save_strategy="no", report_to="none",
         seed=train_cfg.seed, data_seed=train_cfg.seed, disable_tqdm=True, dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),

@@ -384,7 +384,7 @@ def grpo_args(config: GRPOStageConfig, out: Path) -> GRPOConfig:
         gradient_accumulation_steps=train.gradient_accumulation_steps, temperature=rollout.temperature,
         top_k=rollout.top_k, top_p=1.0, max_completion_length=rollout.max_completion_length,
         mask_truncated_completions=True, beta=train.beta, epsilon=train.epsilon, loss_type="grpo",
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         scale_rewards="group", num_iterations=1, learning_rate=train.learning_rate, max_steps=train.max_steps,
         warmup_steps=train.warmup_ratio, lr_scheduler_type=train.lr_scheduler, max_grad_norm=train.max_grad_norm,
         logging_steps=train.logging_steps, bf16=train.bf16, save_strategy="no", report_to="none", seed=train.seed,

@@ -142,6 +142,9 @@ class TrainingConfig:
         bf16: bfloat16 mixed precision (GPU).
         sampling: `random` batches, or `group_by_length` (transformers' `LengthGroupedSampler`: batches of similar
             length, so less padding; worth it when lengths vary a lot, e.g. SFT on histories of 1 to 20 items).
+        activation_checkpointing: Recompute activations in the backward pass: less memory, more compute. Off by
+            default (TRL's `SFTConfig` turns it on unless told otherwise); worth it only for a large model or long
+            sequences on a GPU short of memory.
         seed: Seeds model init, data order and the paraphrase templates.
     """
 
@@ -160,6 +163,7 @@ class TrainingConfig:
     logging_steps: int = 10
     bf16: bool = False
     sampling: Literal["random", "group_by_length"] = "random"
+    activation_checkpointing: bool = False
     seed: int = 0
 
 
@@ -261,6 +265,24 @@ def evaluate_sft(model: torch.nn.Module, tokenizer: Any, records: list[Relevance
     return {"completion_loss": completion_loss(model, tokenizer, examples), **first_token}
 
 
+def sft_arguments(training: TrainingConfig, out: Path, completion_only: bool) -> SFTConfig:
+    """TRL's `SFTConfig` from a `TrainingConfig`, every setting explicit (one builder for the relevance SFT stage
+    and the retrieval stage's CPT and SFT). `completion_only`: loss on the completion of prompt/completion
+    records; `False` for language modelling over `text` records."""
+    return SFTConfig(
+        output_dir=str(out), learning_rate=training.learning_rate, num_train_epochs=training.num_epochs,
+        max_steps=training.max_steps, per_device_train_batch_size=training.batch_size,
+        gradient_accumulation_steps=training.gradient_accumulation_steps, warmup_steps=training.warmup_ratio,
+        lr_scheduler_type=training.lr_scheduler, max_grad_norm=training.max_grad_norm,
+        weight_decay=training.weight_decay, adam_beta1=training.adam_beta1, adam_beta2=training.adam_beta2,
+        max_length=training.max_length, completion_only_loss=completion_only, packing=False,
+        activation_checkpointing=training.activation_checkpointing, bf16=training.bf16,
+        logging_steps=training.logging_steps, save_strategy="no", report_to="none",
+        train_sampling_strategy=training.sampling, seed=training.seed, data_seed=training.seed, disable_tqdm=True,
+        dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
+    )
+
+
 def train_sft(config: SFTStageConfig, out_dir: str | Path) -> dict[str, Any]:
     """Run the SFT stage into `out_dir`; returns the metrics written to `metrics.json`."""
     out = Path(out_dir)
@@ -284,18 +306,7 @@ def train_sft(config: SFTStageConfig, out_dir: str | Path) -> dict[str, Any]:
     before = evaluate()
     initial = parameter_snapshot(model)
     examples = sft_examples(train_records, tokenizer, rule_table, data.variant, train_cfg.seed, data.rule_text)
-    args = SFTConfig(
-        output_dir=str(out / "trainer"), learning_rate=train_cfg.learning_rate, num_train_epochs=train_cfg.num_epochs,
-        max_steps=train_cfg.max_steps, per_device_train_batch_size=train_cfg.batch_size,
-        gradient_accumulation_steps=train_cfg.gradient_accumulation_steps, warmup_steps=train_cfg.warmup_ratio,
-        lr_scheduler_type=train_cfg.lr_scheduler, max_grad_norm=train_cfg.max_grad_norm,
-        weight_decay=train_cfg.weight_decay, adam_beta1=train_cfg.adam_beta1, adam_beta2=train_cfg.adam_beta2,
-        max_length=train_cfg.max_length, completion_only_loss=True, packing=False, gradient_checkpointing=False,
-        bf16=train_cfg.bf16, logging_steps=train_cfg.logging_steps, save_strategy="no", report_to="none",
-        train_sampling_strategy=train_cfg.sampling, seed=train_cfg.seed, data_seed=train_cfg.seed, disable_tqdm=True,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available(),
-    )
+    args = sft_arguments(train_cfg, out / "trainer", completion_only=True)
     lora = lora_config(config.model)
     trainer = SFTTrainer(model=model, args=args, train_dataset=HFDataset.from_list(examples),
                          processing_class=tokenizer, peft_config=lora)
@@ -360,6 +371,6 @@ def max_parameter_change(before: dict[str, torch.Tensor], model: torch.nn.Module
     return max(float((p.detach().cpu() - before[n]).abs().max()) for n, p in model.named_parameters())
 
 
-__all__ = ["DataConfig", "TokenizerConfig", "ModelConfig", "TrainingConfig", "SFTStageConfig", "resolve_dataset",
+__all__ = ["DataConfig", "TokenizerConfig", "ModelConfig", "TrainingConfig", "SFTStageConfig", "sft_arguments", "resolve_dataset",
            "build_tokenizer", "build_model", "lora_config", "completion_loss", "evaluate_sft", "train_sft", "load_checkpoint",
            "process_device", "parameter_snapshot", "max_parameter_change", "throughput"]

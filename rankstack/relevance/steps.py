@@ -247,7 +247,7 @@ def train_step_judge(init: Path, examples: Sequence[dict[str, Any]], config: Ste
     args = SFTConfig(
         output_dir=str(out / "trainer"), learning_rate=config.learning_rate, max_steps=config.max_steps,
         per_device_train_batch_size=config.batch_size, lr_scheduler_type="constant", completion_only_loss=True,
-        packing=False, gradient_checkpointing=False, bf16=False, logging_steps=max(config.max_steps // 5, 1),
+        packing=False, activation_checkpointing=False, bf16=False, logging_steps=max(config.max_steps // 5, 1),
         save_strategy="no",
         report_to="none", seed=seed, data_seed=seed, disable_tqdm=True, dataloader_num_workers=0, max_length=None,
         dataloader_pin_memory=torch.cuda.is_available(),

@@ -5,12 +5,14 @@ Read top to bottom:
 
 1. **Text.** `PromptWriter` turns a next-POI sample into the SFT prompt and the target into its completion:
 
-       prompt:     [ctx] Sun 20h area g_3_-2 [hist] <a_5><b_1><c_9><d_0><a_5><b_3><c_0><d_1>… [next]
+       prompt:     [user]<a_5><b_1><c_9><d_0>…[hist]<a_5><b_1><c_9><d_0><a_5><b_3><c_0><d_1>…[ctx] Sun 20h near <a_…>[next]
        completion: <a_4><b_10><c_0><d_0>            (TRL appends eos; the loss covers the completion only)
 
    History SIDs are written back to back (no separator: every SID token is one added token, and a space between
-   added tokens would cost a byte-level token each). `[ctx]` holds what the dataset has: weekday and hour, and the
-   1 km cell of where the user is (`area g_x_y` on the city's local plane); Amazon data has neither.
+   added tokens would cost a byte-level token each). `[user]` (optional, `PromptConfig.profile_pois`) lists the
+   user's most visited POIs; `[hist]` the most recent ones, oldest first. `[ctx]` holds what the dataset has:
+   weekday and hour, and where the user is (the SID of the nearest POI, or the 1 km cell `area g_x_y` on the city's
+   local plane); Amazon data has neither.
 2. **CPT corpora** (`cpt_records`, train split only), sampled 1:1:1:1, each as many records as there are POIs:
    T1 trajectories (chunks of a user's chronological train check-ins, with weekday and hour when known),
    T2 `SID = description`, T3 `description = SID`, T4 questions about a SID (category, area, price, the POI
@@ -43,11 +45,11 @@ import torch  # noqa: E402
 from datasets import Dataset as HFDataset  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
-from trl import SFTConfig, SFTTrainer  # noqa: E402
+from trl import SFTTrainer  # noqa: E402
 
 from rankstack.errors import ConfigError  # noqa: E402
 from rankstack.pretrained import resolve_model_path  # noqa: E402
-from rankstack.relevance.sft import ModelConfig, TrainingConfig, build_model  # noqa: E402
+from rankstack.relevance.sft import ModelConfig, TrainingConfig, build_model, sft_arguments  # noqa: E402
 from rankstack.relevance.tokenizer import load_tokenizer, train_tokenizer  # noqa: E402
 from rankstack.retrieval.data import NextPoiSamples, RetrievalData, haversine_km  # noqa: E402
 from rankstack.retrieval.decode import to_candidates, trie_beam_search  # noqa: E402
@@ -80,12 +82,18 @@ class PromptConfig:
             nearest to the user (`near <a_..>…`), which a small model maps onto the answer's SID space far more
             easily than coordinates; `"cell"` writes the 1 km area cell (`area g_3_-2`); `"both"` writes both.
         cell_km (`float`, defaults to `1.0`): side of the area cells, on the catalogue's local plane.
+        profile_pois (`int`, defaults to `0`): write a `[user]` profile of the request's `profile_pois` most visited
+            POIs in its whole history array (most visits first; ties: the more recently visited first), as SIDs;
+            0 writes none. The paper's prompt holds a user profile (geogr.md §4.3); check-in logs carry no user
+            attributes, so where the user goes most is the profile they can give. It lets a small LM copy a
+            revisit by position instead of counting SIDs across a long history.
     """
 
     max_history: int = 50
     context: bool = True
     location: Literal["sid", "cell", "both"] = "sid"
     cell_km: float = 1.0
+    profile_pois: int = 0
 
 
 @dataclass
@@ -199,6 +207,17 @@ def _when(hour: int | None, weekday: int | None) -> str:
     return " ".join(parts)
 
 
+def most_visited(history: Sequence[int], k: int) -> list[int]:
+    """The `k` POIs that occur most often in `history` (oldest first): most visits first, ties broken by the
+    more recent last visit."""
+    count: dict[int, int] = {}
+    last: dict[int, int] = {}
+    for i, p in enumerate(history):
+        count[p] = count.get(p, 0) + 1
+        last[p] = i
+    return sorted(count, key=lambda p: (-count[p], -last[p]))[:k]
+
+
 class PromptWriter:
     """SFT prompts and completions for one tokenizer's SIDs (see the module docstring for the format)."""
 
@@ -229,12 +248,16 @@ class PromptWriter:
                where: str | None = None) -> str:
         """The prompt of one request: `history` are catalogue indices, oldest first (-1 entries are skipped);
         `where` is an entry of `where()`."""
-        recent = [int(p) for p in history if p >= 0][-self.config.max_history:] if self.config.max_history else []
+        visited = [int(p) for p in history if p >= 0]
+        recent = visited[-self.config.max_history:] if self.config.max_history else []
         ctx = ""
         if self.config.context:
             words = " ".join(w for w in (_when(hour, weekday), where or "") if w)
             ctx = f"[ctx] {words}" if words else ""
-        return "[hist]" + "".join(self.sid[p] for p in recent) + f"{ctx}[next]"
+        user = ""
+        if self.config.profile_pois:
+            user = "[user]" + "".join(self.sid[p] for p in most_visited(visited, self.config.profile_pois))
+        return user + "[hist]" + "".join(self.sid[p] for p in recent) + f"{ctx}[next]"
 
     def prompts(self, samples: NextPoiSamples) -> list[str]:
         """The prompts of every sample of a split."""
@@ -450,18 +473,7 @@ def train_causal_lm(model: Any, tokenizer: Any, records: list[dict[str, str]], t
     hf_logging.disable_progress_bar()
     columns = ("text",) if "text" in records[0] else ("prompt", "completion")
     dataset = HFDataset.from_list([{c: r[c] for c in columns} for r in records])
-    args = SFTConfig(
-        output_dir=str(out / "trainer"), learning_rate=training.learning_rate, num_train_epochs=training.num_epochs,
-        max_steps=training.max_steps, per_device_train_batch_size=training.batch_size,
-        gradient_accumulation_steps=training.gradient_accumulation_steps, warmup_steps=training.warmup_ratio,
-        lr_scheduler_type=training.lr_scheduler, max_grad_norm=training.max_grad_norm,
-        weight_decay=training.weight_decay, adam_beta1=training.adam_beta1, adam_beta2=training.adam_beta2,
-        max_length=training.max_length, completion_only_loss=columns != ("text",), packing=False,
-        bf16=training.bf16, logging_steps=training.logging_steps, save_strategy="no", report_to="none",
-        train_sampling_strategy=training.sampling, seed=training.seed, data_seed=training.seed, disable_tqdm=True,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available(),
-    )
+    args = sft_arguments(training, out / "trainer", completion_only=columns != ("text",))
     model.train()
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     start = time.perf_counter()
