@@ -1,10 +1,11 @@
 """How long the histories of a next-POI dataset are and how often the target is a POI the user visited recently
 (issue 5, Foursquare NYC: is a longer history in GeoGR's prompt worth its SFT time? geogr.md §4.3).
 
-For each split: the number of requests, the share with at least k prior check-ins in their history array, and the
-share whose target is among the last k history POIs: an upper bound on the Acc@W of any method that recommends only
-from the last k history POIs (GeoGR's prompt holds the last `lm.prompt.max_history` SIDs). Writes one JSON row to
-`--results` (appends) and prints it with the command.
+For each split: the number of requests, the share with at least k prior check-ins in their history array, the
+share whose target is among the last k history POIs (an upper bound on the Acc@W of any method that recommends only
+from the last k history POIs; GeoGR's prompt holds the last `lm.prompt.max_history` SIDs), and the share whose
+target is among the user's k most visited POIs in the whole history array (what `lm.prompt.profile_pois: k` writes
+in the `[user]` profile). Writes one JSON row to `--results` (appends) and prints it with the command.
 
     python benchmarks/retrieval_history_stats.py --data data/nyc-next-poi \
         --results benchmarks/results/retrieval_nyc_history_stats.jsonl
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rankstack.retrieval.lm import most_visited
+
 ROOT = Path(__file__).resolve().parent.parent
 KS = (1, 5, 10, 20, 30, 50)
 
@@ -33,7 +36,9 @@ def history_stats(history: np.ndarray, target: np.ndarray, ks: tuple[int, ...] =
             "median_length": float(np.median(lengths)) if len(lengths) else 0.0,
             "share_length_at_least": {k: float((lengths >= k).mean()) for k in ks},
             "share_target_in_last": {k: float(np.mean([int(t) in set(h[-k:].tolist()) for h, t in zip(last, target)]))
-                                     for k in ks}}
+                                     for k in ks},
+            "share_target_in_most_visited": {k: float(np.mean([int(t) in most_visited(h.tolist(), k)
+                                                               for h, t in zip(last, target)])) for k in ks}}
 
 
 def main() -> None:
@@ -58,6 +63,8 @@ def main() -> None:
         print(f"{split:6} n={stats['requests']:6d} median history {stats['median_length']:.0f}  "
               + "  ".join(f">={k}: {v:.3f}" for k, v in stats["share_length_at_least"].items()))
         print("       target in last k: " + "  ".join(f"k={k}: {v:.4f}" for k, v in stats["share_target_in_last"].items()))
+        print("       target in k most visited: "
+              + "  ".join(f"k={k}: {v:.4f}" for k, v in stats["share_target_in_most_visited"].items()))
 
 
 if __name__ == "__main__":
