@@ -70,7 +70,7 @@ def run_variant(variant: str, args: argparse.Namespace, command: str, git: str) 
            "date": time.strftime("%Y-%m-%d"), "git": git,
            "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared)"}
     baselines = {name: metrics[name]["test"] if "test" in metrics[name] else metrics[name]
-                 for name in ("popularity", "geo_nearest_popular", "sasrec", "oracle") if name in metrics}
+                 for name in ("popularity", "geo_nearest_popular", "user_history", "sasrec", "oracle") if name in metrics}
     return row, baselines
 
 

@@ -1,0 +1,71 @@
+"""Mean ± std over seeds of `retrieval_city.py` rows (GeoGR, its ablations, TIGER-style SIDs) beside the baselines
+of the same dataset: the deterministic ones (popularity, geo-nearest popular, user history, the oracle on the city)
+from a run's `eval/metrics.json`, and the SASRec-style baseline from `rankstack bench retrieval` folders, one per
+seed (`results.json`). Prints a Markdown table of the test split with the command.
+
+    python benchmarks/retrieval_seeds_summary.py --results benchmarks/results/retrieval_nyc_seeds.jsonl \
+        --config configs/retrieval/nyc_cpu.yaml --sasrec runs/bl-nyc-s0 runs/bl-nyc-s1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import yaml
+
+KEYS = ("acc@1", "acc@5", "acc@10", "ndcg@5", "ndcg@10", "mrr")
+LABELS = {"geogr": "GeoGR (co-visit SIDs, CPT, SFT)", "no_cpt": "GeoGR − CPT",
+          "no_covisit": "GeoGR − co-visit loss", "tiger": "TIGER-style (text-only SIDs, same LM)",
+          "em": "GeoGR + EM refinement", "sasrec": "SASRec-style", "user_history": "user history (visit counts)",
+          "geo_nearest_popular": "geo-nearest popular", "popularity": "popularity", "oracle": "oracle (expected, W = 50)"}
+
+
+def spread(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", type=Path, required=True, help="retrieval_city.py's JSON rows")
+    parser.add_argument("--config", help="keep only the rows of this config")
+    parser.add_argument("--sasrec", nargs="*", default=[], type=Path, help="`rankstack bench retrieval` folders")
+    args = parser.parse_args()
+
+    rows = [json.loads(line) for line in args.results.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if args.config is None or r["config"] == args.config]
+    if not rows:
+        sys.exit(f"{args.results}: no rows{' of ' + args.config if args.config else ''}; run retrieval_city.py first.")
+    by_variant: dict[str, list[dict]] = {}
+    for row in rows:
+        by_variant.setdefault(row["variant"], []).append(row)
+    table: list[tuple[str, list[dict], str]] = []
+    for variant, group in by_variant.items():
+        seeds = sorted("config's" if r["seed"] is None else str(r["seed"]) for r in group)
+        table.append((LABELS.get(variant, variant), [r["test"] for r in group], ", ".join(seeds)))
+    sasrec = [json.loads((folder / "results.json").read_text())["sasrec"]["test"] for folder in args.sasrec]
+    if sasrec:
+        seeds = sorted(str(yaml.safe_load((folder / "config.yaml").read_text())["sasrec"]["seed"])
+                       for folder in args.sasrec)
+        table.append((LABELS["sasrec"], sasrec, ", ".join(seeds)))
+    metrics = json.loads((Path(rows[0]["run"]) / "eval" / "metrics.json").read_text())
+    for name in ("user_history", "geo_nearest_popular", "popularity", "oracle"):
+        if name in metrics:
+            table.append((LABELS[name], [metrics[name].get("test", metrics[name])], "deterministic"))
+
+    print("command:", " ".join([Path(sys.executable).name, *sys.argv]))
+    print(f"test split, {int(rows[0]['test']['count'])} requests; mean ± std over the seeds listed\n")
+    print("| method | seeds | " + " | ".join(k.replace("acc", "Acc").replace("ndcg", "NDCG").replace("mrr", "MRR")
+                                           for k in KEYS) + " |")
+    print("|---|---|" + "---|" * len(KEYS))
+    for label, tests, seeds in table:
+        print(f"| {label} | {seeds} | " + " | ".join(spread([t[k] for t in tests]) for k in KEYS) + " |")
+
+
+if __name__ == "__main__":
+    main()
