@@ -16,7 +16,9 @@
 #   --set lm.decode.max_eval_samples=40 --set lm.cpt.records_per_template=40 --set lm.model.hidden_size=64 \
 #   --set lm.model.num_heads=2 --set lm.model.intermediate_size=128 --set lm.model.num_layers=1" \
 #   SASREC_SET="--set sasrec.max_epochs=1" bash benchmarks/gpu_retrieval.sh
-# It has not run on a GPU yet: its wall time per run is still to be measured.
+# It has not run on a GPU yet: its wall time per run is still to be measured. With time to spare, a second call
+# with SEEDS=0 VARIANTS="geogr tiger" SET="--set lm.prompt.profile_pois=20" OUT=runs/bench/gpu-retrieval-profile
+# asks whether a 13 M LM copies revisits from a [user] profile, which the 2-layer CPU LM does not (BENCHMARKS.md).
 set -u
 OUT=${OUT:-runs/bench/gpu-retrieval}
 WORK=${WORK:-/tmp/gpu-retrieval}
