@@ -1,10 +1,11 @@
 """Mean ± std over seeds of `retrieval_city.py` rows (GeoGR, its ablations, TIGER-style SIDs) beside the baselines
 of the same dataset: the deterministic ones (popularity, geo-nearest popular, user history, the oracle on the city)
 from a run's `eval/metrics.json`, and the SASRec-style baseline from `rankstack bench retrieval` folders, one per
-seed (`results.json`). Prints a Markdown table of the test split with the command.
+seed, or a JSON file that collects them. Prints a Markdown table of the test split with the command.
 
     python benchmarks/retrieval_seeds_summary.py --results benchmarks/results/retrieval_nyc_seeds.jsonl \
-        --config configs/retrieval/nyc_cpu.yaml --sasrec runs/bl-nyc-s0 runs/bl-nyc-s1
+        --sasrec benchmarks/results/retrieval_nyc_sasrec_seeds.json \
+        --baselines benchmarks/results/retrieval_nyc_seeds_baselines.json
 """
 
 from __future__ import annotations
@@ -30,11 +31,22 @@ def spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
+def sasrec_runs(path: Path) -> list[tuple[str, dict]]:
+    """(seed, test metrics) of a `rankstack bench retrieval` folder, or of every entry of a JSON file that
+    collects such runs (`{"seed0": {"test": ...}, ...}`, as in benchmarks/results/)."""
+    if path.is_dir():
+        seed = yaml.safe_load((path / "config.yaml").read_text())["sasrec"]["seed"]
+        return [(str(seed), json.loads((path / "results.json").read_text())["sasrec"]["test"])]
+    return [(key.removeprefix("seed"), run["test"]) for key, run in json.loads(path.read_text()).items()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, required=True, help="retrieval_city.py's JSON rows")
     parser.add_argument("--config", help="keep only the rows of this config")
-    parser.add_argument("--sasrec", nargs="*", default=[], type=Path, help="`rankstack bench retrieval` folders")
+    parser.add_argument("--sasrec", nargs="*", default=[], type=Path, help="`rankstack bench retrieval` folders or JSON files of such runs")
+    parser.add_argument("--baselines", type=Path, help="an `eval/metrics.json` with the deterministic baselines "
+                        "(default: the first row's run folder)")
     args = parser.parse_args()
 
     rows = [json.loads(line) for line in args.results.read_text().splitlines() if line.strip()]
@@ -48,12 +60,10 @@ def main() -> None:
     for variant, group in by_variant.items():
         seeds = sorted("config's" if r["seed"] is None else str(r["seed"]) for r in group)
         table.append((LABELS.get(variant, variant), [r["test"] for r in group], ", ".join(seeds)))
-    sasrec = [json.loads((folder / "results.json").read_text())["sasrec"]["test"] for folder in args.sasrec]
+    sasrec = [run for path in args.sasrec for run in sasrec_runs(path)]
     if sasrec:
-        seeds = sorted(str(yaml.safe_load((folder / "config.yaml").read_text())["sasrec"]["seed"])
-                       for folder in args.sasrec)
-        table.append((LABELS["sasrec"], sasrec, ", ".join(seeds)))
-    metrics = json.loads((Path(rows[0]["run"]) / "eval" / "metrics.json").read_text())
+        table.append((LABELS["sasrec"], [test for _, test in sasrec], ", ".join(sorted(seed for seed, _ in sasrec))))
+    metrics = json.loads((args.baselines or Path(rows[0]["run"]) / "eval" / "metrics.json").read_text())
     for name in ("user_history", "geo_nearest_popular", "popularity", "oracle"):
         if name in metrics:
             table.append((LABELS[name], [metrics[name].get("test", metrics[name])], "deterministic"))
