@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from rankstack.errors import ConfigError
 from rankstack.relevance.sft import ModelConfig, TrainingConfig, build_model
 from rankstack.relevance.tokenizer import train_tokenizer
 from rankstack.retrieval.data import CheckinLog, haversine_km, load_retrieval_data
@@ -88,6 +89,8 @@ def test_user_profile_lists_the_most_visited_pois_most_visits_first(data, sids):
     assert writer.prompt([-1, 5, 6, 6, 8, 5, 6]) == "[user]" + sid[6] + sid[5] + "[hist]" + sid[6] + "[next]"
     assert writer.prompt([-1, -1]) == "[user][hist][next]"
     assert writer_for(data, sids, max_history=1, context=False).prompt([5, 5, 6]) == "[hist]" + sid[6] + "[next]"
+    with pytest.raises(ConfigError, match="lm.prompt.profile_pois"):
+        writer_for(data, sids, profile_pois=-1)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -371,6 +371,6 @@ def max_parameter_change(before: dict[str, torch.Tensor], model: torch.nn.Module
     return max(float((p.detach().cpu() - before[n]).abs().max()) for n, p in model.named_parameters())
 
 
-__all__ = ["DataConfig", "TokenizerConfig", "ModelConfig", "TrainingConfig", "SFTStageConfig", "sft_arguments", "resolve_dataset",
-           "build_tokenizer", "build_model", "lora_config", "completion_loss", "evaluate_sft", "train_sft", "load_checkpoint",
-           "process_device", "parameter_snapshot", "max_parameter_change", "throughput"]
+__all__ = ["DataConfig", "TokenizerConfig", "ModelConfig", "TrainingConfig", "SFTStageConfig", "sft_arguments",
+           "resolve_dataset", "build_tokenizer", "build_model", "lora_config", "completion_loss", "evaluate_sft",
+           "train_sft", "load_checkpoint", "process_device", "parameter_snapshot", "max_parameter_change", "throughput"]

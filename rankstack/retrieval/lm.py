@@ -5,7 +5,7 @@ Read top to bottom:
 
 1. **Text.** `PromptWriter` turns a next-POI sample into the SFT prompt and the target into its completion:
 
-       prompt:     [user]<a_5><b_1><c_9><d_0>…[hist]<a_5><b_1><c_9><d_0><a_5><b_3><c_0><d_1>…[ctx] Sun 20h near <a_…>[next]
+       prompt:     [user]<a_5><b_1><c_9><d_0>…[hist]<a_5><b_1><c_9><d_0><a_5><b_3>…[ctx] Sun 20h near <a_…>[next]
        completion: <a_4><b_10><c_0><d_0>            (TRL appends eos; the loss covers the completion only)
 
    History SIDs are written back to back (no separator: every SID token is one added token, and a space between
@@ -223,6 +223,10 @@ class PromptWriter:
 
     def __init__(self, sids: SemanticIds, grid: AreaGrid | None, config: PromptConfig,
                  poi_lat: np.ndarray | None = None, poi_lon: np.ndarray | None = None) -> None:
+        for key in ("max_history", "profile_pois"):
+            if getattr(config, key) < 0:
+                raise ConfigError(f"lm.prompt.{key} is {getattr(config, key)}; it counts SIDs in the prompt, so set "
+                                  "it to 0 (none) or more.")
         self.sid = sid_strings(sids.codes)
         self.grid = grid
         self.config = config
