@@ -30,6 +30,7 @@ from rankstack.retrieval.lm import (
     strip_sids,
     train_causal_lm,
 )
+from rankstack.retrieval.run import load_run_config
 from rankstack.retrieval.semantic_ids import SemanticIdConfig, build_semantic_ids
 
 SID_RE = re.compile(r"(?:<[a-d]_\d+>)+")
@@ -89,8 +90,9 @@ def test_user_profile_lists_the_most_visited_pois_most_visits_first(data, sids):
     assert writer.prompt([-1, 5, 6, 6, 8, 5, 6]) == "[user]" + sid[6] + sid[5] + "[hist]" + sid[6] + "[next]"
     assert writer.prompt([-1, -1]) == "[user][hist][next]"
     assert writer_for(data, sids, max_history=1, context=False).prompt([5, 5, 6]) == "[hist]" + sid[6] + "[next]"
-    with pytest.raises(ConfigError, match="lm.prompt.profile_pois"):
-        writer_for(data, sids, profile_pois=-1)
+    with pytest.raises(ConfigError, match="lm.prompt.profile_pois"):  # refused when the config is read
+        load_run_config(Path(__file__).resolve().parents[1] / "configs/retrieval/city_tiny.yaml",
+                        {"lm.prompt.profile_pois": -1})
 
 
 # ------------------------------------------------------------------------------------------------------------

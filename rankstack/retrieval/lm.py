@@ -95,6 +95,12 @@ class PromptConfig:
     cell_km: float = 1.0
     profile_pois: int = 0
 
+    def __post_init__(self) -> None:
+        for key in ("max_history", "profile_pois"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"lm.prompt.{key} is {getattr(self, key)}; it counts SIDs in the prompt, so set it "
+                                 "to 0 (none) or more.")
+
 
 @dataclass
 class CPTConfig:
@@ -223,10 +229,6 @@ class PromptWriter:
 
     def __init__(self, sids: SemanticIds, grid: AreaGrid | None, config: PromptConfig,
                  poi_lat: np.ndarray | None = None, poi_lon: np.ndarray | None = None) -> None:
-        for key in ("max_history", "profile_pois"):
-            if getattr(config, key) < 0:
-                raise ConfigError(f"lm.prompt.{key} is {getattr(config, key)}; it counts SIDs in the prompt, so set "
-                                  "it to 0 (none) or more.")
         self.sid = sid_strings(sids.codes)
         self.grid = grid
         self.config = config
