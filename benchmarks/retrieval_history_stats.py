@@ -31,14 +31,15 @@ def history_stats(history: np.ndarray, target: np.ndarray, ks: tuple[int, ...] =
     """`history`: [N, H] catalogue indices, left-aligned, -1 padded, oldest first; `target`: [N]."""
     lengths = (history >= 0).sum(axis=1)
     last = [h[h >= 0] for h in history]
+    by_visits = [most_visited(h.tolist(), len(h)) for h in last]  # every visited POI, most visits first
     return {"requests": int(len(target)),
             "history_width": int(history.shape[1]),
             "median_length": float(np.median(lengths)) if len(lengths) else 0.0,
             "share_length_at_least": {k: float((lengths >= k).mean()) for k in ks},
             "share_target_in_last": {k: float(np.mean([int(t) in set(h[-k:].tolist()) for h, t in zip(last, target)]))
                                      for k in ks},
-            "share_target_in_most_visited": {k: float(np.mean([int(t) in most_visited(h.tolist(), k)
-                                                               for h, t in zip(last, target)])) for k in ks}}
+            "share_target_in_most_visited": {k: float(np.mean([int(t) in ranked[:k]
+                                                               for ranked, t in zip(by_visits, target)])) for k in ks}}
 
 
 def main() -> None:

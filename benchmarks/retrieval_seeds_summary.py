@@ -12,23 +12,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
 import yaml
 
+from rankstack.ranking.sweep import mean_std
+
 KEYS = ("acc@1", "acc@5", "acc@10", "ndcg@5", "ndcg@10", "mrr")
 LABELS = {"geogr": "GeoGR (co-visit SIDs, CPT, SFT)", "no_cpt": "GeoGR − CPT",
           "no_covisit": "GeoGR − co-visit loss", "tiger": "TIGER-style (text-only SIDs, same LM)",
           "em": "GeoGR + EM refinement", "sasrec": "SASRec-style", "user_history": "user history (visit counts)",
-          "geo_nearest_popular": "geo-nearest popular", "popularity": "popularity", "oracle": "oracle (expected, W = 50)"}
+          "geo_nearest_popular": "geo-nearest popular", "popularity": "popularity",
+          "oracle": "oracle (expected, W = 50)"}
 
 
 def spread(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+    mean, std = mean_std(values)
+    return f"{mean:.4f}" if len(values) == 1 else f"{mean:.4f} ± {std:.4f}"
 
 
 def sasrec_runs(path: Path) -> list[tuple[str, dict]]:
@@ -44,7 +45,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, required=True, help="retrieval_city.py's JSON rows")
     parser.add_argument("--config", help="keep only the rows of this config")
-    parser.add_argument("--sasrec", nargs="*", default=[], type=Path, help="`rankstack bench retrieval` folders or JSON files of such runs")
+    parser.add_argument("--sasrec", nargs="*", default=[], type=Path,
+                        help="`rankstack bench retrieval` folders or JSON files of such runs")
     parser.add_argument("--baselines", type=Path, help="an `eval/metrics.json` with the deterministic baselines "
                         "(default: the first row's run folder)")
     args = parser.parse_args()
