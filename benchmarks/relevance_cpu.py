@@ -56,6 +56,10 @@ def main() -> None:
     parser.add_argument("--world", default="tiny", help="world preset (seed 0) the pairs come from")
     parser.add_argument("--sft-lr", type=float, default=5.0e-3)
     parser.add_argument("--dpo-lr", type=float, default=1.0e-4)
+    parser.add_argument("--dpo-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a further DPO setting (e.g. training.nll_weight=1.0); repeatable")
+    parser.add_argument("--sft-run", help="start the chain from this label-first SFT run instead of training one")
+    parser.add_argument("--name", default="", help="suffix of the run folder (DPO arms from one --sft-run)")
     parser.add_argument("--grpo-lr", type=float, default=1.0e-4)
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench"))
     parser.add_argument("--result", help="the JSON to write (default benchmarks/results/relevance_cpu_seed<seed>.json)")
@@ -64,6 +68,7 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     import torch
 
+    from rankstack.config import parse_override
     from rankstack.errors import DataError
     from rankstack.relevance import train_relevance
     from rankstack.relevance.bench import bench_run
@@ -72,7 +77,7 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else None
     suffix = "" if (args.model, args.world) == ("tiny", "tiny") else f"-{args.model}-{args.world}"
-    out = Path(args.out) / f"relevance-cpu{suffix}-{args.seed}"
+    out = Path(args.out) / f"relevance-cpu{suffix}-{args.seed}{args.name}"
     world = Path(args.out) / f"world-{args.world}-0"
     if not (world / "relevance").is_dir():
         generate(WorldConfig.preset(args.world), seed=0, out=world, overwrite=True)
@@ -85,7 +90,8 @@ def main() -> None:
     target = Path(args.result) if args.result else ROOT / "benchmarks" / "results" / f"relevance_cpu_seed{args.seed}.json"
     result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "date": time.strftime("%Y-%m-%d"),
               "seed": args.seed, "world": f"{args.world} (seed 0)", "model": MODELS[args.model],
-              "device": torch.cuda.get_device_name(0) if cuda else "cpu", "runs": {}, "timings_s": timings,
+              "device": torch.cuda.get_device_name(0) if cuda else "cpu", "runs": {}, "stages": {},
+              "timings_s": timings,
               "notes": []}
 
     def save() -> None:
@@ -96,6 +102,8 @@ def main() -> None:
         start = time.perf_counter()
         metrics = train_relevance(*call, **kwargs)
         timings[name] = time.perf_counter() - start
+        result["stages"][name] = {k: metrics[k] for k in ("sampling", "steps", "first_logged", "last_logged",
+                                                          "tokens_per_s") if k in metrics}
         print(f"[{name}] {timings[name]:.0f} s", flush=True)
         save()
         return metrics
@@ -109,8 +117,8 @@ def main() -> None:
         save()
 
     # The label-first chain first (SFT → DPO → GRPO), then the other SFT variants, each benched as it finishes.
-    chain = out / "sft-label_first"
-    if args.chain != "none":
+    chain = Path(args.sft_run) if args.sft_run else out / "sft-label_first"
+    if args.chain != "none" and not args.sft_run:
         stage("sft_label_first", "sft", CONFIGS / "sft_tiny.yaml", {**sft, "data.variant": "label_first"}, chain)
         bench("sft_label_first", chain)
     if args.chain in ("full", "dpo"):
@@ -119,7 +127,8 @@ def main() -> None:
                "sampling.max_new_tokens": 160,
                "training.max_steps": -1, "training.learning_rate": args.dpo_lr, "training.seed": args.seed,
                "sampling.batch_size": args.gen_batch_size, "eval.batch_size": args.gen_batch_size,
-               "training.bf16": cuda, "eval.max_new_tokens": 160}, out / "dpo", init=chain)
+               "training.bf16": cuda, "eval.max_new_tokens": 160, **dict(map(parse_override, args.dpo_set))},
+              out / "dpo", init=chain)
         bench("dpo", out / "dpo")
     if args.chain == "full":
         grpo = {"data.max_train_examples": 256, "data.max_eval_examples": 64, "rollout.num_generations": 8,

@@ -14,7 +14,10 @@
    Up to `max_pairs_per_prompt` pairs, the i-th pairing the i-th chosen (cycling) with the i-th rejected;
    identical (chosen, rejected) texts are kept once.
 3. **DPO** with TRL's `DPOTrainer(model, ref_model=…)`: both loaded from the init checkpoint folder, so the
-   reference is a separate, frozen copy of the SFT model; sigmoid loss with β = 0.1.
+   reference is a separate, frozen copy of the SFT model; sigmoid loss with β = 0.1. `nll_weight` > 0 adds the
+   chosen answers' mean token negative log-likelihood times that weight (TRL's `sft` loss term; RPO, Pang et al.
+   2024, "Iterative Reasoning Preference Optimization"), which keeps DPO from lowering the likelihood of the correct
+   rationales along with the wrong ones. Off by default: §3.2 is plain DPO.
 
 Logged: pairs by source (`pairs.jsonl`, `metrics.json`), pass@1 / pass@N of the samples, TRL's
 `rewards/{chosen,rejected,margins,accuracies}`, and the eval split before and after.
@@ -84,9 +87,11 @@ class DPOTrainingConfig:
         max_pairs_per_prompt: At most this many pairs per prompt.
         precompute_ref_log_probs: Score the reference once before training (saves memory on GPU).
         max_length: Longest prompt + answer in tokens (TRL truncates the end).
+        nll_weight: Weight of the chosen answers' NLL added to the DPO loss (0: plain DPO, §3.2).
     """
 
     beta: float = 0.1
+    nll_weight: float = 0.0
     max_pairs_per_prompt: int = 2
     learning_rate: float = 1e-5
     num_epochs: float = 1.0
@@ -101,6 +106,10 @@ class DPOTrainingConfig:
     logging_steps: int = 10
     bf16: bool = False
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.nll_weight < 0:
+            raise ConfigError(f"training.nll_weight is {self.nll_weight}; use 0 (plain DPO) or a positive weight.")
 
 
 @dataclass
@@ -171,13 +180,15 @@ def sample_pairs(model: torch.nn.Module, tokenizer: Any, records: list[Relevance
                                    max_new_tokens=sampling.max_new_tokens, batch_size=sampling.batch_size, seed=seed)
     probs = RelevanceScorer(model, tokenizer, batch_size=sampling.batch_size).score_prompts(prompts)
     rows, sources, all_correct = [], Counter(), 0
-    correct_counts = []
+    correct_counts, chosen_labels, rejected_labels = [], Counter(), Counter()
     for record, prompt, texts, p in zip(records, prompts, samples, probs):
         n_correct = sum(is_correct(parse_output(t, variant), record.label) for t in texts)
         correct_counts.append(n_correct)
         all_correct += n_correct == len(texts)
         for pair in build_pairs(record, texts, p, variant, max_pairs, seed):
             sources[pair.source] += 1
+            chosen_labels[str(record.label)] += 1
+            rejected_labels[str(parse_output(pair.rejected, variant).label)] += 1
             rows.append({"prompt": prompt, "chosen": pair.chosen, "rejected": pair.rejected, "source": pair.source,
                          "pair_id": record.pair_id})
     counts = np.array(correct_counts)
@@ -185,8 +196,16 @@ def sample_pairs(model: torch.nn.Module, tokenizer: Any, records: list[Relevance
              "pass@1": float(counts.mean() / sampling.num_samples) if len(counts) else 0.0,
              f"pass@{sampling.num_samples}": float((counts > 0).mean()) if len(counts) else 0.0,
              "prompts_all_correct": all_correct, "pairs": len(rows), "pairs_self": sources["self"],
-             "pairs_oracle": sources["oracle"]}
+             "pairs_oracle": sources["oracle"], "pairs_by_chosen_label": dict(sorted(chosen_labels.items())),
+             "pairs_by_rejected_label": dict(sorted(rejected_labels.items()))}
     return rows, stats
+
+
+def dpo_loss(nll_weight: float) -> dict[str, Any]:
+    """`DPOConfig`'s loss arguments: the sigmoid DPO loss, plus the chosen answers' NLL when `nll_weight` > 0."""
+    if nll_weight == 0:
+        return {"loss_type": ["sigmoid"]}
+    return {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, nll_weight]}
 
 
 def train_dpo(config: DPOStageConfig, out_dir: str | Path) -> dict[str, Any]:
@@ -219,7 +238,7 @@ def train_dpo(config: DPOStageConfig, out_dir: str | Path) -> dict[str, Any]:
     ref_model = AutoModelForCausalLM.from_pretrained(str(inputs.checkpoint), dtype=torch.float32)
     initial = parameter_snapshot(model)
     args = DPOConfig(
-        output_dir=str(out / "trainer"), beta=train_cfg.beta, loss_type=["sigmoid"],
+        output_dir=str(out / "trainer"), beta=train_cfg.beta, **dpo_loss(train_cfg.nll_weight),
         learning_rate=train_cfg.learning_rate, num_train_epochs=train_cfg.num_epochs, max_steps=train_cfg.max_steps,
         per_device_train_batch_size=train_cfg.batch_size,
         gradient_accumulation_steps=train_cfg.gradient_accumulation_steps, warmup_steps=train_cfg.warmup_ratio,
@@ -245,5 +264,5 @@ def train_dpo(config: DPOStageConfig, out_dir: str | Path) -> dict[str, Any]:
     return json.loads((out / "metrics.json").read_text())
 
 
-__all__ = ["SamplingConfig", "DPOTrainingConfig", "DPOStageConfig", "PreferencePair", "build_pairs", "sample_pairs",
-           "train_dpo"]
+__all__ = ["SamplingConfig", "DPOTrainingConfig", "DPOStageConfig", "PreferencePair", "build_pairs", "dpo_loss",
+           "sample_pairs", "train_dpo"]
