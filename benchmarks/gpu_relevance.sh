@@ -19,7 +19,11 @@
 # the RL arms beside them; 16 processes at generation batch 128 ran out of the card's memory, and under 8 processes
 # an RL step took about 3 s (GRPO), 6 s (SRPO) and 6-16 s (AGRL, SRPO+AGRL), so the ladder of 3 seeds and the 12 RL
 # runs do not fit one 10-minute call together: give a session either the ladder (RL_SEEDS="") or the RL arms
-# (SEEDS=0 CHAIN=dpo VARIANTS="", fewer RL_STEPS or RL_SEEDS).
+# (SEEDS=0 CHAIN=dpo VARIANTS="", fewer RL_STEPS or RL_SEEDS). Its third run (H200, 2026-11-26: 3 seeds' ladders and
+# the 4 arms of one RL seed at 15 steps, 503 s) peaked at 112.5 GiB of the card's memory, more than an H100 has;
+# there the 4 arms at lr 2e-5 (then the default) lowered macro-F1, the ladder's GRPO at 3e-6 had raised it, so the
+# arms now default to 3e-6. DPO on the ladder's 128 prompts lowers macro-F1 (BENCHMARKS.md "Why DPO lowers it"):
+# DPO_PROMPTS=2048 DPO_SET="--dpo-set training.nll_weight=1.0" is the next ladder to measure.
 set -u
 OUT=${OUT:-runs/bench/gpu-relevance}
 WORK=${WORK:-/tmp/gpu-relevance}
@@ -33,7 +37,7 @@ WORLD=${WORLD:-small}
 EVAL_PAIRS=${EVAL_PAIRS:-256}       # the ladder's bench: the first test pairs, as seed 0's row
 RL_EVAL_PAIRS=${RL_EVAL_PAIRS:-1368}  # the RL arms: the whole test split of the small city
 RL_STEPS=${RL_STEPS:-30}
-RL_LR=${RL_LR:-2e-5}
+RL_LR=${RL_LR:-3e-6}
 GEN_BATCH=${GEN_BATCH:-128}
 RL_GEN_BATCH=${RL_GEN_BATCH:-64}    # 128 took 10-20 GiB per RL process: 16 processes ran out of an H200's 139.8 GiB
 MAX_JOBS=${MAX_JOBS:-12}            # processes at once; an RL arm waits for a free slot
@@ -54,7 +58,8 @@ generate(WorldConfig.preset('$WORLD'), seed=0, out='$WORK/world-$WORLD-0', overw
 echo "world at $((SECONDS - started)) s"
 
 ladder="--model $MODEL --world $WORLD --sft-steps ${SFT_STEPS:-700} --sft-batch-size 32 --sft-lr 3e-4 --dpo-lr 1e-5
-  --grpo-lr 3e-6 --grpo-steps 20 --grpo-refresh-steps 20 --dpo-prompts 128 --gen-batch-size $GEN_BATCH
+  --grpo-lr 3e-6 --grpo-steps 20 --grpo-refresh-steps 20 --dpo-prompts ${DPO_PROMPTS:-128} ${DPO_SET:-}
+  --gen-batch-size $GEN_BATCH
   --eval-pairs $EVAL_PAIRS --skip-cross-encoder --out $WORK"
 for seed in $SEEDS; do
   timeout "$(left)" $PY benchmarks/relevance_cpu.py $ladder --seed "$seed" --chain "${CHAIN:-full}" \

@@ -105,6 +105,8 @@ def test_dpo_run_lowers_its_loss_against_a_frozen_reference(sft_run: Path, tmp_p
     sampling = metrics["sampling"]
     assert sampling["pairs"] == sampling["pairs_self"] + sampling["pairs_oracle"] > 0
     assert len((tmp_path / "pairs.jsonl").read_text().splitlines()) == sampling["pairs"]
+    assert sum(sampling["pairs_by_chosen_label"].values()) == sum(sampling["pairs_by_rejected_label"].values()) \
+        == sampling["pairs"]
     assert metrics["steps"] == 6 and metrics["max_parameter_change"] > 1e-4
     first, last = metrics["first_logged"], metrics["last_logged"]
     assert first["loss"] == pytest.approx(np.log(2), abs=1e-3)  # the policy starts equal to the reference
@@ -115,6 +117,24 @@ def test_dpo_run_lowers_its_loss_against_a_frozen_reference(sft_run: Path, tmp_p
     # the reference is the SFT checkpoint, unchanged on disk
     sft_model, _, _ = load_checkpoint(sft_run / "model")
     assert any((a - b).abs().max() > 0 for a, b in zip(model.parameters(), sft_model.parameters()))
+
+
+def test_nll_weight_adds_the_chosen_answers_nll_to_the_dpo_loss(sft_run: Path, tmp_path: Path) -> None:
+    overrides: dict[str, Any] = {"data.max_train_examples": 8, "data.max_eval_examples": 4, "training.max_steps": 1,
+                                 "training.logging_steps": 1, "eval.generate": False, "sampling.max_new_tokens": 48}
+    first_loss = {}
+    for weight in (0.0, 0.5, 1.0):
+        metrics = train_relevance("dpo", CONFIGS / "dpo_tiny.yaml", {**overrides, "training.nll_weight": weight},
+                                  tmp_path / str(weight), init=sft_run)
+        first_loss[weight] = metrics["first_logged"]["loss"]
+    # step 1 sees the same pairs with the policy equal to the reference: the DPO term is log 2 in every run, and
+    # the weight scales the chosen answers' mean token NLL on top of it
+    assert first_loss[0.0] == pytest.approx(np.log(2), abs=1e-3)
+    assert first_loss[0.5] - np.log(2) > 0.05
+    assert first_loss[1.0] - np.log(2) == pytest.approx(2 * (first_loss[0.5] - np.log(2)), rel=1e-3)
+    with pytest.raises(ConfigError, match="training.nll_weight"):
+        train_relevance("dpo", CONFIGS / "dpo_tiny.yaml", {"training.nll_weight": -1}, tmp_path / "bad",
+                        init=sft_run)
 
 
 def test_dpo_needs_an_init_run(tmp_path: Path) -> None:
