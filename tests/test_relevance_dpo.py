@@ -3,6 +3,7 @@ tiny SFT → DPO run that lowers the DPO loss and moves the parameters."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -14,10 +15,11 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from rankstack.errors import ConfigError  # noqa: E402
-from rankstack.relevance import train_relevance  # noqa: E402
+from rankstack.relevance import dpo, train_relevance  # noqa: E402
 from rankstack.relevance.data import RelevanceRecord, load_split, render_completion  # noqa: E402
-from rankstack.relevance.dpo import build_pairs  # noqa: E402
-from rankstack.relevance.evaluate import generation_report  # noqa: E402
+from rankstack.relevance.dpo import SamplingConfig, build_pairs, hinted_oracles  # noqa: E402
+from rankstack.relevance.evaluate import generation_report, is_correct  # noqa: E402
+from rankstack.relevance.format import parse_output  # noqa: E402
 from rankstack.relevance.sft import load_checkpoint  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "relevance"
@@ -69,6 +71,42 @@ def test_all_wrong_uses_the_gold_conditioned_oracle(record: RelevanceRecord) -> 
     assert [p.rejected for p in pairs] == [with_label(gold, 4), with_label(gold, 1)]
 
 
+def test_without_gold_steps_all_wrong_takes_the_hinted_answer_or_gives_no_pair(record: RelevanceRecord) -> None:
+    gold = render_completion(record, templates=TEMPLATES)
+    no_gold = dataclasses.replace(record, gold=None)  # an ESCI / WANDS pair: a label, no gold steps
+    samples = [with_label(gold, 4), with_label(gold, 1)]
+    probs = np.full(4, 0.25)
+    assert build_pairs(no_gold, samples, probs) == []
+    pairs = build_pairs(no_gold, samples, probs, hinted=gold)
+    assert [(p.source, p.chosen) for p in pairs] == [("hinted", gold), ("hinted", gold)]
+    assert build_pairs(no_gold, samples, probs, hinted=with_label(gold, 3)) == []  # a wrong hinted answer is dropped
+    # a correct sample of its own wins over the hinted answer
+    assert {p.source for p in build_pairs(no_gold, [gold, *samples], probs, hinted=gold)} == {"self"}
+
+
+def test_hinted_oracles_keep_the_first_correct_answer_that_does_not_quote_the_hint(
+        record: RelevanceRecord, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rankstack.relevance.tokenizer import train_tokenizer
+
+    gold = render_completion(record, templates=TEMPLATES)
+    other = dataclasses.replace(record, pair_id=f"{record.pair_id}-b", label=3, gold=None)
+    quoting = gold.replace("[Query]", "[Query] as the hint says,", 1)
+    assert is_correct(parse_output(quoting, "label_first"), 2)  # right, but it quotes the hint: not kept
+    answers = {2: [with_label(gold, 4), quoting, gold], 3: [with_label(gold, 1), with_label(gold, 2)]}
+    seen: list[str] = []
+
+    def fake_generate(model, tokenizer, prompts, num_samples, **kwargs):  # noqa: ANN001, ANN003
+        seen.extend(prompts)
+        return [answers[2] if "tier is 2." in prompt else answers[3] for prompt in prompts]
+
+    monkeypatch.setattr(dpo, "generate_completions", fake_generate)
+    tokenizer = train_tokenizer([gold, quoting], vocab_size=300)
+    found = hinted_oracles(None, tokenizer, [dataclasses.replace(record, gold=None), other], {}, "label_first",
+                           False, SamplingConfig(num_samples=3), seed=0)
+    assert found == [gold, None]
+    assert "Hint: the correct tier is 2." in seen[0] and "Hint: the correct tier is 3." in seen[1]
+
+
 def test_all_correct_gives_no_pair(record: RelevanceRecord) -> None:
     gold = render_completion(record, templates=TEMPLATES)
     assert build_pairs(record, [gold, gold], np.full(4, 0.25)) == []
@@ -103,7 +141,8 @@ def test_dpo_run_lowers_its_loss_against_a_frozen_reference(sft_run: Path, tmp_p
                                  "eval.max_new_tokens": 48, "sampling.max_new_tokens": 64}
     metrics = train_relevance("dpo", CONFIGS / "dpo_tiny.yaml", overrides, tmp_path, init=sft_run)
     sampling = metrics["sampling"]
-    assert sampling["pairs"] == sampling["pairs_self"] + sampling["pairs_oracle"] > 0
+    assert sampling["pairs"] == sampling["pairs_self"] + sampling["pairs_oracle"] + sampling["pairs_hinted"] > 0
+    assert sampling["prompts_hinted"] == sampling["pairs_hinted"] == 0  # every city pair has gold steps
     assert len((tmp_path / "pairs.jsonl").read_text().splitlines()) == sampling["pairs"]
     assert sum(sampling["pairs_by_chosen_label"].values()) == sum(sampling["pairs_by_rejected_label"].values()) \
         == sampling["pairs"]

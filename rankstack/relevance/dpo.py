@@ -9,8 +9,13 @@
      rejected = the wrong samples by p(their wrong label) (most confidently wrong first; 0 for a sample with no
      label, or a malformed one with the gold label);
    - *oracle* (all N wrong): chosen = the gold-conditioned rationale (`data.render_completion` of the gold steps),
-     kept only if it parses to the gold label; rejected = the wrong samples as above. Pairs without gold steps
-     can only get an oracle in the `label_only` variant, where the rationale is the label itself.
+     kept only if it parses to the gold label; rejected = the wrong samples as above. In the `label_only` variant
+     the rationale is the label itself.
+   - *hinted* (all N wrong, no gold steps: ESCI, WANDS, a user's logs): the init policy, prompted with "Hint: the
+     correct tier is k." after the user turn (`agrl.hint_text`, level 1), samples N more answers; the first that
+     is correct, well-formed and does not quote the hint (`agrl.quotes_hint`) is the chosen answer, paired under
+     the unguided prompt (`hinted_oracles`). §3.2's "the SFT model prompted with the correct tier"; without a
+     rule table off the city, the hint names the tier only. No usable answer: no pair.
    Up to `max_pairs_per_prompt` pairs, the i-th pairing the i-th chosen (cycling) with the i-th rejected;
    identical (chosen, rejected) texts are kept once.
 3. **DPO** with TRL's `DPOTrainer(model, ref_model=…)`: both loaded from the init checkpoint folder, so the
@@ -42,6 +47,7 @@ from trl import DPOConfig, DPOTrainer  # noqa: E402
 
 from rankstack.config import dump_yaml  # noqa: E402
 from rankstack.errors import ConfigError, DataError  # noqa: E402
+from rankstack.relevance.agrl import guided_prompt, hint_text, quotes_hint  # noqa: E402
 from rankstack.relevance.cumpt import RelevanceScorer  # noqa: E402
 from rankstack.relevance.data import RelevanceRecord, chat_prompt, prompt_message, render_completion  # noqa: E402
 from rankstack.relevance.evaluate import generate_completions, is_correct  # noqa: E402
@@ -129,12 +135,13 @@ class PreferencePair:
 
     chosen: str
     rejected: str
-    source: str  # "self" (a correct sample of the policy) or "oracle" (the gold-conditioned rationale)
+    source: str  # "self" (a correct sample), "oracle" (the gold-conditioned rationale) or "hinted" (a hinted sample)
 
 
 def build_pairs(record: RelevanceRecord, samples: list[str], label_probs: np.ndarray, variant: str = "label_first",
-                max_pairs: int = 2, seed: int = 0) -> list[PreferencePair]:
-    """The DPO pairs of one prompt from its N samples and the policy's p(k | x) (see the module docstring)."""
+                max_pairs: int = 2, seed: int = 0, hinted: str | None = None) -> list[PreferencePair]:
+    """The DPO pairs of one prompt from its N samples and the policy's p(k | x) (see the module docstring).
+    `hinted` is the record's usable hinted answer, the chosen one when all N are wrong and no gold steps exist."""
     parsed = [parse_output(text, variant) for text in samples]
     correct = [i for i, p in enumerate(parsed) if is_correct(p, record.label)]
     wrong = [i for i, p in enumerate(parsed) if not is_correct(p, record.label)]
@@ -154,11 +161,14 @@ def build_pairs(record: RelevanceRecord, samples: list[str], label_probs: np.nda
         chosen, source = [samples[i] for i in sorted(correct, key=lambda i: (-step_accuracy(i), i))], "self"
     else:
         if record.gold is None and variant != "label_only":
-            return []  # no gold steps to write the oracle rationale from
-        oracle = render_completion(record, variant, seed)
+            if hinted is None:
+                return []  # no gold steps to write the oracle rationale from, and no usable hinted answer
+            oracle, source = hinted, "hinted"
+        else:
+            oracle, source = render_completion(record, variant, seed), "oracle"
         if not is_correct(parse_output(oracle, variant), record.label):
             return []
-        chosen, source = [oracle], "oracle"
+        chosen = [oracle]
     pairs: list[PreferencePair] = []
     for i, rejected_text in enumerate(rejected):
         pair = PreferencePair(chosen[i % len(chosen)], rejected_text, source)
@@ -169,23 +179,47 @@ def build_pairs(record: RelevanceRecord, samples: list[str], label_probs: np.nda
     return pairs
 
 
+def hinted_oracles(model: torch.nn.Module, tokenizer: Any, records: list[RelevanceRecord],
+                   rule_table: dict[str, str], variant: str, rule_text: bool, sampling: SamplingConfig,
+                   seed: int) -> list[str | None]:
+    """Per record, the first of N answers sampled under the hinted prompt ("Hint: the correct tier is k.") that is
+    correct, well-formed and does not quote the hint; None where none is."""
+    hints = [hint_text(record, 1, rule_table) for record in records]
+    prompts = [guided_prompt(tokenizer, record, rule_table, variant, rule_text, hint)
+               for record, hint in zip(records, hints)]
+    samples = generate_completions(model, tokenizer, prompts, sampling.num_samples, do_sample=True,
+                                   temperature=sampling.temperature, top_k=sampling.top_k,
+                                   max_new_tokens=sampling.max_new_tokens, batch_size=sampling.batch_size, seed=seed)
+    return [next((text for text in texts if is_correct(parse_output(text, variant), record.label)
+                  and not quotes_hint(text, hint, tokenizer)), None)
+            for record, hint, texts in zip(records, hints, samples)]
+
+
 def sample_pairs(model: torch.nn.Module, tokenizer: Any, records: list[RelevanceRecord], rule_table: dict[str, str],
                  variant: str, rule_text: bool, sampling: SamplingConfig, max_pairs: int,
                  seed: int) -> tuple[list[dict[str, str]], dict[str, Any]]:
     """pass@N sampling and pair building over `records`: DPO rows {prompt, chosen, rejected, source, pair_id} and
-    sampling statistics (pass@1, pass@N, pairs by source, prompts skipped as all-correct)."""
+    sampling statistics (pass@1, pass@N, pairs by source and label, prompts skipped as all-correct, prompts that
+    needed a hinted answer and how many got one)."""
     prompts = [chat_prompt(tokenizer, prompt_message(r, rule_table, variant, rule_text)) for r in records]
     samples = generate_completions(model, tokenizer, prompts, sampling.num_samples, do_sample=True,
                                    temperature=sampling.temperature, top_k=sampling.top_k,
                                    max_new_tokens=sampling.max_new_tokens, batch_size=sampling.batch_size, seed=seed)
     probs = RelevanceScorer(model, tokenizer, batch_size=sampling.batch_size).score_prompts(prompts)
-    rows, sources, all_correct = [], Counter(), 0
-    correct_counts, chosen_labels, rejected_labels = [], Counter(), Counter()
-    for record, prompt, texts, p in zip(records, prompts, samples, probs):
-        n_correct = sum(is_correct(parse_output(t, variant), record.label) for t in texts)
-        correct_counts.append(n_correct)
-        all_correct += n_correct == len(texts)
-        for pair in build_pairs(record, texts, p, variant, max_pairs, seed):
+    correct_counts = [sum(is_correct(parse_output(t, variant), r.label) for t in texts)
+                      for r, texts in zip(records, samples)]
+    need_hint = [i for i, (r, n) in enumerate(zip(records, correct_counts))
+                 if n == 0 and r.gold is None and variant != "label_only"]
+    hinted: list[str | None] = [None] * len(records)
+    if need_hint:
+        found = hinted_oracles(model, tokenizer, [records[i] for i in need_hint], rule_table, variant, rule_text,
+                               sampling, seed + 1)
+        for i, text in zip(need_hint, found):
+            hinted[i] = text
+    rows, sources = [], Counter()
+    chosen_labels, rejected_labels = Counter(), Counter()
+    for record, prompt, texts, p, hint in zip(records, prompts, samples, probs, hinted):
+        for pair in build_pairs(record, texts, p, variant, max_pairs, seed, hinted=hint):
             sources[pair.source] += 1
             chosen_labels[str(record.label)] += 1
             rejected_labels[str(parse_output(pair.rejected, variant).label)] += 1
@@ -195,8 +229,10 @@ def sample_pairs(model: torch.nn.Module, tokenizer: Any, records: list[Relevance
     stats = {"prompts": len(records), "samples_per_prompt": sampling.num_samples,
              "pass@1": float(counts.mean() / sampling.num_samples) if len(counts) else 0.0,
              f"pass@{sampling.num_samples}": float((counts > 0).mean()) if len(counts) else 0.0,
-             "prompts_all_correct": all_correct, "pairs": len(rows), "pairs_self": sources["self"],
-             "pairs_oracle": sources["oracle"], "pairs_by_chosen_label": dict(sorted(chosen_labels.items())),
+             "prompts_all_correct": int((counts == sampling.num_samples).sum()), "pairs": len(rows),
+             "pairs_self": sources["self"], "pairs_oracle": sources["oracle"], "pairs_hinted": sources["hinted"],
+             "prompts_hinted": len(need_hint), "prompts_hinted_found": sum(h is not None for h in hinted),
+             "pairs_by_chosen_label": dict(sorted(chosen_labels.items())),
              "pairs_by_rejected_label": dict(sorted(rejected_labels.items()))}
     return rows, stats
 
@@ -265,4 +301,4 @@ def train_dpo(config: DPOStageConfig, out_dir: str | Path) -> dict[str, Any]:
 
 
 __all__ = ["SamplingConfig", "DPOTrainingConfig", "DPOStageConfig", "PreferencePair", "build_pairs", "dpo_loss",
-           "sample_pairs", "train_dpo"]
+           "hinted_oracles", "sample_pairs", "train_dpo"]
