@@ -23,7 +23,8 @@
 # the 4 arms of one RL seed at 15 steps, 503 s) peaked at 112.5 GiB of the card's memory, more than an H100 has;
 # there the 4 arms at lr 2e-5 (then the default) lowered macro-F1, the ladder's GRPO at 3e-6 had raised it, so the
 # arms now default to 3e-6. DPO on the ladder's 128 prompts lowers macro-F1 (BENCHMARKS.md "Why DPO lowers it"):
-# DPO_PROMPTS=2048 DPO_SET="--dpo-set training.nll_weight=1.0" is the next ladder to measure.
+# the next ladder to measure is SEEDS="0 1 2" VARIANTS="" RL_SEEDS="" DPO_PROMPTS=1024, with and without
+# DPO_SET="--dpo-set training.nll_weight=1.0" (by the probe's timings, 1024 prompts add ~100 s to a chain's DPO).
 set -u
 OUT=${OUT:-runs/bench/gpu-relevance}
 WORK=${WORK:-/tmp/gpu-relevance}
