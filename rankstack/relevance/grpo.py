@@ -13,6 +13,10 @@ with Â_i the group z-score of the reward (std + 1e-4). What is ours:
   loss accepts (SRPO, relevance.md §4); `last_rewards` holds the batch's rewards per function for it.
 - **Class-balanced pool** (`balance_classes`): each query type's pairs are down-sampled to the same count per tier
   (the type's smallest class), so the pool's class counts have CV = 0; a type that lacks a tier is left out.
+  `pool.cv` > 0 (§3.3's ablation, CV ∈ {0, 0.5, natural}) keeps, per type and tier, m·r^α·min(1, r_max^(1−α))
+  pairs (m the type's smallest class, r = n/m the tier's natural count over it): α = 0 gives equal counts, α = 1
+  the natural mix, α > 1 a mix more skewed than the natural one (the type's largest tier kept whole, the others
+  thinned). One α for the pool, found by bisection so that the pool's CV is the target.
 - **Difficulty filter** (`difficulty_mask`, `estimate_pass_counts`): before training, and every `refresh_steps`
   steps with the current policy, K samples per pool prompt estimate its pass count c; a prompt is kept when
   0 < c < γ·K (γ = 1: drop only all-correct and all-wrong prompts, TaoSR1's choice). `DifficultySampler` draws
@@ -116,21 +120,42 @@ def class_cv(records: Sequence[RelevanceRecord]) -> float:
     return float(counts.std() / counts.mean()) if counts.mean() > 0 else 0.0
 
 
-def balance_classes(records: Sequence[RelevanceRecord], seed: int = 0) -> list[RelevanceRecord]:
+def balance_classes(records: Sequence[RelevanceRecord], seed: int = 0, cv: float = 0.0) -> list[RelevanceRecord]:
     """Down-sample each query type's pairs to the same count per tier (that type's smallest class); types missing
-    a tier are left out. The result has equal class counts (CV = 0) and keeps file order."""
+    a tier are left out. The result has equal class counts (CV = 0) and keeps file order. With `cv` > 0 the counts
+    follow the module docstring's family, its α chosen so that the pool's CV is `cv`."""
     by_type: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
     for i, r in enumerate(records):
         by_type[r.query_type][r.label].append(i)
+    classes = [by_type[t] for t in sorted(by_type) if all(by_type[t][k] for k in LABELS)]
+
+    def sizes(alpha: float) -> list[dict[int, int]]:
+        out = []
+        for c in classes:
+            smallest = min(len(c[k]) for k in LABELS)
+            ratio = {k: len(c[k]) / smallest for k in LABELS}
+            thin = min(1.0, max(ratio.values()) ** (1 - alpha))
+            out.append({k: max(1, min(len(c[k]), round(smallest * ratio[k] ** alpha * thin))) for k in LABELS})
+        return out
+
+    def pool_cv(alpha: float) -> float:
+        counts = np.array([sum(size[k] for size in sizes(alpha)) for k in LABELS], dtype=np.float64)
+        return float(counts.std() / counts.mean()) if counts.mean() > 0 else 0.0
+
+    alpha, most = 0.0, 16.0
+    if cv > 0:
+        if pool_cv(most) < cv:
+            raise ConfigError(f"pool.cv is {cv}, more than down-sampling this data can reach ({pool_cv(most):.3f}); "
+                              "use a smaller pool.cv.")
+        low, high = 0.0, most
+        for _ in range(50):  # the pool's CV grows with α
+            alpha = (low + high) / 2
+            low, high = (alpha, high) if pool_cv(alpha) < cv else (low, alpha)
     rng = np.random.default_rng(seed)
     keep: list[int] = []
-    for query_type in sorted(by_type):
-        classes = by_type[query_type]
-        if any(len(classes[k]) == 0 for k in LABELS):
-            continue
-        smallest = min(len(classes[k]) for k in LABELS)
+    for c, size in zip(classes, sizes(alpha)):
         for k in LABELS:
-            keep += rng.choice(classes[k], size=smallest, replace=False).tolist()
+            keep += rng.choice(c[k], size=size[k], replace=False).tolist()
     return [records[i] for i in sorted(keep)]
 
 
@@ -293,6 +318,7 @@ class PoolConfig:
 
     Args:
         balance: Down-sample to equal class counts within each query type (CV = 0); False keeps the natural mix.
+        cv: With `balance`, the pool's target CV of the class counts (0: equal counts; §3.3's ablation: 0.5).
         difficulty_samples: K samples per pool prompt to estimate its pass rate.
         gamma_ratio: γ/K: keep prompts with 0 < pass count < γ (1.0 drops only all-correct and all-wrong).
         refresh_steps: Re-estimate and re-filter every this many steps with the current policy (0: only before).
@@ -300,10 +326,15 @@ class PoolConfig:
     """
 
     balance: bool = True
+    cv: float = 0.0
     filter: bool = True
     difficulty_samples: int = 8
     gamma_ratio: float = 1.0
     refresh_steps: int = 100
+
+    def __post_init__(self) -> None:
+        if self.cv < 0:
+            raise ConfigError(f"pool.cv is {self.cv}; use 0 (equal class counts) or a positive target CV.")
 
 
 @dataclass
@@ -415,7 +446,7 @@ def train_grpo(config: GRPOStageConfig, out_dir: str | Path, trainer_cls: type[R
     records = inputs.train_records
     natural = class_counts(records)
     if config.pool.balance:
-        records = balance_classes(records, train_cfg.seed)
+        records = balance_classes(records, train_cfg.seed, config.pool.cv)
     prompts = [chat_prompt(tokenizer, prompt_message(r, inputs.rule_table, inputs.variant, inputs.rule_text))
                for r in records]
     pool = PromptPool(records, prompts, tokenizer, inputs.variant, config.pool, rollout)

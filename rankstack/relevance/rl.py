@@ -489,7 +489,7 @@ def train_rl(config: RLStageConfig, out_dir: str | Path, stage: str) -> dict[str
     records = inputs.train_records
     natural = class_counts(records)
     if config.pool.balance:
-        records = balance_classes(records, train_cfg.seed)
+        records = balance_classes(records, train_cfg.seed, config.pool.cv)
     prompts = [chat_prompt(tokenizer, prompt_message(r, inputs.rule_table, inputs.variant, inputs.rule_text))
                for r in records]
     pool_stats = {"natural_class_counts": natural, "pool_class_counts": class_counts(records),
