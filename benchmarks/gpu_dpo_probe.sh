@@ -22,14 +22,7 @@ MODEL=${MODEL:-100m}
 WORLD=${WORLD:-small}
 ARMS=${ARMS:-"base lr1e-6 nll1 p512 p512nll1"}
 mkdir -p "$OUT" "$WORK"
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-export OMP_NUM_THREADS=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
-PY=${PYTHON:-python3}
-started=$SECONDS
-left() { echo $((DEADLINE_S - (SECONDS - started))); }
-
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$WORK/nvidia_smi.txt" 2>&1
-git rev-parse HEAD >> "$WORK/nvidia_smi.txt" 2>&1
+source benchmarks/gpu_env.sh
 common="--model $MODEL --world $WORLD --sft-steps ${SFT_STEPS:-700} --sft-batch-size 32 --sft-lr 3e-4
   --gen-batch-size ${GEN_BATCH:-128} --eval-pairs ${EVAL_PAIRS:-256} --skip-cross-encoder --variants label_first
   --seed 0 --out $WORK"

@@ -43,14 +43,7 @@ GEN_BATCH=${GEN_BATCH:-128}
 RL_GEN_BATCH=${RL_GEN_BATCH:-64}    # 128 took 10-20 GiB per RL process: 16 processes ran out of an H200's 139.8 GiB
 MAX_JOBS=${MAX_JOBS:-12}            # processes at once; an RL arm waits for a free slot
 mkdir -p "$OUT" "$WORK/rl"
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-export OMP_NUM_THREADS=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
-PY=${PYTHON:-python3}
-started=$SECONDS
-left() { echo $((DEADLINE_S - (SECONDS - started))); }
-
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$WORK/nvidia_smi.txt" 2>&1
-git rev-parse HEAD >> "$WORK/nvidia_smi.txt" 2>&1
+source benchmarks/gpu_env.sh
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 10 > "$WORK/gpu_util.csv" 2>&1 &
 util=$!
 # The world once, before the processes that read it start.
