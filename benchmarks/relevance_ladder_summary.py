@@ -9,8 +9,12 @@ the label-first chain in one, the SFT variants in another) and prints, as mean �
 - the per-seed change of each metric along the chain SFT → DPO → GRPO (every seed's DPO and GRPO continue its
   own SFT run, so these are paired differences);
 - macro-F1 per query type (decode; CumPT does not exist for think-first).
+`--cross-encoder` adds the MiniLM cross-encoder's runs (`bench relevance --cross-encoder` folders: their
+`results.json` test metrics, the seed from their `config.yaml`) as a row of the table and of the per-type table.
 
     python benchmarks/relevance_ladder_summary.py benchmarks/results/relevance_ladder_100m_small_seed*_h200*.json
+    python benchmarks/relevance_ladder_summary.py benchmarks/results/relevance_ladder_sampled_*.json \
+        --cross-encoder runs/minilm-small-seed0 runs/minilm-small-seed1 runs/minilm-small-seed2
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import yaml
 
-RUNS = ("sft_label_only", "sft_think_first", "sft_label_first", "dpo", "grpo")
-NAMES = {"sft_label_only": "label-only SFT", "sft_think_first": "think-first SFT",
+RUNS = ("cross_encoder", "sft_label_only", "sft_think_first", "sft_label_first", "dpo", "grpo")
+NAMES = {"cross_encoder": "MiniLM cross-encoder", "sft_label_only": "label-only SFT", "sft_think_first": "think-first SFT",
          "sft_label_first": "label-first SFT", "dpo": "+ DPO", "grpo": "+ GRPO", "majority": "majority tier"}
 COLUMNS = (("cumpt", "macro_f1", "macro-F1 CumPT"), ("argmax", "macro_f1", "macro-F1 argmax"),
            ("decode", "macro_f1", "macro-F1 decode"), ("decode", "accuracy", "accuracy"),
@@ -45,6 +50,15 @@ def load(paths: list[str]) -> dict[int, dict[str, dict]]:
                 raise SystemExit(f"{path}: seed {result['seed']} has `{name}` in two files; pass one of them.")
             seeds[result["seed"]][name] = report
     return dict(sorted(seeds.items()))
+
+
+def load_cross_encoder(folders: list[str], seeds: dict[int, dict[str, dict]]) -> None:
+    """Add each cross-encoder run's test metrics to its seed as the run `cross_encoder` (its `decode` section)."""
+    for folder in folders:
+        seed = int(yaml.safe_load((Path(folder) / "config.yaml").read_text())["seed"])
+        if "cross_encoder" in seeds.setdefault(seed, {}):
+            raise SystemExit(f"{folder}: seed {seed} has two cross-encoder runs; pass one of them.")
+        seeds[seed]["cross_encoder"] = {"decode": json.loads((Path(folder) / "results.json").read_text())["test"]}
 
 
 def value(report: dict, section: str, key: str) -> float:
@@ -106,9 +120,15 @@ def per_type(seeds: dict[int, dict[str, dict]]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", nargs="+", help="relevance_cpu.py result JSONs (any number per seed)")
+    parser.add_argument("--cross-encoder", nargs="+", default=[], metavar="RUN",
+                        help="bench relevance --cross-encoder run folders (results.json, config.yaml)")
     args = parser.parse_args()
     seeds = load(args.results)
-    print("python benchmarks/relevance_ladder_summary.py " + " ".join(args.results))
+    load_cross_encoder(args.cross_encoder, seeds)
+    command = ["python", "benchmarks/relevance_ladder_summary.py", *args.results]
+    if args.cross_encoder:
+        command += ["--cross-encoder", *args.cross_encoder]
+    print(" ".join(command))
     print(f"\nseeds: {list(seeds)}; mean ± sample std over seeds\n")
     print("\n".join(table(seeds)))
     print("\nPaired changes along the chain (seed " + " / seed ".join(map(str, seeds)) + ")\n")
