@@ -28,8 +28,9 @@ import numpy as np
 import yaml
 
 RUNS = ("cross_encoder", "sft_label_only", "sft_think_first", "sft_label_first", "dpo", "grpo")
-NAMES = {"cross_encoder": "MiniLM cross-encoder", "sft_label_only": "label-only SFT", "sft_think_first": "think-first SFT",
-         "sft_label_first": "label-first SFT", "dpo": "+ DPO", "grpo": "+ GRPO", "majority": "majority tier"}
+NAMES = {"cross_encoder": "MiniLM cross-encoder", "sft_label_only": "label-only SFT",
+         "sft_think_first": "think-first SFT", "sft_label_first": "label-first SFT", "dpo": "+ DPO", "grpo": "+ GRPO",
+         "majority": "majority tier"}
 COLUMNS = (("cumpt", "macro_f1", "macro-F1 CumPT"), ("argmax", "macro_f1", "macro-F1 argmax"),
            ("decode", "macro_f1", "macro-F1 decode"), ("decode", "accuracy", "accuracy"),
            ("decode", "f1_1", "F1 tier 1"), ("decode", "f1_2", "F1 2"), ("decode", "f1_3", "F1 3"),

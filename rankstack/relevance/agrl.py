@@ -164,6 +164,15 @@ def quotes_hint(text: str, hint: str, tokenizer: Any, ngram: int = 8) -> bool:
     return any(tuple(text_ids[i:i + ngram]) in grams for i in range(len(text_ids) - ngram + 1))
 
 
+def usable_guided(text: str, record: RelevanceRecord, hint: str, variant: str, tokenizer: Any,
+                  ngram: int = 8) -> tuple[bool, bool]:
+    """(keep, leaked) for an answer sampled under a hint: keep = correct, well-formed and not quoting the hint;
+    leaked = otherwise fine but quotes it."""
+    good = is_correct(parse_output(text, variant), record.label)
+    leaked = good and quotes_hint(text, hint, tokenizer, ngram)
+    return good and not leaked, leaked
+
+
 def replay_groups(correct: Sequence[bool], group_size: int, tau: float) -> list[int]:
     """The groups (consecutive `group_size` rows) whose accuracy is at or below τ."""
     acc = np.asarray(correct, dtype=np.float64).reshape(-1, group_size).mean(axis=1)
@@ -251,11 +260,8 @@ class GuidedReplay:
                          "batch_size": batch_size}
 
     def usable(self, text: str, record: RelevanceRecord, hint: str) -> tuple[bool, bool]:
-        """(keep, leaked): correct, well-formed and not quoting the hint; leaked = otherwise fine but quotes it."""
-        parsed = parse_output(text, self.variant)
-        good = is_correct(parsed, record.label)
-        leaked = good and quotes_hint(text, hint, self.tokenizer, self.config.leak_ngram)
-        return good and not leaked, leaked
+        """(keep, leaked): `usable_guided` with this replay's variant, tokenizer and leak n-gram."""
+        return usable_guided(text, record, hint, self.variant, self.tokenizer, self.config.leak_ngram)
 
     def run(self, model: torch.nn.Module, records: Sequence[RelevanceRecord], texts: Sequence[str],
             rewards: Sequence[float], group_size: int) -> ReplayResult:
@@ -298,5 +304,6 @@ class GuidedReplay:
 
 
 __all__ = ["WEIGHTS", "WRONG_LABEL_CAP", "FORMAT_PENALTY", "label_credit", "reward_components", "shaped_reward",
-           "ShapedReward", "ReplayConfig", "hint_text", "guided_prompt", "quotes_hint", "replay_groups",
-           "lowest_reward_rows", "PER_TOKEN_LOGPS", "swap_rows", "rescore_rows", "ReplayResult", "GuidedReplay"]
+           "ShapedReward", "ReplayConfig", "hint_text", "guided_prompt", "quotes_hint", "usable_guided",
+           "replay_groups", "lowest_reward_rows", "PER_TOKEN_LOGPS", "swap_rows", "rescore_rows", "ReplayResult",
+           "GuidedReplay"]

@@ -13,7 +13,7 @@
      the rationale is the label itself.
    - *hinted* (all N wrong, no gold steps: ESCI, WANDS, a user's logs): the init policy, prompted with "Hint: the
      correct tier is k." after the user turn (`agrl.hint_text`, level 1), samples N more answers; the first that
-     is correct, well-formed and does not quote the hint (`agrl.quotes_hint`) is the chosen answer, paired under
+     is correct, well-formed and does not quote the hint (`agrl.usable_guided`) is the chosen answer, paired under
      the unguided prompt (`hinted_oracles`). §3.2's "the SFT model prompted with the correct tier"; without a
      rule table off the city, the hint names the tier only. No usable answer: no pair.
    Up to `max_pairs_per_prompt` pairs, the i-th pairing the i-th chosen (cycling) with the i-th rejected;
@@ -47,7 +47,7 @@ from trl import DPOConfig, DPOTrainer  # noqa: E402
 
 from rankstack.config import dump_yaml  # noqa: E402
 from rankstack.errors import ConfigError, DataError  # noqa: E402
-from rankstack.relevance.agrl import guided_prompt, hint_text, quotes_hint  # noqa: E402
+from rankstack.relevance.agrl import guided_prompt, hint_text, usable_guided  # noqa: E402
 from rankstack.relevance.cumpt import RelevanceScorer  # noqa: E402
 from rankstack.relevance.data import RelevanceRecord, chat_prompt, prompt_message, render_completion  # noqa: E402
 from rankstack.relevance.evaluate import generate_completions, is_correct  # noqa: E402
@@ -190,8 +190,7 @@ def hinted_oracles(model: torch.nn.Module, tokenizer: Any, records: list[Relevan
     samples = generate_completions(model, tokenizer, prompts, sampling.num_samples, do_sample=True,
                                    temperature=sampling.temperature, top_k=sampling.top_k,
                                    max_new_tokens=sampling.max_new_tokens, batch_size=sampling.batch_size, seed=seed)
-    return [next((text for text in texts if is_correct(parse_output(text, variant), record.label)
-                  and not quotes_hint(text, hint, tokenizer)), None)
+    return [next((text for text in texts if usable_guided(text, record, hint, variant, tokenizer)[0]), None)
             for record, hint, texts in zip(records, hints, samples)]
 
 

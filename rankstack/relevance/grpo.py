@@ -114,10 +114,15 @@ def class_counts(records: Sequence[RelevanceRecord]) -> dict[int, int]:
     return counts
 
 
+def counts_cv(counts: Sequence[float]) -> float:
+    """The coefficient of variation std/mean of class counts (0 for an empty pool)."""
+    values = np.asarray(counts, dtype=np.float64)
+    return float(values.std() / values.mean()) if values.mean() > 0 else 0.0
+
+
 def class_cv(records: Sequence[RelevanceRecord]) -> float:
     """The coefficient of variation std/mean of the four class counts (§3.3: lower was better)."""
-    counts = np.array(list(class_counts(records).values()), dtype=np.float64)
-    return float(counts.std() / counts.mean()) if counts.mean() > 0 else 0.0
+    return counts_cv(list(class_counts(records).values()))
 
 
 def balance_classes(records: Sequence[RelevanceRecord], seed: int = 0, cv: float = 0.0) -> list[RelevanceRecord]:
@@ -128,19 +133,18 @@ def balance_classes(records: Sequence[RelevanceRecord], seed: int = 0, cv: float
     for i, r in enumerate(records):
         by_type[r.query_type][r.label].append(i)
     classes = [by_type[t] for t in sorted(by_type) if all(by_type[t][k] for k in LABELS)]
+    smallest = [min(len(c[k]) for k in LABELS) for c in classes]
+    ratios = [{k: len(c[k]) / m for k in LABELS} for c, m in zip(classes, smallest)]
 
     def sizes(alpha: float) -> list[dict[int, int]]:
         out = []
-        for c in classes:
-            smallest = min(len(c[k]) for k in LABELS)
-            ratio = {k: len(c[k]) / smallest for k in LABELS}
+        for c, m, ratio in zip(classes, smallest, ratios):
             thin = min(1.0, max(ratio.values()) ** (1 - alpha))
-            out.append({k: max(1, min(len(c[k]), round(smallest * ratio[k] ** alpha * thin))) for k in LABELS})
+            out.append({k: max(1, min(len(c[k]), round(m * ratio[k] ** alpha * thin))) for k in LABELS})
         return out
 
     def pool_cv(alpha: float) -> float:
-        counts = np.array([sum(size[k] for size in sizes(alpha)) for k in LABELS], dtype=np.float64)
-        return float(counts.std() / counts.mean()) if counts.mean() > 0 else 0.0
+        return counts_cv([sum(size[k] for size in sizes(alpha)) for k in LABELS])
 
     alpha, most = 0.0, 16.0
     if cv > 0:
@@ -337,6 +341,16 @@ class PoolConfig:
             raise ConfigError(f"pool.cv is {self.cv}; use 0 (equal class counts) or a positive target CV.")
 
 
+def pool_records(records: Sequence[RelevanceRecord], pool: PoolConfig,
+                 seed: int) -> tuple[list[RelevanceRecord], dict[str, Any]]:
+    """The RL prompt pool of `records` under `pool` (balanced to `pool.cv`, or the natural mix) and its class
+    statistics for `metrics.json`."""
+    natural = class_counts(records)
+    kept = balance_classes(records, seed, pool.cv) if pool.balance else list(records)
+    return kept, {"natural_class_counts": natural, "pool_class_counts": class_counts(kept),
+                  "pool_cv": class_cv(kept), "pool_size": len(kept)}
+
+
 @dataclass
 class RolloutConfig:
     """Rollouts (§3.3: DyKnow's G = 16, T = 0.99, top-k 100; CPU profile G = 8, 8 prompts, 160 tokens)."""
@@ -443,15 +457,10 @@ def train_grpo(config: GRPOStageConfig, out_dir: str | Path, trainer_cls: type[R
     model, tokenizer = inputs.model, inputs.tokenizer
     before = evaluate_stage(model, inputs, config.eval)
 
-    records = inputs.train_records
-    natural = class_counts(records)
-    if config.pool.balance:
-        records = balance_classes(records, train_cfg.seed, config.pool.cv)
+    records, pool_stats = pool_records(inputs.train_records, config.pool, train_cfg.seed)
     prompts = [chat_prompt(tokenizer, prompt_message(r, inputs.rule_table, inputs.variant, inputs.rule_text))
                for r in records]
     pool = PromptPool(records, prompts, tokenizer, inputs.variant, config.pool, rollout)
-    pool_stats: dict[str, Any] = {"natural_class_counts": natural, "pool_class_counts": class_counts(records),
-                                  "pool_cv": class_cv(records), "pool_size": len(records)}
     active = agree_across_processes(pool.refresh(model, train_cfg.seed)) if config.pool.filter \
         else np.arange(len(records))
     if config.pool.filter:
@@ -483,7 +492,7 @@ def train_grpo(config: GRPOStageConfig, out_dir: str | Path, trainer_cls: type[R
     return json.loads((out / "metrics.json").read_text())
 
 
-__all__ = ["CorrectnessReward", "class_counts", "class_cv", "balance_classes", "difficulty_mask",
-           "estimate_pass_counts", "DifficultySampler", "RankGRPOTrainer", "DifficultyRefresh", "PeriodicEval",
-           "PoolConfig", "RolloutConfig", "GRPOTrainingConfig", "GRPOStageConfig", "PromptPool", "grpo_args",
-           "train_grpo"]
+__all__ = ["CorrectnessReward", "class_counts", "counts_cv", "class_cv", "balance_classes", "pool_records",
+           "difficulty_mask", "estimate_pass_counts", "DifficultySampler", "RankGRPOTrainer", "DifficultyRefresh",
+           "PeriodicEval", "PoolConfig", "RolloutConfig", "GRPOTrainingConfig", "GRPOStageConfig", "PromptPool",
+           "grpo_args", "train_grpo"]

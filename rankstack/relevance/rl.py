@@ -50,11 +50,9 @@ from rankstack.relevance.grpo import (  # noqa: E402
     PoolConfig,
     RankGRPOTrainer,
     RolloutConfig,
-    balance_classes,
-    class_counts,
-    class_cv,
     difficulty_mask,
     grpo_args,
+    pool_records,
 )
 from rankstack.relevance.grpo import GRPOTrainingConfig as RLTrainingConfig  # noqa: E402
 from rankstack.relevance.rules import rule_adherence, verify_steps  # noqa: E402
@@ -486,14 +484,9 @@ def train_rl(config: RLStageConfig, out_dir: str | Path, stage: str) -> dict[str
     model, tokenizer = inputs.model, inputs.tokenizer
     before = evaluate_stage(model, inputs, config.eval)
 
-    records = inputs.train_records
-    natural = class_counts(records)
-    if config.pool.balance:
-        records = balance_classes(records, train_cfg.seed, config.pool.cv)
+    records, pool_stats = pool_records(inputs.train_records, config.pool, train_cfg.seed)
     prompts = [chat_prompt(tokenizer, prompt_message(r, inputs.rule_table, inputs.variant, inputs.rule_text))
                for r in records]
-    pool_stats = {"natural_class_counts": natural, "pool_class_counts": class_counts(records),
-                  "pool_cv": class_cv(records), "pool_size": len(records)}
     judge, judge_report = build_judge(config, inputs, records, prompts, out)
 
     if config.agrl.enabled:
