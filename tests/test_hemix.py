@@ -186,6 +186,8 @@ CACHE_CONFIGS = {
     "realtime_only": {"use_global": False},
     "attention_mixer": {"mixer": "attention"},
     "mlp_mixer": {"mixer": "mlp"},
+    "recency": {"recency": True},
+    "recency_no_split": {"recency": True, "use_realtime": False},
 }
 
 
@@ -289,6 +291,41 @@ def test_history_split_ablations_read_the_right_events(datasets):
             reference = model(batch)
             assert (not torch.allclose(model(older), reference)) == reads_older, name
             assert (not torch.allclose(model(newest), reference)) == reads_newest, name
+
+
+def reverse_events(batch: dict[str, torch.Tensor], layout: FieldLayout) -> dict[str, torch.Tensor]:
+    """Every row's real events in reverse order (padding stays on the left), the same multiset of events."""
+    out = dict(batch)
+    for seq in layout.sequences:
+        columns = [c for c in (*seq.item_columns, seq.action_column) if c is not None]
+        real = batch[columns[0]] != 0
+        lengths = real.sum(1, keepdim=True)
+        slots = torch.arange(real.shape[1]).expand_as(real)
+        first = real.shape[1] - lengths
+        source = torch.where(real, first + (real.shape[1] - 1 - slots), slots)
+        for column in columns:
+            out[column] = batch[column].gather(1, source)
+    return out
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_recency_makes_extraction_see_event_order(split, datasets):
+    """Without positions, extraction is a masked softmax over a set: reversing each stream's events changes
+    nothing. With `recency` every slot has its own vector, so it does; padding, also extra padding, never matters."""
+    dataset = datasets["two"]
+    batch = first_batch(dataset, 64)
+    for recency in (False, True):
+        model = randomise_embeddings(hemix(dataset, recency=recency, use_realtime=split)).eval()
+        reversed_batch = reverse_events(batch, model.layout)
+        assert any(not torch.equal(reversed_batch[k], batch[k]) for k in batch)
+        with torch.no_grad():
+            reference = model(batch)
+            changed = not torch.allclose(model(reversed_batch), reference, atol=1e-6)
+            assert changed == recency, f"recency={recency}: order changed the output: {changed}"
+            assert torch.allclose(model(perturb(batch, model.layout, "padding")), reference, atol=1e-6)
+            assert torch.allclose(model(left_pad(batch, model.layout, 5)), reference, atol=1e-6)
+    assert {name: p.shape for name, p in model.recency.items()} == {
+        b.name: (sum(model._slice_length(ev) for ev in b.events), 24) for b in model.branches if b.events}
 
 
 def mixer_stack_params(model: HeMix) -> int:

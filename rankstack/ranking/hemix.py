@@ -74,6 +74,9 @@ class HeMixConfig:
         norm: `layernorm` or `rmsnorm`.
         key_padding_mask: False reproduces the re-implementation, where padded keys score 0 and dilute the
             softmax (only to compare with its logs).
+        recency: add a learned vector per event slot of each branch (the last slot is the newest event) to the
+            sequence tokens before extraction (§10: "recency embedding as an option"; off by default, as in the
+            re-implementation).
     """
 
     embedding_dim: int = 16
@@ -101,6 +104,7 @@ class HeMixConfig:
     norm_position: Literal["pre", "post"] = "pre"
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     key_padding_mask: bool = True
+    recency: bool = False
 
     def __post_init__(self) -> None:
         for name in ("extraction_heads", "mix_heads"):
@@ -517,7 +521,7 @@ PARAMETER_GROUPS = (
     ("fixed_queries", r"extractors\.\w+\.fixed_queries$"),
     ("extraction", r"extractors\."),
     ("tokenizer", r"tokenizer\."),
-    ("sequence_projection", r"sequence_tokens\."),
+    ("sequence_projection", r"sequence_tokens\.|recency\."),
     ("mixing", r"blocks\.\d+\.mix\.|mlp_mixer\."),
     ("ffn", r"blocks\.\d+\.ffn\."),
     ("block_norms", r"blocks\.\d+\.(mix|ffn)_norm\."),
@@ -542,6 +546,10 @@ class HeMix(RankingModel):
                               f"(streams: {[s.role for s in layout.sequences]}); pick another switch.")
         self.branches = plan_branches(config, global_events, realtime_events)
         self.used_streams = sorted({ev.stream for b in self.branches for ev in b.events})
+        self.recency = nn.ParameterDict({
+            b.name: nn.Parameter(torch.randn(sum(map(self._slice_length, b.events)), d) * 0.02) for b in self.branches
+            if config.recency and b.events
+        })
         self.extractors = nn.ModuleDict({
             b.name: MixedQueryExtractor(d, b.num_dynamic, b.num_fixed, config.extraction_heads,
                                         config.key_padding_mask)
@@ -559,6 +567,9 @@ class HeMix(RankingModel):
         self.towers = TaskTowers(d, self.tasks, config.tower)
 
     # -- construction helpers --
+
+    def _slice_length(self, ev: EventSlice) -> int:
+        return len(range(self.layout.sequences[ev.stream].max_len)[ev.start:ev.stop])
 
     def _query_input_fields(self) -> list[tuple[str, int]]:
         """(batch key, width) of each block of u = [x_ns ; x_dense ; x_t], in column order."""
@@ -620,7 +631,21 @@ class HeMix(RankingModel):
                     torch.zeros((like.shape[0], 1), dtype=torch.bool, device=like.device))
         parts = [(tokens[ev.stream][0][:, ev.start:ev.stop], tokens[ev.stream][1][:, ev.start:ev.stop])
                  for ev in branch.events]
+        if branch.name in self.recency:
+            parts = [(events + recency * mask.unsqueeze(-1).to(recency.dtype), mask)
+                     for (events, mask), recency in zip(parts, self._recency_slots(branch, parts))]
         return torch.cat([p[0] for p in parts], dim=1), torch.cat([p[1] for p in parts], dim=1)
+
+    def _recency_slots(self, branch: Branch, parts: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+        """Each part's rows of the branch's recency table, counted from the part's newest end, so that a stream
+        padded to another width than its `max_len` keeps its events' slots (extra left slots are padding: zeros)."""
+        table, rows, end = self.recency[branch.name], [], 0
+        for ev, (events, _) in zip(branch.events, parts):
+            length = self._slice_length(ev)
+            end += length
+            width = events.shape[1]
+            rows.append(F.pad(table[end - min(width, length):end], (0, 0, max(width - length, 0), 0)))
+        return rows
 
     def interact(self, x: torch.Tensor) -> torch.Tensor:
         """The mixer stack over X^0 `[B, N, d]` and the mean-pooled readout `[B, d]`."""
