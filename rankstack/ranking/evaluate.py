@@ -89,6 +89,43 @@ def item_rate_report(dataset: Dataset, split: str, tasks: list[str], labels: dic
     return report
 
 
+def mechanism_report(dataset: Dataset, split: str, predicted: np.ndarray) -> dict[str, Any]:
+    """Which of a world's planted click mechanisms a model has learned (world.md §2, §3).
+
+    The truth gives the true click logit as a sum of named terms (`logit_<mechanism>` columns, row-aligned
+    with the split). A least-squares fit of the model's logit, `logit(predicted)`, on those terms gives per term a
+    coefficient: 1 means the model moves with that mechanism at its true scale, 0 that it ignores it, and values
+    between that it has part of it (the terms are drawn nearly independently, so each coefficient reads on its
+    own). `r2` is the share of the model's logit variance the true terms explain; the rest is noise the model
+    learned. Beside each coefficient, `auc_without`: the Bayes AUC with that term left out of the truth, i.e. what
+    the mechanism is worth. Returns {} for a split without a truth (real data) or a truth without terms.
+    """
+    path = dataset.truth_path(split)
+    if path is None:
+        return {}
+    names = [c for c in pq.ParquetFile(path).schema_arrow.names if c.startswith("logit_")]
+    truth = pq.read_table(path, columns=names)
+    terms = np.stack([truth.column(c).to_numpy()[: len(predicted)] for c in names], axis=1).astype(np.float64)
+    varying = terms.std(axis=0) > 1e-9  # the constant `base` term belongs to the intercept
+    if not varying.any():
+        return {}
+    names, terms = [n for n, v in zip(names, varying) if v], terms[:, varying]
+    labels = pq.read_table(dataset.split_file(split), columns=["click"]).column("click").to_numpy()[: len(predicted)]
+    eps = 1e-7
+    p = np.clip(np.asarray(predicted, dtype=np.float64), eps, 1 - eps)
+    model_logit = np.log(p) - np.log1p(-p)
+    design = np.column_stack([np.ones(len(terms)), terms])
+    coef, *_ = np.linalg.lstsq(design, model_logit, rcond=None)
+    residual = model_logit - design @ coef
+    total = terms.sum(axis=1)
+    return {
+        "r2": float(1 - residual.var() / model_logit.var()),
+        "bayes_auc": metrics.auc(labels, total),
+        "terms": {name[len("logit_"):]: {"coefficient": float(b), "auc_without": metrics.auc(labels, total - t)}
+                  for name, b, t in zip(names, coef[1:], terms.T)},
+    }
+
+
 def evaluate_ranking(model: torch.nn.Module, dataset: Dataset, split: str, batch_size: int = 4096,
                      device: str | torch.device = "cpu", max_rows: int | None = None,
                      with_bayes: bool = True) -> dict[str, Any]:

@@ -117,8 +117,8 @@ def train_ranking(config: RankingRunConfig, run_dir: str | Path, where: str = "c
     return results
 
 
-def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
-    """Re-evaluate a finished run's best weights on `split` (the config is read from the run folder)."""
+def load_run(run_dir: str | Path) -> tuple[RankingRunConfig, Dataset, RankingModel]:
+    """A finished run's config, dataset and model with its best weights (the config is read from the folder)."""
     run_dir = Path(run_dir)
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
@@ -129,6 +129,12 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
     if not best.exists():
         raise ConfigError(f"{run_dir} has no {best.name}; the run did not finish an evaluation yet.")
     model.load_state_dict(load_weights(best))
+    return config, dataset, model
+
+
+def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
+    """Re-evaluate a finished run's best weights on `split`."""
+    config, dataset, model = load_run(run_dir)
     return evaluate_ranking(model, dataset, split, config.eval_batch_size)
 
 
