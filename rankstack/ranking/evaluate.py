@@ -95,8 +95,9 @@ def mechanism_report(dataset: Dataset, split: str, predicted: np.ndarray) -> dic
     The truth gives the true click logit as a sum of named terms (`logit_<mechanism>` columns, row-aligned
     with the split). A least-squares fit of the model's logit, `logit(predicted)`, on those terms gives per term a
     coefficient: 1 means the model moves with that mechanism at its true scale, 0 that it ignores it, and values
-    between that it has part of it (the terms are drawn nearly independently, so each coefficient reads on its
-    own). `r2` is the share of the model's logit variance the true terms explain; the rest is noise the model
+    between that it has part of it. Read each coefficient on its own only as far as the terms are uncorrelated;
+    `position` is not (it follows the logging ranker, so it carries part of the other terms), and its coefficient
+    can exceed 1. `r2` is the share of the model's logit variance the true terms explain; the rest is noise the model
     learned. Beside each coefficient, `auc_without`: the Bayes AUC with that term left out of the truth, i.e. what
     the mechanism is worth. Returns {} for a split without a truth (real data) or a truth without terms.
     """
