@@ -46,7 +46,7 @@ def main() -> None:
     for name, run in zip(names, args.runs):
         config, dataset, model = load_run(run)
         pred = predict_split(model, dataset, args.split, config.eval_batch_size)
-        report = mechanism_report(dataset, args.split, pred["pred_click"])
+        report = mechanism_report(dataset, args.split, pred["click"], pred["pred_click"])
         if not report:
             sys.exit(f"{run}: its dataset {dataset.path} has no truth with click terms (a synthetic world's)")
         reports[name] = {"run": str(run), "click_auc": metrics.auc(pred["click"], pred["pred_click"]), **report}

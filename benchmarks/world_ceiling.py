@@ -88,7 +88,7 @@ def main() -> None:
         "gbdt_iterations": int(model.n_iter_), "gbdt_fit_s": time.perf_counter() - start,
         # which planted mechanisms the GBDT's scores follow (benchmarks/ranking_mechanisms.py does the same for
         # trained ranking models): the reference for what observable columns allow
-        "gbdt_mechanisms": mechanism_report(Dataset.open(ranking), "test", gbdt),
+        "gbdt_mechanisms": mechanism_report(Dataset.open(ranking), "test", y_test, gbdt),
     }
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"world_ceiling_{Path(args.world).name}.json"
     out.write_text(json.dumps(result, indent=2))

@@ -14,13 +14,17 @@ def true_terms(dataset) -> tuple[list[str], np.ndarray]:
     return [n[len("logit_"):] for n in names], np.stack([truth.column(c).to_numpy() for c in names], axis=1)
 
 
+def clicks(dataset) -> np.ndarray:
+    return pq.read_table(dataset.split_file("test"), columns=["click"]).column("click").to_numpy()
+
+
 def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1 / (1 + np.exp(-x))
 
 
 def test_the_true_probabilities_follow_every_mechanism_at_scale_one(tiny_world):
     names, terms = true_terms(tiny_world)
-    report = mechanism_report(tiny_world, "test", sigmoid(terms.sum(axis=1)))
+    report = mechanism_report(tiny_world, "test", clicks(tiny_world), sigmoid(terms.sum(axis=1)))
     assert list(report["terms"]) == names and "realtime_intent" in names
     assert report["r2"] > 0.999
     for name, entry in report["terms"].items():
@@ -34,7 +38,7 @@ def test_a_model_blind_to_one_mechanism_gets_coefficient_zero_there(tiny_world):
     rng = np.random.default_rng(0)
     scale = np.where(np.array(names) == "realtime_intent", 0.0, 0.5)
     logit = terms @ scale + 0.3 * rng.standard_normal(len(terms))
-    report = mechanism_report(tiny_world, "test", sigmoid(logit))
+    report = mechanism_report(tiny_world, "test", clicks(tiny_world), sigmoid(logit))
     coefficients = {name: entry["coefficient"] for name, entry in report["terms"].items()}
     assert abs(coefficients["realtime_intent"]) < 0.05
     assert all(abs(b - 0.5) < 0.1 for name, b in coefficients.items() if name != "realtime_intent"), coefficients
@@ -43,4 +47,4 @@ def test_a_model_blind_to_one_mechanism_gets_coefficient_zero_there(tiny_world):
 
 def test_real_data_without_a_truth_gives_no_report(datasets):
     dataset = datasets["two"]
-    assert mechanism_report(dataset, "test", np.full(10, 0.5)) == {}
+    assert mechanism_report(dataset, "test", np.zeros(10), np.full(10, 0.5)) == {}

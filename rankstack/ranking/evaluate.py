@@ -89,8 +89,9 @@ def item_rate_report(dataset: Dataset, split: str, tasks: list[str], labels: dic
     return report
 
 
-def mechanism_report(dataset: Dataset, split: str, predicted: np.ndarray) -> dict[str, Any]:
-    """Which of a world's planted click mechanisms a model has learned (world.md §2, §3).
+def mechanism_report(dataset: Dataset, split: str, labels: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
+    """Which of a world's planted click mechanisms a model has learned (world.md §2, §3), from the click `labels`
+    and the model's `predicted` click probabilities of the split's first rows in file order (as `predict_split`).
 
     The truth gives the true click logit as a sum of named terms (`logit_<mechanism>` columns, row-aligned
     with the split). A least-squares fit of the model's logit, `logit(predicted)`, on those terms gives per term a
@@ -111,7 +112,6 @@ def mechanism_report(dataset: Dataset, split: str, predicted: np.ndarray) -> dic
     if not varying.any():
         return {}
     names, terms = [n for n, v in zip(names, varying) if v], terms[:, varying]
-    labels = pq.read_table(dataset.split_file(split), columns=["click"]).column("click").to_numpy()[: len(predicted)]
     eps = 1e-7
     p = np.clip(np.asarray(predicted, dtype=np.float64), eps, 1 - eps)
     model_logit = np.log(p) - np.log1p(-p)
