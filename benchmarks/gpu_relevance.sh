@@ -22,9 +22,9 @@
 # (SEEDS=0 CHAIN=dpo VARIANTS="", fewer RL_STEPS or RL_SEEDS). Its third run (H200, 2026-11-26: 3 seeds' ladders and
 # the 4 arms of one RL seed at 15 steps, 503 s) peaked at 112.5 GiB of the card's memory, more than an H100 has;
 # there the 4 arms at lr 2e-5 (then the default) lowered macro-F1, the ladder's GRPO at 3e-6 had raised it, so the
-# arms now default to 3e-6. DPO on the ladder's 128 prompts lowers macro-F1 (BENCHMARKS.md "Why DPO lowers it"):
-# the next ladder to measure is SEEDS="0 1 2" VARIANTS="" RL_SEEDS="" DPO_PROMPTS=1024, with and without
-# DPO_SET="--dpo-set training.nll_weight=1.0" (by the probe's timings, 1024 prompts add ~100 s to a chain's DPO).
+# arms now default to 3e-6. DPO lowers macro-F1 on the ladder's 128 prompts and on 1,024, with and without
+# DPO_SET="--dpo-set training.nll_weight=1.0" (BENCHMARKS.md; that ladder ran through gpu_dpo_probe.sh, which trains
+# one SFT run per seed for both DPO arms: 428 s for 3 seeds × 2 arms, peak 90 GiB).
 set -u
 OUT=${OUT:-runs/bench/gpu-relevance}
 WORK=${WORK:-/tmp/gpu-relevance}
