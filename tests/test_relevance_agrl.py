@@ -155,6 +155,9 @@ def test_guided_replay_keeps_correct_unquoted_rollouts_with_progressive_hints(
     assert "Hint: the correct tier" in calls[0][0] and "deciding rule" not in calls[0][0]
     assert f"Query: {c.query}\n" in calls[1][0] and "The deciding rule is" in calls[1][0]
     assert result.replayed == 2 and result.succeeded == 2 and result.leaks == 1 and result.guided == 12
+    # right labels: a's leaked, gold and truncated answers (the truncated one keeps its label line), c's 2 golds;
+    # the truncated answer is the one that does not parse
+    assert result.labelled_right == 5 and result.malformed == 1
     assert result.rows[0] == 1  # group 0's lowest-reward rollout is replaced by its one usable guided answer
     assert sorted(result.rows[1:]) == [8, 9]  # group 2: two usable answers replace two of its three wrong ones
     assert not set(result.rows) & {4, 5, 6, 7}  # group 1 is above τ: untouched

@@ -245,6 +245,8 @@ class ReplayResult:
     succeeded: int
     leaks: int
     guided: int
+    labelled_right: int = 0  # guided answers whose label is the gold one, well-formed or not
+    malformed: int = 0  # guided answers the parser rejects
 
 
 class GuidedReplay:
@@ -269,7 +271,7 @@ class GuidedReplay:
         correct = [is_correct(parse_output(t, self.variant), r.label) for t, r in zip(texts, records)]
         groups = replay_groups(correct, group_size, self.config.tau)
         kept: dict[int, list[str]] = {g: [] for g in groups}
-        leaks = guided = 0
+        leaks = guided = labelled_right = malformed = 0
         pending = list(groups)
         for level in range(1, self.config.hint_levels + 1):
             if not pending:
@@ -283,6 +285,9 @@ class GuidedReplay:
             guided += sum(len(s) for s in samples)
             for g, record, hint, group_samples in zip(pending, heads, hints, samples):
                 for text in group_samples:
+                    parsed = parse_output(text, self.variant)
+                    labelled_right += parsed.label == record.label
+                    malformed += not parsed.ok
                     keep, leaked = self.usable(text, record, hint)
                     leaks += leaked
                     if keep and len(kept[g]) < self.config.num_guided:
@@ -296,7 +301,8 @@ class GuidedReplay:
                 new_texts.append(text)
                 new_rewards.append(self.score(text, records[row]))
         return ReplayResult(rows, new_texts, new_rewards, groups=len(correct) // group_size, replayed=len(groups),
-                            succeeded=sum(bool(kept[g]) for g in groups), leaks=leaks, guided=guided)
+                            succeeded=sum(bool(kept[g]) for g in groups), leaks=leaks, guided=guided,
+                            labelled_right=labelled_right, malformed=malformed)
 
     def completion_ids(self, text: str) -> list[int]:
         """The token ids of a kept guided completion as the policy is scored on it: its text, then eos."""

@@ -245,6 +245,9 @@ class RelevanceRLTrainer(RankGRPOTrainer):
         self._log("replay/rate", result.replayed / max(result.groups, 1))
         self._log("replay/guided_success", result.succeeded / result.replayed if result.replayed else None)
         self._log("replay/hint_leaks", result.leaks / result.guided if result.guided else None)
+        # Why guided success is low: hinted answers with the wrong label, or answers that do not parse.
+        self._log("replay/guided_label_accuracy", result.labelled_right / result.guided if result.guided else None)
+        self._log("replay/guided_format_failures", result.malformed / result.guided if result.guided else None)
         self._log("replay/swapped_rows", len(result.rows))
         self._log("replay/zero_std_before", zero_before)
         self._log("replay/zero_std_after", float((rewards.view(-1, group).std(dim=1) == 0).float().mean()))
