@@ -211,6 +211,24 @@ class FieldEmbedder(nn.Module):
                              target=self.target_vectors(batch), streams=self.stream_vectors(batch))
 
 
+def stream_item_ids(layout: FieldLayout, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """Per behaviour stream, the events' item-field ids `[B, L, F_it]` in target-field order; a field the stream
+    lacks is all padding (PAD_ID)."""
+    streams = []
+    for seq in layout.sequences:
+        present = next(batch[c] for c in (*seq.item_columns, seq.action_column) if c is not None)
+        streams.append(torch.stack([torch.full_like(present, PAD_ID) if column is None else batch[column]
+                                    for column in seq.item_columns], dim=-1))
+    return streams
+
+
+def target_matches(event_ids: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
+    """`[B, L, F_it]` floats: 1 where an event's item field equals the candidate's (`target_ids [B, F_it]`),
+    0 elsewhere and on padding. A target-behaviour cross feature: whether the event shares the candidate's
+    category, brand, item."""
+    return ((event_ids == target_ids.unsqueeze(1)) & (event_ids != PAD_ID)).float()
+
+
 def _batch_size(batch: dict[str, torch.Tensor]) -> int:
     return next(iter(batch.values())).shape[0]
 

@@ -31,7 +31,7 @@ from torch import nn
 
 from rankstack.errors import ConfigError
 from rankstack.nn.attention import MultiHeadAttention, masked_attention, merge_heads, split_heads
-from rankstack.nn.features import FieldEmbedder, FieldLayout, mlp
+from rankstack.nn.features import FieldEmbedder, FieldLayout, mlp, stream_item_ids, target_matches
 from rankstack.nn.params import parameter_breakdown
 from rankstack.ranking.base import RankingModel, TaskTowers
 
@@ -77,6 +77,11 @@ class HeMixConfig:
         recency: add a learned vector per event slot of each branch (the last slot is the newest event) to the
             sequence tokens before extraction (§10: "recency embedding as an option"; off by default, as in the
             re-implementation).
+        target_match: add to each event's sequence token a learned vector per item field on which the event
+            equals the candidate (same category, brand, item): a target-behaviour cross feature in K and V, so that
+            extraction can find and count the events that match the candidate (our option, off by default; not
+            in the paper or the re-implementation). Keys and values then depend on the candidate, so the serving
+            cache adds the per-candidate match terms to the cached K and V (exact: the projections are linear).
     """
 
     embedding_dim: int = 16
@@ -105,6 +110,7 @@ class HeMixConfig:
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     key_padding_mask: bool = True
     recency: bool = False
+    target_match: bool = False
 
     def __post_init__(self) -> None:
         for name in ("extraction_heads", "mix_heads"):
@@ -494,7 +500,9 @@ class UserCache:
     query_request_part: `A^req x_req` of the dynamic-query tokenizer `[R, (n_g+n_r)·d]`.
     keys, values: per branch, the sequence K and V `[R, H_q, L_b, d/H_q]` (the costly part, 2·L_s·d²).
     masks: per branch `[R, L_b]`, True on events.
-    fixed_outputs: per branch, the fixed queries' outputs `[R, m_b, d]` (candidate-independent).
+    fixed_outputs: per branch, the fixed queries' outputs `[R, m_b, d]` (candidate-independent; empty with
+        `target_match`, where they depend on the candidate).
+    event_ids: with `target_match`, per branch the events' item-field ids `[R, L_b, F_it]`; else empty.
     """
 
     query_request_part: torch.Tensor
@@ -502,6 +510,7 @@ class UserCache:
     values: list[torch.Tensor]
     masks: list[torch.Tensor]
     fixed_outputs: list[torch.Tensor]
+    event_ids: list[torch.Tensor] = field(default_factory=list)
 
     @property
     def num_requests(self) -> int:
@@ -512,7 +521,7 @@ class UserCache:
         def take(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
             return [t.index_select(0, rows) for t in tensors]
         return UserCache(self.query_request_part.index_select(0, rows), take(self.keys), take(self.values),
-                         take(self.masks), take(self.fixed_outputs))
+                         take(self.masks), take(self.fixed_outputs), take(self.event_ids))
 
 
 # The model ------------------------------------------------------------------------------------------------------
@@ -521,7 +530,7 @@ PARAMETER_GROUPS = (
     ("fixed_queries", r"extractors\.\w+\.fixed_queries$"),
     ("extraction", r"extractors\."),
     ("tokenizer", r"tokenizer\."),
-    ("sequence_projection", r"sequence_tokens\.|recency\."),
+    ("sequence_projection", r"sequence_tokens\.|recency\.|target_match$"),
     ("mixing", r"blocks\.\d+\.mix\.|mlp_mixer\."),
     ("ffn", r"blocks\.\d+\.ffn\."),
     ("block_norms", r"blocks\.\d+\.(mix|ffn)_norm\."),
@@ -550,6 +559,8 @@ class HeMix(RankingModel):
             b.name: nn.Parameter(torch.randn(sum(map(self._slice_length, b.events)), d) * 0.02) for b in self.branches
             if config.recency and b.events
         })
+        self.target_match = (nn.Parameter(torch.randn(self.embedder.num_item_fields, d) * 0.02)
+                             if config.target_match else None)
         self.extractors = nn.ModuleDict({
             b.name: MixedQueryExtractor(d, b.num_dynamic, b.num_fixed, config.extraction_heads,
                                         config.key_padding_mask)
@@ -623,6 +634,22 @@ class HeMix(RankingModel):
                        ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         return {i: (self.sequence_tokens(*streams[i]), streams[i][2]) for i in self.used_streams}
 
+    def _branch_ids(self, ids: list[torch.Tensor], branch: Branch, like: torch.Tensor) -> torch.Tensor:
+        """A branch's event item-field ids `[B, L_b, F_it]`, sliced and joined as `_branch_events` does its tokens
+        (a branch without events: one padded event; `like` gives B and the device)."""
+        if not branch.events:
+            return torch.zeros((like.shape[0], 1, self.embedder.num_item_fields), dtype=torch.long, device=like.device)
+        return torch.cat([ids[ev.stream][:, ev.start:ev.stop] for ev in branch.events], dim=1)
+
+    def _match_terms(self, event_ids: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
+        """`[B, L, d]`: the sum of the `target_match` vectors of the fields on which each event equals the
+        candidate (0 on padding)."""
+        assert self.target_match is not None
+        return target_matches(event_ids, target_ids) @ self.target_match
+
+    def _target_ids(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.stack([batch[key] for key, _ in self.layout.target], dim=-1)
+
     def _branch_events(self, tokens: dict[int, tuple[torch.Tensor, torch.Tensor]], branch: Branch,
                        like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A branch's sequence tokens `[B, L_b, d]` and mask; a branch without events reads one padded token."""
@@ -663,6 +690,10 @@ class HeMix(RankingModel):
         u = torch.cat([emb.ns.flatten(1), emb.dense, emb.target.flatten(1)], dim=1)
         queries = self.tokenizer(u)
         stream_tokens = self._stream_tokens(emb.streams)
+        if self.target_match is not None:
+            ids, target = stream_item_ids(self.layout, batch), self._target_ids(batch)
+            stream_tokens = {i: (tokens + self._match_terms(ids[i], target), mask)
+                             for i, (tokens, mask) in stream_tokens.items()}
         z = []
         for branch, extractor in zip(self.branches, self.extractors.values()):
             events, mask = self._branch_events(stream_tokens, branch, u)
@@ -681,15 +712,19 @@ class HeMix(RankingModel):
         u_request = torch.cat([embedder.ns_vectors(request, "request").flatten(1),
                                embedder.dense_values(request, "request")], dim=1)
         stream_tokens = self._stream_tokens(embedder.stream_vectors(request))
-        keys, values, masks, fixed = [], [], [], []
+        ids = stream_item_ids(self.layout, request) if self.target_match is not None else []
+        keys, values, masks, fixed, event_ids = [], [], [], [], []
         for branch, extractor in zip(self.branches, self.extractors.values()):
             events, mask = self._branch_events(stream_tokens, branch, u_request)
             k, v = extractor.keys_values(events)
             keys.append(k)
             values.append(v)
             masks.append(mask)
-            fixed.append(extractor.read_fixed(k, v, mask))
-        return UserCache(self.tokenizer.request_part(u_request), keys, values, masks, fixed)
+            if self.target_match is None:
+                fixed.append(extractor.read_fixed(k, v, mask))
+            else:
+                event_ids.append(self._branch_ids(ids, branch, u_request))
+        return UserCache(self.tokenizer.request_part(u_request), keys, values, masks, fixed, event_ids)
 
     def score_logits(self, cache: UserCache, candidates: dict[str, torch.Tensor],
                      rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -710,11 +745,18 @@ class HeMix(RankingModel):
         queries = self.tokenizer.from_parts(cache.query_request_part, u_candidate)
         z = []
         for i, (branch, extractor) in enumerate(zip(self.branches, self.extractors.values())):
-            fixed = cache.fixed_outputs[i].expand(size, -1, -1)
+            keys, values, mask, shared = cache.keys[i], cache.values[i], cache.masks[i], rows is None
+            if self.target_match is not None:
+                # K and V of the events as this candidate sees them: the cached ones plus the match terms
+                match = self._match_terms(cache.event_ids[i], self._target_ids(candidates))
+                match_keys, match_values = extractor.keys_values(match)
+                keys, values, mask, shared = keys + match_keys, values + match_values, mask.expand(size, -1), False
+                fixed = extractor.read_fixed(keys, values, mask)
+            else:
+                fixed = cache.fixed_outputs[i].expand(size, -1, -1)
             if branch.num_dynamic:
                 dynamic = extractor.read_dynamic(queries[:, branch.dynamic_start:branch.dynamic_stop],
-                                                 cache.keys[i], cache.values[i], cache.masks[i],
-                                                 shared_keys=rows is None)
+                                                 keys, values, mask, shared_keys=shared)
                 fixed = torch.cat([dynamic, fixed], dim=1)
             z.append(fixed)
         return self.towers(self.interact(torch.cat([*z, queries], dim=1)))
