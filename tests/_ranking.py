@@ -126,3 +126,14 @@ def left_pad(batch: dict[str, torch.Tensor], layout: FieldLayout, extra: int) ->
     for column in sequence_columns(layout):
         out[column] = torch.nn.functional.pad(batch[column], (extra, 0))
     return out
+
+
+def one_request(batch: dict[str, torch.Tensor], model: RankingModel, candidates: int) -> dict[str, torch.Tensor]:
+    """`candidates` rows that share row 0's user, context and behaviour (as one request's candidates do)."""
+    layout = model.layout
+    shared = [k for k in model.layout.levels if layout.level_of(k) == "request" and k in batch]
+    shared += [c for s in layout.sequences for c in (*s.item_columns, s.action_column) if c is not None]
+    rows = {k: v[:candidates].clone() for k, v in batch.items()}
+    for key in shared:
+        rows[key] = batch[key][:1].expand_as(rows[key]).clone()
+    return rows

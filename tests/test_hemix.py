@@ -10,7 +10,7 @@ from rankstack.config import from_dict
 from rankstack.data.loader import BatchLoader
 from rankstack.errors import ConfigError
 from rankstack.nn.attention import attention_weights
-from rankstack.nn.features import FieldLayout, SequenceLayout, target_matches
+from rankstack.nn.features import FieldLayout, SequenceLayout
 from rankstack.ranking.hemix import (
     EventSlice,
     FlatMLPMixer,
@@ -29,6 +29,7 @@ from rankstack.ranking.hemix import (
 from tests._ranking import (
     first_batch,
     left_pad,
+    one_request,
     perturb,
 )
 
@@ -164,17 +165,6 @@ def test_extractor_masks_padded_keys_and_returns_zeros_for_an_empty_sequence():
 
 
 # -- the serving cache (§11) -----------------------------------------------------------------------------------
-
-
-def one_request(batch: dict[str, torch.Tensor], model: HeMix, candidates: int) -> dict[str, torch.Tensor]:
-    """`candidates` rows that share row 0's user, context and behaviour (as one request's candidates do)."""
-    layout = model.layout
-    shared = [k for k in model.layout.levels if layout.level_of(k) == "request" and k in batch]
-    shared += [c for s in layout.sequences for c in (*s.item_columns, s.action_column) if c is not None]
-    rows = {k: v[:candidates].clone() for k, v in batch.items()}
-    for key in shared:
-        rows[key] = batch[key][:1].expand_as(rows[key]).clone()
-    return rows
 
 
 CACHE_CONFIGS = {
@@ -328,42 +318,6 @@ def test_recency_makes_extraction_see_event_order(split, datasets):
             assert torch.allclose(model(left_pad(batch, model.layout, 5)), reference, atol=1e-6)
     assert {name: p.shape for name, p in model.recency.items()} == {
         b.name: (sum(model._slice_length(ev) for ev in b.events), 24) for b in model.branches if b.events}
-
-
-def test_target_matches_marks_equal_fields_and_never_padding():
-    events = torch.tensor([[[3, 7], [3, 0], [0, 0], [5, 7]]])  # [B=1, L=4, F=2]; event 2 is padding
-    assert target_matches(events, torch.tensor([[3, 7]])).tolist() == [[[1, 1], [1, 0], [0, 0], [0, 1]]]
-    assert target_matches(events, torch.tensor([[0, 0]])).sum() == 0  # a padding id matches nothing
-
-
-@pytest.mark.parametrize("streams", ["two", "history"])
-def test_target_match_reads_equality_not_embeddings(streams, datasets):
-    """Give two ids the same embedding and swap one for the other in the events: a model that sees only
-    embeddings cannot tell; with `target_match` the events stop matching the candidate and its score moves. The
-    serving cache agrees on the matching request."""
-    dataset = datasets[streams]
-    for on in (False, True):
-        model = randomise_embeddings(hemix(dataset, target_match=on)).eval()
-        request = one_request(first_batch(dataset, 16), model, candidates=5)
-        key, group = model.layout.target[0]
-        own, other = int(request[key][0]), int(request[key][0]) % 40 + 1
-        table = model.embedder.tables[group].weight
-        with torch.no_grad():
-            table[other] = table[own]
-            if on:
-                model.target_match.normal_()  # unit scale, like the embeddings
-        matching, swapped = dict(request), dict(request)
-        for seq in model.layout.sequences:
-            column, mask = seq.item_columns[0], request[seq.item_columns[0]] != 0
-            matching[column] = torch.where(mask, own, 0)
-            swapped[column] = torch.where(mask, other, 0)
-        with torch.no_grad():
-            moved = (model(matching)[0] - model(swapped)[0]).abs().max()
-            cached = model.score(model.encode_user({k: v[:1] for k, v in matching.items()}), matching)
-            assert (cached - model(matching)).abs().max() < 1e-5
-        assert moved > 1e-3 if on else moved < 1e-6, f"target_match={on}: the score moved by {moved}"
-    assert model.count_params()["sequence_projection"] == sum(
-        p.numel() for p in (*model.sequence_tokens.parameters(), model.target_match))
 
 
 def mixer_stack_params(model: HeMix) -> int:

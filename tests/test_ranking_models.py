@@ -17,6 +17,7 @@ import torch
 from rankstack.config import from_dict
 from rankstack.data.dataset import Dataset
 from rankstack.data.loader import BatchLoader
+from rankstack.nn.features import target_matches
 from rankstack.ranking import MODELS
 from rankstack.ranking.base import RankingModel
 from rankstack.ranking.run import load_run_config
@@ -27,6 +28,7 @@ from tests._ranking import (
     first_batch,
     left_pad,
     make_model,
+    one_request,
     perturb,
     sequence_columns,
 )
@@ -310,3 +312,44 @@ def test_din_activation_unit_equals_the_concatenation_formula_and_dice_reads_rea
     torch.testing.assert_close(unit.dice[0].running_mean, 0.1 * first.mean(0), atol=1e-6, rtol=1e-5)
     noisy = history.masked_fill(~mask.unsqueeze(-1), 1e3)  # padded events: other values, same real-event outputs
     torch.testing.assert_close(unit(noisy, target, mask)[mask], expected[mask], atol=1e-5, rtol=1e-5)
+
+# -- target_match (HeMix and DIN's option) -----------------------------------------------------------------------
+
+
+def test_target_matches_marks_equal_fields_and_never_padding():
+    events = torch.tensor([[[3, 7], [3, 0], [0, 0], [5, 7]]])  # [B=1, L=4, F=2]; event 2 is padding
+    assert target_matches(events, torch.tensor([[3, 7]])).tolist() == [[[1, 1], [1, 0], [0, 0], [0, 1]]]
+    assert target_matches(events, torch.tensor([[0, 0]])).sum() == 0  # a padding id matches nothing
+
+
+@pytest.mark.parametrize("streams", ["two", "history"])
+@pytest.mark.parametrize("name", ["hemix", "din"])
+def test_target_match_reads_equality_not_embeddings(name, streams, datasets):
+    """Give two ids the same embedding and swap one for the other in the events: a model that sees only
+    embeddings cannot tell; with `target_match` the events stop matching the candidate and the score moves.
+    HeMix's serving cache agrees with its forward on the matching request."""
+    dataset = datasets[streams]
+    for on in (False, True):
+        model = make_model(name, dataset, target_match=on).eval()
+        request = one_request(first_batch(dataset, 16), model, candidates=5)
+        key, group = model.layout.target[0]
+        own, other = int(request[key][0]), int(request[key][0]) % 40 + 1
+        with torch.no_grad():
+            for param_name, param in model.named_parameters():  # unit scale, so that every input shows
+                if param_name.startswith("embedder.") or "match" in param_name:
+                    param.normal_()
+            model.embedder.tables[group].weight[other] = model.embedder.tables[group].weight[own]
+        matching, swapped = dict(request), dict(request)
+        for seq in model.layout.sequences:
+            column, mask = seq.item_columns[0], request[seq.item_columns[0]] != 0
+            matching[column] = torch.where(mask, own, 0)
+            swapped[column] = torch.where(mask, other, 0)
+        with torch.no_grad():
+            moved = (model(matching)[0] - model(swapped)[0]).abs().max()
+            if name == "hemix":
+                cached = model.score(model.encode_user({k: v[:1] for k, v in matching.items()}), matching)
+                assert (cached - model(matching)).abs().max() < 1e-5
+        assert moved > 1e-3 if on else moved < 1e-6, f"{name} target_match={on}: the score moved by {moved}"
+    if name == "hemix":
+        assert model.count_params()["sequence_projection"] == sum(
+            p.numel() for p in (*model.sequence_tokens.parameters(), model.target_match))

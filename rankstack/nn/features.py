@@ -222,6 +222,11 @@ def stream_item_ids(layout: FieldLayout, batch: dict[str, torch.Tensor]) -> list
     return streams
 
 
+def target_item_ids(layout: FieldLayout, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The candidate's item-field ids `[B, F_it]` in target-field order."""
+    return torch.stack([batch[key] for key, _ in layout.target], dim=-1)
+
+
 def target_matches(event_ids: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
     """`[B, L, F_it]` floats: 1 where an event's item field equals the candidate's (`target_ids [B, F_it]`),
     0 elsewhere and on padding. A target-behaviour cross feature: whether the event shares the candidate's

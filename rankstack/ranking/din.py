@@ -4,7 +4,8 @@ All behaviour streams form one history, in time order. For each event the activa
 `a_t = MLP_att([h̄_t ; x_t ; h̄_t − x_t ; h̄_t ⊙ x_t])`, where `h̄_t` is the event's item part and `x_t` the target
 item; padding is masked and, as in the DIN paper, the weights are not softmax-normalised (softmax is an option).
 The pooled interest `p = Σ_t a_t·[E(item_t) ; E(action_t)]` joins `[x_ns ; x_dense ; x_t]` in an MLP, then
-the per-task towers.
+the per-task towers. With `target_match` (our option, as HeMix's), the activation unit also reads the event's
+match bits with the candidate (1 per item field the event shares with it), and `p` gains `Σ_t a_t·match_t`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ from torch import nn
 
 from rankstack.errors import ConfigError
 from rankstack.nn.attention import masked_softmax
-from rankstack.nn.features import FieldEmbedder, FieldLayout, concat_streams, mlp
+from rankstack.nn.features import (
+    FieldEmbedder,
+    FieldLayout,
+    concat_streams,
+    mlp,
+    stream_item_ids,
+    target_item_ids,
+    target_matches,
+)
 from rankstack.nn.params import parameter_breakdown
 from rankstack.ranking.base import RankingModel, TaskTowers
 
@@ -32,6 +41,8 @@ class DINConfig:
     tower: hidden widths of each task tower ([128, 64]).
     dropout: dropout in the MLP and towers (0.0).
     esmm: train conversion ESMM-style as p(click)·p(order | click) (False).
+    target_match: give the activation unit and the pooled interest each event's match bits with the candidate
+        (`rankstack.nn.features.target_matches`; False).
     """
 
     embedding_dim: int = 16
@@ -41,6 +52,7 @@ class DINConfig:
     tower: list[int] = field(default_factory=lambda: [128, 64])
     dropout: float = 0.0
     esmm: bool = False
+    target_match: bool = False
 
 
 class Dice(nn.Module):
@@ -78,20 +90,24 @@ class Dice(nn.Module):
 class ActivationUnit(nn.Module):
     """`a_t = MLP_att([h̄_t ; x_t ; h̄_t − x_t ; h̄_t ⊙ x_t])` with Dice, one scalar per event `[B, L]`."""
 
-    def __init__(self, item_dim: int, hidden: list[int]) -> None:
+    def __init__(self, item_dim: int, hidden: list[int], match_fields: int = 0) -> None:
         super().__init__()
         sizes = [4 * item_dim, *hidden]
         self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.match = nn.Linear(match_fields, hidden[0], bias=False) if match_fields else None
         self.dice = nn.ModuleList(Dice(b) for b in hidden)
         self.score = nn.Linear(sizes[-1], 1)
 
-    def forward(self, history: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, history: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                match: torch.Tensor | None = None) -> torch.Tensor:
         # The first layer on [h̄ ; x ; h̄ − x ; h̄ ⊙ x] is W_h·h̄ + W_x·x + W_d·(h̄ − x) + W_p·(h̄ ⊙ x)
         # = (W_h + W_d)·h̄ + W_p·(h̄ ⊙ x) + (W_x − W_d)·x: the target's term is computed once per row, not per event.
         first = self.linears[0]
         w_h, w_x, w_d, w_p = first.weight.chunk(4, dim=1)
         target = target.unsqueeze(1)
         per_event = torch.cat([history, history * target], dim=-1) @ torch.cat([w_h + w_d, w_p], dim=1).T
+        if self.match is not None:
+            per_event = per_event + self.match(match)
         h = self.dice[0](per_event + nn.functional.linear(target, w_x - w_d, first.bias), mask)
         for linear, dice in zip(self.linears[1:], self.dice[1:]):
             h = dice(linear(h), mask)
@@ -107,24 +123,30 @@ class DIN(RankingModel):
         e = config.embedding_dim
         self.embedder = FieldEmbedder(layout, e)
         n_item = self.embedder.num_item_fields
-        self.activation_unit = ActivationUnit(n_item * e, config.attention)
-        width = self.embedder.num_ns * e + len(layout.dense) + n_item * e + (n_item + 1) * e
+        match_fields = n_item if config.target_match else 0
+        self.activation_unit = ActivationUnit(n_item * e, config.attention, match_fields)
+        width = self.embedder.num_ns * e + len(layout.dense) + n_item * e + (n_item + 1) * e + match_fields
         self.mlp = mlp([width, *config.mlp], config.dropout)
         self.towers = TaskTowers(config.mlp[-1], self.tasks, config.tower, config.dropout)
 
-    def interest(self, items: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor, target: torch.Tensor
-                 ) -> torch.Tensor:
-        """`p = Σ_t a_t·[E(item_t) ; E(action_t)]` `[B, (F_it+1)·e]`; padded events weigh 0."""
+    def interest(self, items: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor, target: torch.Tensor,
+                 match: torch.Tensor | None = None) -> torch.Tensor:
+        """`p = Σ_t a_t·[E(item_t) ; E(action_t) (; match_t)]` `[B, (F_it+1)·e (+ F_it)]`; padded events weigh 0."""
         history = items.flatten(2)
-        scores = self.activation_unit(history, target, mask)
+        scores = self.activation_unit(history, target, mask, match)
         weights = (masked_softmax(scores, mask) if self.config.attention_softmax
                    else scores * mask.to(scores.dtype))
-        return torch.einsum("bl,bld->bd", weights, torch.cat([history, actions], dim=-1))
+        pooled = [history, actions] + ([match] if match is not None else [])
+        return torch.einsum("bl,bld->bd", weights, torch.cat(pooled, dim=-1))
 
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         emb = self.embedder(batch)
         target = emb.target.flatten(1)
-        p = self.interest(*concat_streams(emb.streams), target)
+        match = None
+        if self.config.target_match:
+            match = target_matches(torch.cat(stream_item_ids(self.layout, batch), dim=1),
+                                   target_item_ids(self.layout, batch))
+        p = self.interest(*concat_streams(emb.streams), target, match)
         return self.towers(self.mlp(torch.cat([emb.ns.flatten(1), emb.dense, target, p], dim=1)))
 
     def count_params(self) -> dict[str, int]:

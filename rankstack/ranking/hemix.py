@@ -31,7 +31,14 @@ from torch import nn
 
 from rankstack.errors import ConfigError
 from rankstack.nn.attention import MultiHeadAttention, masked_attention, merge_heads, split_heads
-from rankstack.nn.features import FieldEmbedder, FieldLayout, mlp, stream_item_ids, target_matches
+from rankstack.nn.features import (
+    FieldEmbedder,
+    FieldLayout,
+    mlp,
+    stream_item_ids,
+    target_item_ids,
+    target_matches,
+)
 from rankstack.nn.params import parameter_breakdown
 from rankstack.ranking.base import RankingModel, TaskTowers
 
@@ -647,9 +654,6 @@ class HeMix(RankingModel):
         assert self.target_match is not None
         return target_matches(event_ids, target_ids) @ self.target_match
 
-    def _target_ids(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.stack([batch[key] for key, _ in self.layout.target], dim=-1)
-
     def _branch_events(self, tokens: dict[int, tuple[torch.Tensor, torch.Tensor]], branch: Branch,
                        like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A branch's sequence tokens `[B, L_b, d]` and mask; a branch without events reads one padded token."""
@@ -691,7 +695,7 @@ class HeMix(RankingModel):
         queries = self.tokenizer(u)
         stream_tokens = self._stream_tokens(emb.streams)
         if self.target_match is not None:
-            ids, target = stream_item_ids(self.layout, batch), self._target_ids(batch)
+            ids, target = stream_item_ids(self.layout, batch), target_item_ids(self.layout, batch)
             stream_tokens = {i: (tokens + self._match_terms(ids[i], target), mask)
                              for i, (tokens, mask) in stream_tokens.items()}
         z = []
@@ -748,7 +752,7 @@ class HeMix(RankingModel):
             keys, values, mask, shared = cache.keys[i], cache.values[i], cache.masks[i], rows is None
             if self.target_match is not None:
                 # K and V of the events as this candidate sees them: the cached ones plus the match terms
-                match = self._match_terms(cache.event_ids[i], self._target_ids(candidates))
+                match = self._match_terms(cache.event_ids[i], target_item_ids(self.layout, candidates))
                 match_keys, match_values = extractor.keys_values(match)
                 keys, values, mask, shared = keys + match_keys, values + match_values, mask.expand(size, -1), False
                 fixed = extractor.read_fixed(keys, values, mask)
