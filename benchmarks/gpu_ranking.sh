@@ -12,6 +12,9 @@
 #     OUT=runs/bench/gpu-ranking bash benchmarks/gpu_ranking.sh
 #     OUT=runs/bench/gpu-ranking ABLATIONS=1 bash benchmarks/gpu_ranking.sh
 #
+# Extra settings: TABLE_SET for the table's driver (per model: "--set hemix:model.args.target_match=true --set
+# din:model.args.target_match=true", BENCHMARKS.md "Target-behaviour match"), HEMIX_SET for the HeMix-only drivers
+# (scaling, ablations: "--set model.args.target_match=true").
 # A CPU dry run of the plumbing: SIZE=tiny RECIPE=small MAX_STEPS=3 JOBS=2 bash benchmarks/gpu_ranking.sh
 # It has not run on a GPU yet: how many runs finish in one call is to be measured.
 set -u
@@ -58,11 +61,11 @@ echo "worlds at $((SECONDS - started)) s"
 data="$WORK/world-$SIZE/ranking"
 if [ "${ABLATIONS:-0}" = 1 ]; then
   drivers=("ranking_ablations.py --size $SIZE --recipe $RECIPE --base-world $WORK/world-$SIZE --out $WORK/abl
-    --ablations ${ablations[*]} --seeds $SEEDS")
+    --ablations ${ablations[*]} --seeds $SEEDS ${HEMIX_SET:-}")
 else
-  drivers=("ranking_world.py --data $data --recipe $RECIPE --out $WORK/table --seeds $SEEDS"
+  drivers=("ranking_world.py --data $data --recipe $RECIPE --out $WORK/table --seeds $SEEDS ${TABLE_SET:-}"
            "ranking_scaling.py --data $data --config configs/ranking/hemix_world_$RECIPE.yaml --out $WORK/scaling
-    --sizes ${SIZES:-64x1 128x1 128x2 256x2 256x3}")
+    --sizes ${SIZES:-64x1 128x1 128x2 256x2 256x3} ${HEMIX_SET:-}")
 fi
 # The table's 18 runs get most of the slots; the scaling sweep's 5 sizes the rest.
 share=("$JOBS" 1)
