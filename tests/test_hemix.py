@@ -227,6 +227,40 @@ def test_cached_scores_on_a_world_request_with_esmm(tiny_world):
     assert (cached - reference).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("on", [False, True])
+def test_query_match_reads_the_query_category_equality(on, tiny_world, datasets):
+    """The world's search requests carry the query's category, in the item category's table. Give two categories
+    the same embedding and set the query to the candidate's category or to the other one: only `query_match` tells
+    them apart. The serving cache agrees with the forward."""
+    model = randomise_embeddings(hemix(tiny_world, realtime_len=20, query_match=on)).eval()
+    items = [key for key, _ in model.layout.target]
+    # the query's category, and where the user is (district, grid cell) against where the candidate is
+    assert model.query_pairs == ([("query_category_l2", items.index("category_l2")),
+                                  ("user_district", items.index("district")),
+                                  ("user_grid", items.index("poi_grid"))] if on else [])
+    batch = next(iter(BatchLoader(tiny_world, "test", 64)))
+    request = {k: v[batch["request_id"] == batch["request_id"][0]] for k, v in batch.items()}
+    own = int(request["category_l2"][0])
+    other = next(c for c in range(1, 40) if c != own)
+    group = dict(model.layout.ns)["query_category_l2"]
+    with torch.no_grad():
+        for name, param in model.tokenizer.named_parameters():
+            if name == "proj.weight":
+                param.normal_()  # unit scale, so that the match column shows
+        model.embedder.tables[group].weight[other] = model.embedder.tables[group].weight[own]
+        scores = []
+        for query in (own, other):
+            rows = dict(request, query_category_l2=torch.full_like(request["query_category_l2"], query))
+            scores.append(model(rows))
+            cached = model.score(model.encode_user({k: v[:1] for k, v in rows.items()}), rows)
+            assert (cached - scores[-1]).abs().max() < 1e-5
+    moved = (scores[0][0] - scores[1][0]).abs().max()
+    assert moved > 1e-4 if on else moved < 1e-7, f"query_match={on}: the score moved by {moved}"
+    if on:
+        with pytest.raises(ConfigError, match="query_match"):
+            hemix(datasets["two"], query_match=True)
+
+
 # -- §8 ablation switches --------------------------------------------------------------------------------------
 
 

@@ -89,6 +89,10 @@ class HeMixConfig:
             extraction can find and count the events that match the candidate (our option, off by default; not
             in the paper or the re-implementation). Keys and values then depend on the candidate, so the serving
             cache adds the per-candidate match terms to the cached K and V (exact: the projections are linear).
+        query_match: append to the dynamic-query input u one bit per request-level field that shares an embedding
+            table with an item field (on the world: the search query's category against the candidate's, the
+            user's district and grid cell against the candidate's): 1 where the two are equal (our option, off by
+            default, like `target_match`).
     """
 
     embedding_dim: int = 16
@@ -118,6 +122,7 @@ class HeMixConfig:
     key_padding_mask: bool = True
     recency: bool = False
     target_match: bool = False
+    query_match: bool = False
 
     def __post_init__(self) -> None:
         for name in ("extraction_heads", "mix_heads"):
@@ -518,6 +523,7 @@ class UserCache:
     masks: list[torch.Tensor]
     fixed_outputs: list[torch.Tensor]
     event_ids: list[torch.Tensor] = field(default_factory=list)
+    query_ids: torch.Tensor | None = None  # with `query_match`: the matched request fields' ids `[R, P]`
 
     @property
     def num_requests(self) -> int:
@@ -528,7 +534,8 @@ class UserCache:
         def take(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
             return [t.index_select(0, rows) for t in tensors]
         return UserCache(self.query_request_part.index_select(0, rows), take(self.keys), take(self.values),
-                         take(self.masks), take(self.fixed_outputs), take(self.event_ids))
+                         take(self.masks), take(self.fixed_outputs), take(self.event_ids),
+                         None if self.query_ids is None else self.query_ids.index_select(0, rows))
 
 
 # The model ------------------------------------------------------------------------------------------------------
@@ -553,6 +560,13 @@ class HeMix(RankingModel):
         self.config = config
         e, d = config.embedding_dim, config.dim
         self.embedder = FieldEmbedder(layout, e)
+        # (request field, item field index) pairs that share an embedding table, read by `query_match`
+        items = {group: i for i, (_, group) in enumerate(layout.target)}
+        self.query_pairs = [(key, items[group]) for key, group in layout.ns
+                            if config.query_match and group in items and layout.level_of(key) == "request"]
+        if config.query_match and not self.query_pairs:
+            raise ConfigError("query_match: no request-level field of this dataset shares an embedding table with an "
+                              "item field; set query_match: false.")
         n_queries = config.n_g + config.n_r
         self.tokenizer = DynamicQueryTokenizer(self._query_input_width(), n_queries, d, self._request_columns())
         self.sequence_tokens = SequenceTokenizer((self.embedder.num_item_fields + 1) * e, d)
@@ -593,7 +607,8 @@ class HeMix(RankingModel):
         """(batch key, width) of each block of u = [x_ns ; x_dense ; x_t], in column order."""
         e, layout = self.config.embedding_dim, self.layout
         return ([(key, e) for key, _ in layout.ns] + [(key, e) for key, _ in layout.multi_valued]
-                + [(key, 1) for key in layout.dense] + [(key, e) for key, _ in layout.target])
+                + [(key, 1) for key in layout.dense] + [(key, e) for key, _ in layout.target]
+                + ([("query_match", len(self.query_pairs))] if self.query_pairs else []))
 
     def _query_input_width(self) -> int:
         return sum(width for _, width in self._query_input_fields())
@@ -648,6 +663,14 @@ class HeMix(RankingModel):
             return torch.zeros((like.shape[0], 1, self.embedder.num_item_fields), dtype=torch.long, device=like.device)
         return torch.cat([ids[ev.stream][:, ev.start:ev.stop] for ev in branch.events], dim=1)
 
+    def _query_matches(self, query_ids: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
+        """`[B, P]`: 1 where a `query_pairs` request field equals its item field of the candidate."""
+        items = [i for _, i in self.query_pairs]
+        return target_matches(query_ids.unsqueeze(1), target_ids[:, items])[:, 0]
+
+    def _query_ids(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.stack([batch[key] for key, _ in self.query_pairs], dim=-1)
+
     def _match_terms(self, event_ids: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
         """`[B, L, d]`: the sum of the `target_match` vectors of the fields on which each event equals the
         candidate (0 on padding)."""
@@ -691,7 +714,10 @@ class HeMix(RankingModel):
     def tokens(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """X^0 = [Z_r ; Z_g ; Q] `[B, N, d]`."""
         emb = self.embedder(batch)
-        u = torch.cat([emb.ns.flatten(1), emb.dense, emb.target.flatten(1)], dim=1)
+        parts = [emb.ns.flatten(1), emb.dense, emb.target.flatten(1)]
+        if self.query_pairs:
+            parts.append(self._query_matches(self._query_ids(batch), target_item_ids(self.layout, batch)))
+        u = torch.cat(parts, dim=1)
         queries = self.tokenizer(u)
         stream_tokens = self._stream_tokens(emb.streams)
         if self.target_match is not None:
@@ -728,7 +754,8 @@ class HeMix(RankingModel):
                 fixed.append(extractor.read_fixed(k, v, mask))
             else:
                 event_ids.append(self._branch_ids(ids, branch, u_request))
-        return UserCache(self.tokenizer.request_part(u_request), keys, values, masks, fixed, event_ids)
+        return UserCache(self.tokenizer.request_part(u_request), keys, values, masks, fixed, event_ids,
+                         self._query_ids(request) if self.query_pairs else None)
 
     def score_logits(self, cache: UserCache, candidates: dict[str, torch.Tensor],
                      rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -742,9 +769,13 @@ class HeMix(RankingModel):
         if rows is not None:
             cache = cache.select(rows)
         embedder = self.embedder
-        u_candidate = torch.cat([embedder.ns_vectors(candidates, "candidate").flatten(1),
-                                 embedder.dense_values(candidates, "candidate"),
-                                 embedder.target_vectors(candidates).flatten(1)], dim=1)
+        parts = [embedder.ns_vectors(candidates, "candidate").flatten(1), embedder.dense_values(candidates, "candidate"),
+                 embedder.target_vectors(candidates).flatten(1)]
+        if self.query_pairs:
+            assert cache.query_ids is not None
+            target = target_item_ids(self.layout, candidates)
+            parts.append(self._query_matches(cache.query_ids.expand(target.shape[0], -1), target))
+        u_candidate = torch.cat(parts, dim=1)
         size = u_candidate.shape[0]
         queries = self.tokenizer.from_parts(cache.query_request_part, u_candidate)
         z = []
