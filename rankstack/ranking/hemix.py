@@ -715,13 +715,14 @@ class HeMix(RankingModel):
         """X^0 = [Z_r ; Z_g ; Q] `[B, N, d]`."""
         emb = self.embedder(batch)
         parts = [emb.ns.flatten(1), emb.dense, emb.target.flatten(1)]
+        target = target_item_ids(self.layout, batch)  # the ids the match options compare (a stack of F_it columns)
         if self.query_pairs:
-            parts.append(self._query_matches(self._query_ids(batch), target_item_ids(self.layout, batch)))
+            parts.append(self._query_matches(self._query_ids(batch), target))
         u = torch.cat(parts, dim=1)
         queries = self.tokenizer(u)
         stream_tokens = self._stream_tokens(emb.streams)
         if self.target_match is not None:
-            ids, target = stream_item_ids(self.layout, batch), target_item_ids(self.layout, batch)
+            ids = stream_item_ids(self.layout, batch)
             stream_tokens = {i: (tokens + self._match_terms(ids[i], target), mask)
                              for i, (tokens, mask) in stream_tokens.items()}
         z = []
@@ -771,9 +772,9 @@ class HeMix(RankingModel):
         embedder = self.embedder
         parts = [embedder.ns_vectors(candidates, "candidate").flatten(1), embedder.dense_values(candidates, "candidate"),
                  embedder.target_vectors(candidates).flatten(1)]
+        target = target_item_ids(self.layout, candidates)
         if self.query_pairs:
             assert cache.query_ids is not None
-            target = target_item_ids(self.layout, candidates)
             parts.append(self._query_matches(cache.query_ids.expand(target.shape[0], -1), target))
         u_candidate = torch.cat(parts, dim=1)
         size = u_candidate.shape[0]
@@ -782,9 +783,12 @@ class HeMix(RankingModel):
         for i, (branch, extractor) in enumerate(zip(self.branches, self.extractors.values())):
             keys, values, mask, shared = cache.keys[i], cache.values[i], cache.masks[i], rows is None
             if self.target_match is not None:
-                # K and V of the events as this candidate sees them: the cached ones plus the match terms
-                match = self._match_terms(cache.event_ids[i], target_item_ids(self.layout, candidates))
-                match_keys, match_values = extractor.keys_values(match)
+                # K and V of the events as this candidate sees them: the cached ones plus the match terms. W^K and
+                # W^V are linear, so project the F_it match vectors once and weight them by the match bits, instead
+                # of projecting a [C, L, d] match tensor (the d² work per event the cache exists to save).
+                bits = target_matches(cache.event_ids[i], target)
+                match_keys = split_heads(bits @ extractor.key(self.target_match), extractor.heads)
+                match_values = split_heads(bits @ extractor.value(self.target_match), extractor.heads)
                 keys, values, mask, shared = keys + match_keys, values + match_values, mask.expand(size, -1), False
                 fixed = extractor.read_fixed(keys, values, mask)
             else:
