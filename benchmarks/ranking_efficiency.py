@@ -8,6 +8,7 @@
    and the largest difference between the cached and the uncached scores.
 
     python benchmarks/ranking_efficiency.py [--repeats 7] [--longterm-len 100 1000] [--threads 1]
+        [--serve-with target_match]
 """
 
 from __future__ import annotations
@@ -27,13 +28,15 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=500)
     parser.add_argument("--longterm-len", type=int, nargs="+", default=[100])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--serve-with", nargs="+", default=[], choices=["target_match", "query_match", "recency"],
+                        help="also serve each stream length with these HeMix switches on (their serving cost)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ranking_efficiency.json"))
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     from rankstack.ranking.bench import bench_ranking, format_bench_ranking
 
     result = bench_ranking(repeats=args.repeats, candidates=args.candidates, longterm_lens=tuple(args.longterm_len),
-                           threads=args.threads)
+                           threads=args.threads, options=tuple(args.serve_with))
     result["command"] = " ".join(["python", *sys.argv])
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(format_bench_ranking(result))

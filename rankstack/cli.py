@@ -10,7 +10,7 @@
     rankstack eval --run DIR [--split test]
     rankstack bench loader --data DIR [--batch-size N] [--repeats N]
     rankstack bench retrieval --config FILE --out DIR                       (popularity / geo / SASRec baselines)
-    rankstack bench ranking [--repeats N] [--candidates C] [--longterm-len L ...] [--json FILE]
+    rankstack bench ranking [--repeats N] [--candidates C] [--longterm-len L ...] [--serve-with SWITCH ...] [--json FILE]
     rankstack bench preranking --config FILE --out DIR [--latency-table]    (AutoFAS budget sweep + baselines)
     rankstack bench relevance --run RUN [--run RUN ...] [--split test]      (CumPT vs argmax vs decode, speed)
     rankstack bench relevance --cross-encoder FILE --out DIR                (the MiniLM baseline)
@@ -179,7 +179,7 @@ def cmd_bench_ranking(args: argparse.Namespace) -> None:
     from rankstack.ranking.bench import bench_ranking, format_bench_ranking
 
     result = bench_ranking(args.tokens, args.dim, args.batch_size, args.repeats, args.candidates,
-                           tuple(args.longterm_len), args.threads)
+                           tuple(args.longterm_len), args.threads, tuple(args.serve_with))
     print(format_bench_ranking(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
@@ -317,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     bk.add_argument("--candidates", type=int, default=500, help="candidates per request")
     bk.add_argument("--longterm-len", type=int, nargs="+", default=[100], help="long-term stream length(s)")
     bk.add_argument("--threads", type=int, default=1)
+    bk.add_argument("--serve-with", nargs="+", default=[], choices=["target_match", "query_match", "recency"],
+                    help="also serve each stream length with these HeMix switches on (their serving cost)")
     bk.add_argument("--json", help="also write the result to this JSON file")
     bk.set_defaults(func=cmd_bench_ranking)
 

@@ -249,16 +249,20 @@ def machine_info() -> dict[str, Any]:
 
 
 def bench_ranking(tokens: int = 12, dim: int = 256, batch: int = 1024, repeats: int = 7, candidates: int = 500,
-                  longterm_lens: tuple[int, ...] = (100,), threads: int = 1) -> dict[str, Any]:
-    """`mixing_vs_attention` and `serving_throughput` (one per long-term stream length) on `threads` threads."""
+                  longterm_lens: tuple[int, ...] = (100,), threads: int = 1,
+                  options: tuple[str, ...] = ()) -> dict[str, Any]:
+    """`mixing_vs_attention` and `serving_throughput` (one per long-term stream length) on `threads` threads; with
+    `options` (HeMixConfig switches such as `target_match`), each length is served a second time with them on."""
     torch.set_num_threads(threads)
-    return {
-        "mixing_vs_attention": mixing_vs_attention(tokens, dim, batch, repeats=repeats),
-        "serving": [serving_throughput(synthetic_layout(streams=(("longterm_seq", n), ("realtime_seq", 20))),
-                                       candidates=candidates, repeats=max(3, repeats // 2))
-                    for n in longterm_lens],
-        **machine_info(),
-    }
+    serving = []
+    for n in longterm_lens:
+        layout = synthetic_layout(streams=(("longterm_seq", n), ("realtime_seq", 20)))
+        for switches in ((), options) if options else ((),):
+            config = HeMixConfig(realtime_len=20, **dict.fromkeys(switches, True))
+            serving.append({"options": list(switches), **serving_throughput(
+                layout, config, candidates=candidates, repeats=max(3, repeats // 2))})
+    return {"mixing_vs_attention": mixing_vs_attention(tokens, dim, batch, repeats=repeats), "serving": serving,
+            **machine_info()}
 
 
 def format_bench_ranking(result: dict[str, Any]) -> str:
@@ -276,8 +280,9 @@ def format_bench_ranking(result: dict[str, Any]) -> str:
              ""]
     for serve in result["serving"]:
         rate = serve["candidates_per_s"]
-        lines += [f"HeMix serving, {serve['candidates']} candidates per request, streams {serve['sequence_lengths']},"
-                  f" {serve['threads']} thread(s), median of {serve['repeats']}",
+        switches = f", with {' + '.join(serve['options'])}" if serve.get("options") else ""
+        lines += [f"HeMix serving{switches}, {serve['candidates']} candidates per request, streams "
+                  f"{serve['sequence_lengths']}, {serve['threads']} thread(s), median of {serve['repeats']}",
                   f"  without user cache: {rate['uncached']:10,.0f} candidates/s "
                   f"({1e3 * serve['seconds_per_request_median']['uncached']:.0f} ms per request)",
                   f"  with user cache:    {rate['cached']:10,.0f} candidates/s "
