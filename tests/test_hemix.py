@@ -180,6 +180,7 @@ CACHE_CONFIGS = {
     "recency_no_split": {"recency": True, "use_realtime": False},
     "target_match": {"target_match": True},
     "target_match_one_branch": {"target_match": True, "use_global": False},
+    "target_match_no_fixed": {"target_match": True, "use_fixed_queries": False},
 }
 
 
@@ -198,9 +199,10 @@ def test_cached_scores_equal_the_full_forward(config, streams, datasets):
     assert (cached - reference).abs().max() < 1e-5
 
 
-def test_cache_rows_serve_several_requests_at_once(datasets):
+@pytest.mark.parametrize("config", ["default", "target_match"])
+def test_cache_rows_serve_several_requests_at_once(config, datasets):
     dataset = datasets["two"]
-    model = randomise_embeddings(hemix(dataset)).eval()
+    model = randomise_embeddings(hemix(dataset, **CACHE_CONFIGS[config])).eval()
     batch = first_batch(dataset, 32)
     first, second = one_request(batch, model, 4), one_request({k: v[8:] for k, v in batch.items()}, model, 3)
     both = {k: torch.cat([first[k], second[k]]) for k in batch}

@@ -23,14 +23,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from rankstack.errors import ConfigError
-from rankstack.nn.attention import MultiHeadAttention, masked_attention, merge_heads, split_heads
+from rankstack.nn.attention import MultiHeadAttention, masked_softmax, merge_heads, split_heads
 from rankstack.nn.features import (
     FieldEmbedder,
     FieldLayout,
@@ -270,6 +270,15 @@ def plan_branches(config: HeMixConfig, global_events: tuple[EventSlice, ...],
 # §3.3 Query-mixed interest extraction -------------------------------------------------------------------------
 
 
+class Match(NamedTuple):
+    """Per-candidate match terms of the keys and values (`MixedQueryExtractor.read`): bits `[B, L, F_it]`, and the
+    F_it match vectors after W^K and W^V, per head `[H, F_it, d/H]`."""
+
+    bits: torch.Tensor
+    keys: torch.Tensor
+    values: torch.Tensor
+
+
 class MixedQueryExtractor(nn.Module):
     """One branch: the mixed queries `[Q^b ; Φ_b]` attend the branch's sequence tokens.
 
@@ -297,28 +306,51 @@ class MixedQueryExtractor(nn.Module):
         return split_heads(self.key(tokens), self.heads), split_heads(self.value(tokens), self.heads)
 
     def read(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
-             slots: slice, shared_keys: bool = False) -> torch.Tensor:
+             slots: slice, shared_keys: bool = False, match: Match | None = None) -> torch.Tensor:
         """`z_j = W^O concat_heads(Σ_t α_jt v_t)` for queries `[B, Q, d]` in query slots `slots`.
 
         shared_keys: keys, values and mask hold one row that every query row reads (one request's cache); the
             rows' queries are then stacked into one attention call instead of broadcasting K and V B times.
+        match: each row's keys and values plus its match terms, `k_t + Σ_f bits_tf W^K m_f` (same for v), read
+            without forming them: `q·k_t` gains `Σ_f bits_tf (q·W^K m_f)` and the output gains
+            `Σ_f (Σ_t α_t bits_tf) W^V m_f`, so the per-candidate cost is `[Q, L, F_it]`, not `[L, d]`.
         """
         q = split_heads(torch.einsum("bjd,jed->bje", queries, self.query_weight[slots]), self.heads)
-        if shared_keys:
-            size, heads, num_queries, width = q.shape
-            q = q.transpose(0, 1).reshape(1, heads, size * num_queries, width)
-        attended = masked_attention(q, keys, values, mask if self.key_padding_mask else None)
-        if shared_keys:
-            attended = attended.view(heads, size, num_queries, width).transpose(0, 1)
+        size, heads, num_queries, width = q.shape
+
+        def product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # a [B, H, Q, x] @ b [B or 1, H, x, y]
+            if not shared_keys:
+                return torch.matmul(a, b)
+            stacked = torch.matmul(a.transpose(0, 1).reshape(1, heads, size * num_queries, a.shape[-1]), b)
+            return stacked.view(heads, size, num_queries, b.shape[-1]).transpose(0, 1)
+
+        scores = product(q, keys.transpose(-1, -2))
+        if match is not None:
+            bits = match.bits.unsqueeze(1)  # [B, 1, L, F_it]
+            scores = scores + torch.matmul(torch.matmul(q, match.keys.transpose(-1, -2)), bits.transpose(-1, -2))
+        scores = scores / math.sqrt(width)
+        weights = (masked_softmax(scores, mask[:, None, None, :]) if self.key_padding_mask
+                   else torch.softmax(scores, dim=-1))
+        attended = product(weights, values)
+        if match is not None:
+            attended = attended + torch.matmul(torch.matmul(weights, bits), match.values)
         return self.out(merge_heads(attended))
 
     def read_dynamic(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
-                     shared_keys: bool = False) -> torch.Tensor:
-        return self.read(queries, keys, values, mask, slice(0, self.num_dynamic), shared_keys)
+                     shared_keys: bool = False, match: Match | None = None) -> torch.Tensor:
+        return self.read(queries, keys, values, mask, slice(0, self.num_dynamic), shared_keys, match)
 
-    def read_fixed(self, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        fixed = self.fixed_queries.expand(keys.shape[0], -1, -1)
-        return self.read(fixed, keys, values, mask, slice(self.num_dynamic, None))
+    def read_fixed(self, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, rows: int | None = None,
+                   shared_keys: bool = False, match: Match | None = None) -> torch.Tensor:
+        """The fixed queries' outputs, one row per key row (or `rows` rows reading shared keys)."""
+        fixed = self.fixed_queries.expand(rows or keys.shape[0], -1, -1)
+        return self.read(fixed, keys, values, mask, slice(self.num_dynamic, None), shared_keys, match)
+
+    def match_terms(self, bits: torch.Tensor, vectors: torch.Tensor) -> Match:
+        """The `match` argument of `read` for match bits `[B, L, F_it]` and the F_it match vectors `[F_it, d]`:
+        the vectors projected by W^K and W^V once, per head `[H, F_it, d/H]`."""
+        return Match(bits, split_heads(self.key(vectors).unsqueeze(0), self.heads)[0],
+                     split_heads(self.value(vectors).unsqueeze(0), self.heads)[0])
 
     def forward(self, dynamic_queries: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """`Z_b [B, n_b + m_b, d]` from this branch's dynamic queries `[B, n_b, d]` and tokens `[B, L, d]`."""
@@ -782,20 +814,17 @@ class HeMix(RankingModel):
         z = []
         for i, (branch, extractor) in enumerate(zip(self.branches, self.extractors.values())):
             keys, values, mask, shared = cache.keys[i], cache.values[i], cache.masks[i], rows is None
+            match = None
             if self.target_match is not None:
-                # K and V of the events as this candidate sees them: the cached ones plus the match terms. W^K and
-                # W^V are linear, so project the F_it match vectors once and weight them by the match bits, instead
-                # of projecting a [C, L, d] match tensor (the d² work per event the cache exists to save).
-                bits = target_matches(cache.event_ids[i], target)
-                match_keys = split_heads(bits @ extractor.key(self.target_match), extractor.heads)
-                match_values = split_heads(bits @ extractor.value(self.target_match), extractor.heads)
-                keys, values, mask, shared = keys + match_keys, values + match_values, mask.expand(size, -1), False
-                fixed = extractor.read_fixed(keys, values, mask)
+                # K and V of the events as this candidate sees them are the cached ones plus the match terms;
+                # `read` adds their effect on the scores and outputs without forming per-candidate K and V.
+                match = extractor.match_terms(target_matches(cache.event_ids[i], target), self.target_match)
+                fixed = extractor.read_fixed(keys, values, mask, size, shared, match)
             else:
                 fixed = cache.fixed_outputs[i].expand(size, -1, -1)
             if branch.num_dynamic:
                 dynamic = extractor.read_dynamic(queries[:, branch.dynamic_start:branch.dynamic_stop],
-                                                 keys, values, mask, shared_keys=shared)
+                                                 keys, values, mask, shared, match)
                 fixed = torch.cat([dynamic, fixed], dim=1)
             z.append(fixed)
         return self.towers(self.interact(torch.cat([*z, queries], dim=1)))
