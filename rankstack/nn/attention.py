@@ -39,7 +39,12 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | Non
     mask: `[B, L]`, True on real keys (a leading dimension of 1 broadcasts over the batch). Padded keys get
     weight exactly 0; a query whose keys are all padding gets all-zero weights.
     """
-    scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    return score_weights(torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1]), mask)
+
+
+def score_weights(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Softmax weights `[B, H, Q, L]` of scaled attention scores, with `attention_weights`' key-padding `mask`
+    `[B, L]` (for callers that add terms to the scores before the softmax)."""
     if mask is None:
         return torch.softmax(scores, dim=-1)
     return masked_softmax(scores, mask[:, None, None, :])

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rankstack.errors import ConfigError
-from rankstack.nn.attention import MultiHeadAttention, masked_softmax, merge_heads, split_heads
+from rankstack.nn.attention import MultiHeadAttention, merge_heads, score_weights, split_heads
 from rankstack.nn.features import (
     FieldEmbedder,
     FieldLayout,
@@ -285,7 +285,8 @@ class MixedQueryExtractor(nn.Module):
     Each query slot j has its own `W^Q_j` (what makes the attention heterogeneous); `W^K`, `W^V`, `W^O` are
     shared; no bias, residual, FFN or norm. Padded keys are masked, and a query over an all-padding sequence
     returns 0. `forward` is the reference path; the serving path splits it into `keys_values` (per request),
-    `read_fixed` (per request) and `read_dynamic` (per candidate).
+    `read_fixed` (per request; per candidate when `match_terms` make K and V depend on it) and `read_dynamic`
+    (per candidate).
     """
 
     def __init__(self, dim: int, num_dynamic: int, num_fixed: int, heads: int, key_padding_mask: bool = True
@@ -328,9 +329,7 @@ class MixedQueryExtractor(nn.Module):
         if match is not None:
             bits = match.bits.unsqueeze(1)  # [B, 1, L, F_it]
             scores = scores + torch.matmul(torch.matmul(q, match.keys.transpose(-1, -2)), bits.transpose(-1, -2))
-        scores = scores / math.sqrt(width)
-        weights = (masked_softmax(scores, mask[:, None, None, :]) if self.key_padding_mask
-                   else torch.softmax(scores, dim=-1))
+        weights = score_weights(scores / math.sqrt(width), mask if self.key_padding_mask else None)
         attended = product(weights, values)
         if match is not None:
             attended = attended + torch.matmul(torch.matmul(weights, bits), match.values)
