@@ -15,6 +15,10 @@
 # Extra settings: TABLE_SET for the table's driver (per model: "--set hemix:model.args.target_match=true --set
 # din:model.args.target_match=true", BENCHMARKS.md "Target-behaviour match"), HEMIX_SET for the HeMix-only drivers
 # (scaling, ablations: "--set model.args.target_match=true").
+# SCALING=0 leaves the scaling sweep out; MECHANISMS="transformer ..." fits `ranking_mechanisms.py` on those models'
+# seed-0 table runs once training stops (MECH_S seconds, default 90). One table row alone, at the CPU table's size:
+#     TABLE_SET="--models transformer --set transformer:model.args.dim=64 --set transformer:model.args.n_layers=2" \
+#         SCALING=0 MECHANISMS=transformer bash benchmarks/gpu_ranking.sh
 # A CPU dry run of the plumbing: SIZE=tiny RECIPE=small MAX_STEPS=3 JOBS=2 bash benchmarks/gpu_ranking.sh
 # It has not run on a GPU yet: how many runs finish in one call is to be measured.
 set -u
@@ -63,8 +67,8 @@ if [ "${ABLATIONS:-0}" = 1 ]; then
   drivers=("ranking_ablations.py --size $SIZE --recipe $RECIPE --base-world $WORK/world-$SIZE --out $WORK/abl
     --ablations ${ablations[*]} --seeds $SEEDS ${HEMIX_SET:-}")
 else
-  drivers=("ranking_world.py --data $data --recipe $RECIPE --out $WORK/table --seeds $SEEDS ${TABLE_SET:-}"
-           "ranking_scaling.py --data $data --config configs/ranking/hemix_world_$RECIPE.yaml --out $WORK/scaling
+  drivers=("ranking_world.py --data $data --recipe $RECIPE --out $WORK/table --seeds $SEEDS ${TABLE_SET:-}")
+  [ "${SCALING:-1}" = 1 ] && drivers+=("ranking_scaling.py --data $data --config configs/ranking/hemix_world_$RECIPE.yaml --out $WORK/scaling
     --sizes ${SIZES:-64x1 128x1 128x2 256x2 256x3} ${HEMIX_SET:-}")
 fi
 # The table's 18 runs get most of the slots; the scaling sweep's 5 sizes the rest.
@@ -80,9 +84,18 @@ for i in "${!drivers[@]}"; do  # the tables of whatever finished
   $PY benchmarks/${drivers[$i]} "${cap[@]}" --collect-only > "$WORK/table$i.log" 2>&1
   tail -n 25 "$WORK/table$i.log"
 done
+if [ -n "${MECHANISMS:-}" ]; then  # what the seed-0 runs read of the world's planted terms
+  mech_runs=() mech_names=()
+  for model in $MECHANISMS; do
+    [ -f "$WORK/table/runs/$model-seed0/results.json" ] && mech_runs+=("$WORK/table/runs/$model-seed0") && mech_names+=("$model")
+  done
+  [ "${#mech_runs[@]}" -gt 0 ] && timeout "${MECH_S:-90}" $PY benchmarks/ranking_mechanisms.py --runs "${mech_runs[@]}" \
+    --names "${mech_names[@]}" --out "$WORK/table/mechanisms.json" > "$WORK/mechanisms.log" 2>&1
+  tail -n 20 "$WORK/mechanisms.log" 2>/dev/null
+fi
 kill "$util" 2>/dev/null
 
 cd "$WORK" && tar czf "$OUT/ranking_gpu_session.tar.gz" nvidia_smi.txt gpu_util.csv *.log \
-  $(ls -d table/ranking_world.* scaling/ranking_scaling.* abl/ranking_ablations.* 2>/dev/null) \
+  $(ls -d table/ranking_world.* table/mechanisms.json scaling/ranking_scaling.* abl/ranking_ablations.* 2>/dev/null) \
   $(find . -name results.json -o -name train_log.jsonl 2>/dev/null)
 ls -la "$OUT"
