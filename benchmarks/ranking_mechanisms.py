@@ -7,7 +7,7 @@ split with the run's best weights and fits the model's click logit on the truth'
 the Bayes click AUC minus the AUC of the truth without that term.
 
     python benchmarks/ranking_mechanisms.py --runs runs/abl/runs/base/full-seed0 runs/abl/runs/base/drop_realtime_events-seed0 \\
-        [--names full drop_realtime] [--split test] [--out benchmarks/results/ranking_mechanisms.json]
+        [--names full drop_realtime] [--split test] [--device auto] [--out benchmarks/results/ranking_mechanisms.json]
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ def main() -> None:
     parser.add_argument("--names", nargs="+", help="a column name per run (default: the folder names)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--out", help="write the reports as JSON here")
+    parser.add_argument("--device", default="auto", help="where the runs predict: auto (a GPU when there is one), cpu, "
+                        "cuda or cuda:N")
     args = parser.parse_args()
     names = args.names or [Path(r).name for r in args.runs]
     if len(names) != len(args.runs):
@@ -42,10 +44,11 @@ def main() -> None:
     from rankstack.ranking.run import load_run
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     reports = {}
     for name, run in zip(names, args.runs):
         config, dataset, model = load_run(run)
-        pred = predict_split(model, dataset, args.split, config.eval_batch_size)
+        pred = predict_split(model.to(device), dataset, args.split, config.eval_batch_size, device)
         report = mechanism_report(dataset, args.split, pred["click"], pred["pred_click"])
         if not report:
             sys.exit(f"{run}: its dataset {dataset.path} has no truth with click terms (a synthetic world's)")

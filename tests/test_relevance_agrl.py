@@ -27,8 +27,15 @@ from rankstack.relevance.agrl import (  # noqa: E402
     shaped_reward,
     swap_rows,
 )
-from rankstack.relevance.data import RelevanceRecord, load_rule_table, load_split, render_completion  # noqa: E402
+from rankstack.relevance.data import (  # noqa: E402
+    RelevanceRecord,
+    load_rule_table,
+    load_split,
+    render_completion,
+    sft_examples,
+)
 from rankstack.relevance.format import parse_output  # noqa: E402
+from rankstack.relevance.sft import DataConfig, hinted_examples  # noqa: E402
 from rankstack.relevance.tokenizer import train_tokenizer, training_corpus  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "relevance"
@@ -104,6 +111,32 @@ def test_hints_and_the_leak_filter(records: list[RelevanceRecord], world: Path, 
     assert quotes_hint(gold.replace("[Verdict] ", "[Verdict] as the hint says, "), tier, tokenizer)
     quoting = gold + " " + rules[record.gold.decisive_rule]
     assert quotes_hint(quoting, rule, tokenizer) and not quotes_hint(quoting, rule, tokenizer, ngram=200)
+
+
+def test_hinted_sft_examples_use_the_replay_prompt_and_the_gold_answer(records: list[RelevanceRecord], world: Path,
+                                                                       tokenizer) -> None:
+    rules = load_rule_table(world)
+    pairs = records[:200]
+    plain = sft_examples(pairs, tokenizer, rules)
+    data = DataConfig(dataset=str(world), hint_share=0.25)
+    hinted = hinted_examples(pairs, plain, tokenizer, rules, data, seed=0)
+    assert 20 < len(hinted) < 80  # about a quarter of 200
+    assert hinted == hinted_examples(pairs, plain, tokenizer, rules, data, seed=0)
+    by_completion = {}
+    for record, example in zip(pairs, plain):
+        by_completion.setdefault(example["completion"], []).append(record)
+    levels = set()
+    for example in hinted:
+        record = next(r for r in by_completion[example["completion"]]
+                      if example["prompt"] in {agrl.guided_prompt(tokenizer, r, rules, "label_first", True,
+                                                                  hint_text(r, level, rules)) for level in (1, 2)})
+        levels.add("The deciding rule is" in example["prompt"])
+        assert f"Hint: the correct tier is {record.label}." in example["prompt"]
+        assert int(example["completion"][0]) == record.label
+    assert levels == {True, False}  # both hint levels occur
+    assert hinted_examples(pairs, plain, tokenizer, rules, DataConfig(dataset=str(world)), seed=0) == []
+    with pytest.raises(ValueError, match="hint_share"):
+        DataConfig(dataset=str(world), hint_share=1.5)
 
 
 def test_replay_fires_only_at_or_below_tau() -> None:

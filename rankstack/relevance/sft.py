@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -41,6 +42,7 @@ from trl import SFTConfig, SFTTrainer  # noqa: E402
 from rankstack.config import dump_yaml  # noqa: E402
 from rankstack.errors import ConfigError  # noqa: E402
 from rankstack.pretrained import resolve_model_path  # noqa: E402
+from rankstack.relevance.agrl import guided_prompt, hint_text  # noqa: E402
 from rankstack.relevance.data import (  # noqa: E402
     RelevanceRecord,
     load_rule_table,
@@ -71,6 +73,11 @@ class DataConfig:
         max_train_examples: Use N train pairs only, a fixed sample spread over the split (`load_split`; None: all).
         eval_split: The held-out split evaluated before and after training.
         max_eval_examples: Pairs evaluated per split (a fixed sample of N of the eval split and of train).
+        hint_share: Add, for this share of the train pairs, a second example whose prompt ends with a guided-replay
+            hint (`agrl.hint_text`: the tier, or the tier and the deciding rule, half each) and whose completion is
+            the same gold answer. It teaches a from-scratch model to read the hints that AGRL's guided replay and
+            DPO's hinted oracles give it (relevance.md §5 assumes a model that can). A pretrained chat model reads
+            them without this; 0 (the default) adds nothing.
     """
 
     dataset: str | None = None
@@ -81,11 +88,14 @@ class DataConfig:
     max_train_examples: int | None = None
     eval_split: str = "valid"
     max_eval_examples: int = 256
+    hint_share: float = 0.0
 
     def __post_init__(self) -> None:
         if (self.dataset is None) == (self.world_preset is None):
             raise ValueError("data: set exactly one of `dataset` (a relevance dataset folder) and `world_preset` "
                              "(generate the city).")
+        if not 0.0 <= self.hint_share <= 1.0:
+            raise ValueError(f"data.hint_share is {self.hint_share}; use a share of the train pairs in [0, 1].")
 
 
 @dataclass
@@ -306,6 +316,7 @@ def train_sft(config: SFTStageConfig, out_dir: str | Path) -> dict[str, Any]:
     before = evaluate()
     initial = parameter_snapshot(model)
     examples = sft_examples(train_records, tokenizer, rule_table, data.variant, train_cfg.seed, data.rule_text)
+    examples += hinted_examples(train_records, examples, tokenizer, rule_table, data, train_cfg.seed)
     args = sft_arguments(train_cfg, out / "trainer", completion_only=True)
     lora = lora_config(config.model)
     trainer = SFTTrainer(model=model, args=args, train_dataset=HFDataset.from_list(examples),
@@ -331,6 +342,21 @@ def train_sft(config: SFTStageConfig, out_dir: str | Path) -> dict[str, Any]:
                "before": before, "after": after}
     save_json(metrics, out / "metrics.json")
     return metrics
+
+
+def hinted_examples(records: list[RelevanceRecord], examples: list[dict[str, str]], tokenizer: Any,
+                    rule_table: dict[str, str], data: DataConfig, seed: int) -> list[dict[str, str]]:
+    """For a `data.hint_share` sample of the pairs (fixed by `seed`), their examples again with the guided-replay
+    prompt (`agrl.guided_prompt`) of hint level 1 or 2 at random, and the same gold completion."""
+    rng = random.Random(f"hints:{seed}")
+    hinted = []
+    for record, example in zip(records, examples):
+        if rng.random() >= data.hint_share:
+            continue
+        hint = hint_text(record, rng.choice((1, 2)), rule_table)
+        prompt = guided_prompt(tokenizer, record, rule_table, data.variant, data.rule_text, hint)
+        hinted.append({"prompt": prompt, "completion": example["completion"]})
+    return hinted
 
 
 def load_checkpoint(path: str | Path) -> tuple[PreTrainedModel, Any, dict[str, Any]]:
@@ -372,5 +398,5 @@ def max_parameter_change(before: dict[str, torch.Tensor], model: torch.nn.Module
 
 
 __all__ = ["DataConfig", "TokenizerConfig", "ModelConfig", "TrainingConfig", "SFTStageConfig", "sft_arguments",
-           "resolve_dataset", "build_tokenizer", "build_model", "lora_config", "completion_loss", "evaluate_sft",
+           "hinted_examples", "resolve_dataset", "build_tokenizer", "build_model", "lora_config", "completion_loss", "evaluate_sft",
            "train_sft", "load_checkpoint", "process_device", "parameter_snapshot", "max_parameter_change", "throughput"]
