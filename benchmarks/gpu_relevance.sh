@@ -24,7 +24,9 @@
 # there the 4 arms at lr 2e-5 (then the default) lowered macro-F1, the ladder's GRPO at 3e-6 had raised it, so the
 # arms now default to 3e-6. DPO lowers macro-F1 on the ladder's 128 prompts and on 1,024, with and without
 # DPO_SET="--dpo-set training.nll_weight=1.0" (BENCHMARKS.md; that ladder ran through gpu_dpo_probe.sh, which trains
-# one SFT run per seed for both DPO arms: 428 s for 3 seeds × 2 arms, peak 90 GiB).
+# one SFT run per seed for both DPO arms: 428 s for 3 seeds × 2 arms, peak 90 GiB). SFT_SET="--sft-set
+# data.hint_share=0.5" teaches the SFT model to read replay's hints (without it every hinted answer of the 94 M model
+# failed the parser, BENCHMARKS.md "A fifth device session"; benchmarks/relevance_hints.py measures it).
 set -u
 OUT=${OUT:-runs/bench/gpu-relevance}
 WORK=${WORK:-/tmp/gpu-relevance}
@@ -52,7 +54,7 @@ generate(WorldConfig.preset('$WORLD'), seed=0, out='$WORK/world-$WORLD-0', overw
 echo "world at $((SECONDS - started)) s"
 
 ladder="--model $MODEL --world $WORLD --sft-steps ${SFT_STEPS:-700} --sft-batch-size 32 --sft-lr 3e-4 --dpo-lr 1e-5
-  --grpo-lr 3e-6 --grpo-steps 20 --grpo-refresh-steps 20 --dpo-prompts ${DPO_PROMPTS:-128} ${DPO_SET:-}
+  --grpo-lr 3e-6 --grpo-steps 20 --grpo-refresh-steps 20 --dpo-prompts ${DPO_PROMPTS:-128} ${DPO_SET:-} ${SFT_SET:-}
   --gen-batch-size $GEN_BATCH
   --eval-pairs $EVAL_PAIRS --skip-cross-encoder --out $WORK"
 for seed in $SEEDS; do

@@ -58,6 +58,8 @@ def main() -> None:
     parser.add_argument("--dpo-lr", type=float, default=1.0e-4)
     parser.add_argument("--dpo-set", action="append", default=[], metavar="KEY=VALUE",
                         help="a further DPO setting (e.g. training.nll_weight=1.0); repeatable")
+    parser.add_argument("--sft-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a further setting of every SFT run (e.g. data.hint_share=0.5); repeatable")
     parser.add_argument("--sft-run", help="start the chain from this label-first SFT run instead of training one")
     parser.add_argument("--name", default="", help="suffix of the run folder (DPO arms from one --sft-run)")
     parser.add_argument("--grpo-lr", type=float, default=1.0e-4)
@@ -85,7 +87,7 @@ def main() -> None:
             "data.max_train_examples": None, "data.max_eval_examples": 64}
     sft = {**MODELS[args.model], **data, "training.max_steps": args.sft_steps, "training.learning_rate": args.sft_lr,
            "training.batch_size": args.sft_batch_size, "training.seed": args.seed, "training.logging_steps": 25,
-           "training.bf16": cuda}
+           "training.bf16": cuda, **dict(map(parse_override, args.sft_set))}
     timings: dict[str, float] = {}
     target = Path(args.result) if args.result else ROOT / "benchmarks" / "results" / f"relevance_cpu_seed{args.seed}.json"
     result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "date": time.strftime("%Y-%m-%d"),
