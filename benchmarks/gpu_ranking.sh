@@ -20,7 +20,8 @@
 #     TABLE_SET="--models transformer --set transformer:model.args.dim=64 --set transformer:model.args.n_layers=2" \
 #         SCALING=0 MECHANISMS=transformer bash benchmarks/gpu_ranking.sh
 # A CPU dry run of the plumbing: SIZE=tiny RECIPE=small MAX_STEPS=3 JOBS=2 bash benchmarks/gpu_ranking.sh
-# It has not run on a GPU yet: how many runs finish in one call is to be measured.
+# On an H200 (2026-11-27, BENCHMARKS.md "A fifth device session") the `medium` world took 247 s to generate and
+# three d = 64 Transformer runs side by side 94 s each (10.7k samples/s per run); the full table has not run yet.
 set -u
 OUT=${OUT:-runs/bench/gpu-ranking}
 WORK=${WORK:-/tmp/gpu-ranking}

@@ -44,13 +44,15 @@ def run(world: Path, out: Path, **overrides: Any) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def label_first_run(world: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     out = tmp_path_factory.mktemp("sft")
-    return out, run(world, out, **{"training.max_steps": 10})
+    return out, run(world, out, **{"training.max_steps": 10, "data.hint_share": 0.25})  # + hinted copies (AGRL)
 
 
 def test_sft_changes_the_parameters_and_lowers_the_completion_loss(
         label_first_run: tuple[Path, dict[str, Any]]) -> None:
     out, metrics = label_first_run
     assert metrics["steps"] == 10 and metrics["max_parameter_change"] > 1e-3
+    plain = metrics["train_pairs"] - metrics["hinted_examples"]
+    assert 0.15 * plain < metrics["hinted_examples"] < 0.35 * plain
     for split in ("train", "valid"):
         assert metrics["after"][split]["completion_loss"] < metrics["before"][split]["completion_loss"] - 1.0
     logged = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]

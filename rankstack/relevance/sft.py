@@ -316,7 +316,8 @@ def train_sft(config: SFTStageConfig, out_dir: str | Path) -> dict[str, Any]:
     before = evaluate()
     initial = parameter_snapshot(model)
     examples = sft_examples(train_records, tokenizer, rule_table, data.variant, train_cfg.seed, data.rule_text)
-    examples += hinted_examples(train_records, examples, tokenizer, rule_table, data, train_cfg.seed)
+    hinted = hinted_examples(train_records, examples, tokenizer, rule_table, data, train_cfg.seed)
+    examples += hinted
     args = sft_arguments(train_cfg, out / "trainer", completion_only=True)
     lora = lora_config(config.model)
     trainer = SFTTrainer(model=model, args=args, train_dataset=HFDataset.from_list(examples),
@@ -336,7 +337,8 @@ def train_sft(config: SFTStageConfig, out_dir: str | Path) -> dict[str, Any]:
     with open(out / "train_log.jsonl", "w") as log:
         for row in trainer.state.log_history:
             log.write(json.dumps(row) + "\n")
-    metrics = {"checkpoint": str(checkpoint), "train_pairs": len(examples), "steps": trainer.state.global_step,
+    metrics = {"checkpoint": str(checkpoint), "train_pairs": len(examples), "hinted_examples": len(hinted),
+               "steps": trainer.state.global_step,
                "train_loss": float(result.training_loss), **throughput(trainer, result),
                "max_parameter_change": max_parameter_change(initial, model),
                "before": before, "after": after}
