@@ -109,7 +109,8 @@ def test_empty_sequences_give_finite_outputs_and_gradients(name, datasets):
 
 
 @pytest.mark.parametrize(("name", "overrides"), [(name, {}) for name in MODEL_NAMES]
-                         + [("hemix", {"target_match": True}), ("din", {"target_match": True})])
+                         + [("hemix", {"target_match": True}), ("din", {"target_match": True}),
+                            ("dcnv2", {"match_counts": True})])
 def test_onnx_export_matches_pytorch(name, overrides, datasets):
     """The torch.export-based ONNX exporter (needs `onnxscript`), with a dynamic batch axis."""
     ort = pytest.importorskip("onnxruntime")
@@ -314,7 +315,7 @@ def test_din_activation_unit_equals_the_concatenation_formula_and_dice_reads_rea
     noisy = history.masked_fill(~mask.unsqueeze(-1), 1e3)  # padded events: other values, same real-event outputs
     torch.testing.assert_close(unit(noisy, target, mask)[mask], expected[mask], atol=1e-5, rtol=1e-5)
 
-# -- target_match (HeMix and DIN's option) -----------------------------------------------------------------------
+# -- target_match (HeMix and DIN's option) and match_counts (the others') -------------------------------------------
 
 
 def test_target_matches_marks_equal_fields_and_never_padding():
@@ -323,15 +324,36 @@ def test_target_matches_marks_equal_fields_and_never_padding():
     assert target_matches(events, torch.tensor([[0, 0]])).sum() == 0  # a padding id matches nothing
 
 
+#: Each model's match option: per-event bits for the sequence models, dense counts for the others.
+MATCH_OPTION = {"hemix": "target_match", "din": "target_match", "dlrm": "match_counts", "dcnv2": "match_counts",
+                "rankmixer": "match_counts", "transformer": "match_counts"}
+
+
+def test_match_counts_count_the_events_equal_to_the_candidate(datasets):
+    model = make_model("dcnv2", datasets["two"], match_counts=True)
+    batch = first_batch(datasets["two"], 4)
+    key, _ = model.layout.target[0]
+    for seq in model.layout.sequences:  # every real event shares the candidate's first item field
+        column = seq.item_columns[0]
+        batch[column] = torch.where(batch[column] != 0, batch[key].unsqueeze(1), 0)
+    counts = model.embedder.match_count_values(batch).unflatten(1, (len(model.layout.sequences), -1))
+    for s, seq in enumerate(model.layout.sequences):
+        events = (batch[seq.item_columns[0]] != 0).sum(1).float()
+        assert torch.allclose(counts[:, s, 0], torch.log1p(events))
+    emb = model.embedder(batch)
+    assert emb.dense.shape[1] == model.embedder.num_dense == len(model.layout.dense) + counts[0].numel()
+
+
 @pytest.mark.parametrize("streams", ["two", "history"])
-@pytest.mark.parametrize("name", ["hemix", "din"])
+@pytest.mark.parametrize("name", list(MATCH_OPTION))
 def test_target_match_reads_equality_not_embeddings(name, streams, datasets):
     """Give two ids the same embedding and swap one for the other in the events: a model that sees only
-    embeddings cannot tell; with `target_match` the events stop matching the candidate and the score moves.
-    HeMix's serving cache agrees with its forward on the matching request."""
+    embeddings cannot tell; with its match option (`target_match`, or `match_counts` for the models without a
+    per-event module) the events stop matching the candidate and the score moves. HeMix's serving cache agrees
+    with its forward on the matching request."""
     dataset = datasets[streams]
     for on in (False, True):
-        model = make_model(name, dataset, target_match=on).eval()
+        model = make_model(name, dataset, **{MATCH_OPTION[name]: on}).eval()
         request = one_request(first_batch(dataset, 16), model, candidates=5)
         key, group = model.layout.target[0]
         own, other = int(request[key][0]), int(request[key][0]) % 40 + 1
@@ -350,7 +372,9 @@ def test_target_match_reads_equality_not_embeddings(name, streams, datasets):
             if name == "hemix":
                 cached = model.score(model.encode_user({k: v[:1] for k, v in matching.items()}), matching)
                 assert (cached - model(matching)).abs().max() < 1e-5
-        assert moved > 1e-3 if on else moved < 1e-6, f"{name} target_match={on}: the score moved by {moved}"
+        # The counts reach DLRM through its freshly initialised bottom MLP, which moves the score less.
+        floor = 1e-3 if MATCH_OPTION[name] == "target_match" else 1e-5
+        assert moved > floor if on else moved < 1e-7, f"{name} {MATCH_OPTION[name]}={on}: the score moved by {moved}"
     if name == "hemix":
         assert model.count_params()["sequence_projection"] == sum(
             p.numel() for p in (*model.sequence_tokens.parameters(), model.target_match))

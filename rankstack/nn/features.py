@@ -132,10 +132,11 @@ class EmbeddedBatch:
 class FieldEmbedder(nn.Module):
     """One embedding table per group; embeds a batch according to a `FieldLayout`."""
 
-    def __init__(self, layout: FieldLayout, dim: int, init_std: float = 1e-4) -> None:
+    def __init__(self, layout: FieldLayout, dim: int, init_std: float = 1e-4, match_counts: bool = False) -> None:
         super().__init__()
         self.layout = layout
         self.dim = dim
+        self.match_counts = match_counts
         self.tables = nn.ModuleDict({
             group: nn.Embedding(size, dim, padding_idx=PAD_ID) for group, size in sorted(layout.tables.items())
         })
@@ -155,6 +156,12 @@ class FieldEmbedder(nn.Module):
     @property
     def num_item_fields(self) -> int:
         return len(self.layout.target)
+
+    @property
+    def num_dense(self) -> int:
+        """Width of `forward`'s dense part: the layout's numerics, plus with `match_counts` one per stream × item
+        field."""
+        return len(self.layout.dense) + (len(self.layout.sequences) * self.num_item_fields if self.match_counts else 0)
 
     def _lookup(self, group: str, ids: torch.Tensor) -> torch.Tensor:
         return self.tables[group](ids)
@@ -206,9 +213,20 @@ class FieldEmbedder(nn.Module):
             streams.append((torch.stack(items, 2), actions, mask))
         return streams
 
+    def match_count_values(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """`[B, S·F_it]`: per behaviour stream and item field, log(1 + the number of the stream's events that equal
+        the candidate on that field) — `target_matches` summed over time, the dense form of the target-behaviour
+        match that HeMix and DIN read per event with `target_match`."""
+        target = target_item_ids(self.layout, batch)
+        counts = [target_matches(ids, target).sum(1) for ids in stream_item_ids(self.layout, batch)]
+        return torch.log1p(torch.cat(counts, 1)) if counts else self.dense_mean.new_zeros((_batch_size(batch), 0))
+
     def forward(self, batch: dict[str, torch.Tensor]) -> EmbeddedBatch:
-        return EmbeddedBatch(ns=self.ns_vectors(batch), dense=self.dense_values(batch),
-                             target=self.target_vectors(batch), streams=self.stream_vectors(batch))
+        dense = self.dense_values(batch)
+        if self.match_counts:
+            dense = torch.cat([dense, self.match_count_values(batch)], dim=1)
+        return EmbeddedBatch(ns=self.ns_vectors(batch), dense=dense, target=self.target_vectors(batch),
+                             streams=self.stream_vectors(batch))
 
 
 def stream_item_ids(layout: FieldLayout, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:

@@ -32,6 +32,9 @@ class DCNv2Config:
     tower: hidden widths of each task tower ([128, 64]).
     dropout: dropout in the DNN and towers (0.0).
     esmm: train conversion ESMM-style as p(click)·p(order | click) (False).
+    match_counts: add to the dense inputs, per behaviour stream and item field, log(1 + the number of events equal
+        to the candidate on that field) (`FieldEmbedder.match_count_values`; our option, like HeMix's `target_match`;
+        False).
     """
 
     embedding_dim: int = 16
@@ -42,6 +45,7 @@ class DCNv2Config:
     tower: list[int] = field(default_factory=lambda: [128, 64])
     dropout: float = 0.0
     esmm: bool = False
+    match_counts: bool = False
 
 
 class CrossLayer(nn.Module):
@@ -61,9 +65,9 @@ class DCNv2(RankingModel):
         super().__init__(layout, esmm=config.esmm)
         self.config = config
         e = config.embedding_dim
-        self.embedder = FieldEmbedder(layout, e)
+        self.embedder = FieldEmbedder(layout, e, match_counts=config.match_counts)
         n_item = self.embedder.num_item_fields
-        width = (self.embedder.num_ns + n_item + len(layout.sequences) * (n_item + 1)) * e + len(layout.dense)
+        width = (self.embedder.num_ns + n_item + len(layout.sequences) * (n_item + 1)) * e + self.embedder.num_dense
         self.cross = nn.ModuleList(CrossLayer(width, config.low_rank) for _ in range(config.cross_layers))
         self.dnn = mlp([width, *config.dnn], config.dropout)
         out = config.dnn[-1] + (width if config.structure == "parallel" else 0)

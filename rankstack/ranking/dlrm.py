@@ -27,6 +27,9 @@ class DLRMConfig:
     tower: hidden widths of each task tower ([128, 64]).
     dropout: dropout in the top MLP and towers (0.0).
     esmm: train conversion ESMM-style as p(click)·p(order | click) (False).
+    match_counts: add to the dense inputs, per behaviour stream and item field, log(1 + the number of events equal
+        to the candidate on that field) (`FieldEmbedder.match_count_values`; our option, like HeMix's `target_match`;
+        False).
     """
 
     embedding_dim: int = 16
@@ -35,17 +38,18 @@ class DLRMConfig:
     tower: list[int] = field(default_factory=lambda: [128, 64])
     dropout: float = 0.0
     esmm: bool = False
+    match_counts: bool = False
 
 
 class DLRM(RankingModel):
     def __init__(self, layout: FieldLayout, config: DLRMConfig) -> None:
         super().__init__(layout, esmm=config.esmm)
         e = config.embedding_dim
-        self.embedder = FieldEmbedder(layout, e)
-        self.bottom = (mlp([len(layout.dense), *config.bottom_mlp, e]) if layout.dense else None)
+        self.embedder = FieldEmbedder(layout, e, match_counts=config.match_counts)
+        self.bottom = (mlp([self.embedder.num_dense, *config.bottom_mlp, e]) if self.embedder.num_dense else None)
         n_item = self.embedder.num_item_fields
         num_vectors = (self.embedder.num_ns + n_item + len(layout.sequences) * (n_item + 1)
-                       + (1 if layout.dense else 0))
+                       + (1 if self.embedder.num_dense else 0))
         num_dots = num_vectors * (num_vectors - 1) // 2
         rows, cols = torch.triu_indices(num_vectors, num_vectors, offset=1)
         self.register_buffer("pair_rows", rows, persistent=False)

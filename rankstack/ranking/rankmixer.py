@@ -40,6 +40,9 @@ class RankMixerConfig:
     norm_position: `pre` or `post` (RankMixer's own Add&Norm) (`pre`).
     tower: hidden widths of each task tower ([128, 64]).
     esmm: train conversion ESMM-style as p(click)·p(order | click) (False).
+    match_counts: add to the dense inputs, per behaviour stream and item field, log(1 + the number of events equal
+        to the candidate on that field) (`FieldEmbedder.match_count_values`; our option, like HeMix's `target_match`;
+        False).
     """
 
     embedding_dim: int = 16
@@ -51,6 +54,7 @@ class RankMixerConfig:
     norm_position: Literal["pre", "post"] = "pre"
     tower: list[int] = field(default_factory=lambda: [128, 64])
     esmm: bool = False
+    match_counts: bool = False
 
     def __post_init__(self) -> None:
         if self.dim % self.history_heads:
@@ -83,11 +87,11 @@ class RankMixer(RankingModel):
             raise ConfigError("rankmixer pools a behaviour sequence, but this dataset has none; use dlrm or dcnv2.")
         self.config = config
         e, d, t = config.embedding_dim, config.dim, config.num_tokens
-        self.embedder = FieldEmbedder(layout, e)
+        self.embedder = FieldEmbedder(layout, e, match_counts=config.match_counts)
         n_item = self.embedder.num_item_fields
         self.sequence_tokens = SequenceTokenizer((n_item + 1) * e, d)
         self.history_attention = MultiHeadAttention(d, config.history_heads, query_dim=n_item * e)
-        width = self.embedder.num_ns * e + len(layout.dense) + n_item * e + d
+        width = self.embedder.num_ns * e + self.embedder.num_dense + n_item * e + d
         self.tokenizer = ChunkTokenizer(width, t, d)
         self.blocks = nn.ModuleList(
             HeteroMixerBlock(TokenMixing(t, d), PerTokenFFN(t, d, config.ffn_mult * d), d,

@@ -36,6 +36,9 @@ class TransformerRankerConfig:
     n_layers: L, blocks (3).
     tower: hidden widths of each task tower ([128, 64]).
     esmm: train conversion ESMM-style as p(click)·p(order | click) (False).
+    match_counts: add to the dense inputs, per behaviour stream and item field, log(1 + the number of events equal
+        to the candidate on that field) (`FieldEmbedder.match_count_values`; our option, like HeMix's `target_match`;
+        False).
     """
 
     embedding_dim: int = 16
@@ -46,6 +49,7 @@ class TransformerRankerConfig:
     n_layers: int = 3
     tower: list[int] = field(default_factory=lambda: [128, 64])
     esmm: bool = False
+    match_counts: bool = False
 
     def __post_init__(self) -> None:
         if self.dim % self.heads:
@@ -76,9 +80,9 @@ class TransformerRanker(RankingModel):
                               "none; use dlrm or dcnv2.")
         self.config = config
         e, d = config.embedding_dim, config.dim
-        self.embedder = FieldEmbedder(layout, e)
+        self.embedder = FieldEmbedder(layout, e, match_counts=config.match_counts)
         n_item = self.embedder.num_item_fields
-        in_dim = (self.embedder.num_ns + n_item) * e + len(layout.dense)
+        in_dim = (self.embedder.num_ns + n_item) * e + self.embedder.num_dense
         self.tokenizer = DynamicQueryTokenizer(in_dim, config.num_ns_tokens, d)
         self.sequence_tokens = SequenceTokenizer((n_item + 1) * e, d)
         # One learned vector per slot of the concatenated streams; the last row is the newest slot, so a shorter
