@@ -3,8 +3,10 @@
 # (BENCHMARKS.md "The TaoSR1 ladder at 94 M parameters" and "Relevance RL at 94 M parameters"):
 #   1. the TaoSR1 ladder of the ~94M Llama on the small city for seeds $SEEDS: one process runs the label-first
 #      chain SFT → DPO → GRPO, another the label-only and think-first SFT variants (benchmarks/relevance_cpu.py);
-#   2. once the first seed's DPO run exists, GRPO vs SRPO vs AGRL vs SRPO+AGRL from it for RL seeds $RL_SEEDS, one
-#      process per arm and seed (benchmarks/relevance_rl.py), evaluated on the whole test split.
+#   2. GRPO vs SRPO vs AGRL vs SRPO+AGRL for RL seeds $RL_SEEDS, one process per arm and seed
+#      (benchmarks/relevance_rl.py), evaluated on the whole test split: RL seed s starts from ladder seed s's DPO
+#      run when $SEEDS has s (the issue's per-seed SFT + DPO start), else from the first ladder seed's, once it
+#      exists.
 # A 94M model leaves most of an H100/H200 idle while it generates, so the processes share the card. Every process
 # stops at DEADLINE_S after the start of this script, whatever it finished is kept, and the results are packed into
 # at most 8 files under $OUT (the device tool returns no more).
@@ -65,30 +67,31 @@ for seed in $SEEDS; do
     > "$WORK/variants_seed$seed.log" 2>&1 &
 done
 
-first=$(echo $SEEDS | cut -d' ' -f1)
-run="relevance-cpu-$MODEL-$WORLD-$first"
-[ "$MODEL-$WORLD" = tiny-tiny ] && run="relevance-cpu-$first"  # relevance_cpu.py's run folder
-init="$WORK/$run/dpo"
-until grep -q '"bench_dpo"' "$OUT/ladder_${MODEL}_${WORLD}_seed$first.json" 2>/dev/null; do
-  [ "$(left)" -le 0 ] && break
-  sleep 3
-done
-echo "RL start ($init) at $((SECONDS - started)) s"
-rl="--init $init --steps $RL_STEPS --train-pairs 256 --lr $RL_LR --eval-split test --eval-pairs $RL_EVAL_PAIRS
+rl="--steps $RL_STEPS --train-pairs 256 --lr $RL_LR --eval-split test --eval-pairs $RL_EVAL_PAIRS
   --set rollout.num_generations=8 --set rollout.prompts_per_step=8 --set rollout.generation_batch_size=$RL_GEN_BATCH
   --set eval.batch_size=$RL_GEN_BATCH"
 rm_rl="--set srpo.step_rm.learning_rate=1e-4 --set srpo.step_rm.max_steps=60"
-if [ -d "$init" ] && [ "$(left)" -gt 0 ]; then
-  for seed in $RL_SEEDS; do
-    for arm in $ARMS; do
-      while [ "$(jobs -rp | wc -l)" -gt "$MAX_JOBS" ] && [ "$(left)" -gt 0 ]; do sleep 2; done  # + the util logger
-      extra=""
-      case $arm in srpo*) extra=$rm_rl ;; esac
-      timeout "$(left)" $PY benchmarks/relevance_rl.py $rl $extra --seed "$seed" --arms "$arm" --out "$WORK/rl" \
-        --result "$WORK/rl/rl_${arm}_seed$seed.json" > "$WORK/rl/rl_${arm}_seed$seed.log" 2>&1 &
-    done
+start_seed() {  # the ladder seed whose DPO run RL seed $1 starts from: its own when the ladder trains it
+  case " $SEEDS " in *" $1 "*) echo "$1" ;; *) echo "${SEEDS%% *}" ;; esac
+}
+for seed in $RL_SEEDS; do
+  start=$(start_seed "$seed")
+  run="relevance-cpu-$MODEL-$WORLD-$start"
+  [ "$MODEL-$WORLD" = tiny-tiny ] && run="relevance-cpu-$start"  # relevance_cpu.py's run folder
+  init="$WORK/$run/dpo"
+  until grep -q '"bench_dpo"' "$OUT/ladder_${MODEL}_${WORLD}_seed$start.json" 2>/dev/null || [ "$(left)" -le 0 ]; do
+    sleep 3
   done
-fi
+  [ -d "$init" ] && [ "$(left)" -gt 0 ] || continue
+  echo "RL seed $seed from $init at $((SECONDS - started)) s"
+  for arm in $ARMS; do
+    while [ "$(jobs -rp | wc -l)" -gt "$MAX_JOBS" ] && [ "$(left)" -gt 0 ]; do sleep 2; done  # + the util logger
+    extra=""
+    case $arm in srpo*) extra=$rm_rl ;; esac
+    timeout "$(left)" $PY benchmarks/relevance_rl.py --init "$init" $rl $extra --seed "$seed" --arms "$arm" \
+      --out "$WORK/rl" --result "$WORK/rl/rl_${arm}_seed$seed.json" > "$WORK/rl/rl_${arm}_seed$seed.log" 2>&1 &
+  done
+done
 for job in $(jobs -p); do [ "$job" = "$util" ] || wait "$job"; done
 kill $util 2>/dev/null
 echo "done at $((SECONDS - started)) s"
