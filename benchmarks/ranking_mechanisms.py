@@ -42,9 +42,10 @@ def main() -> None:
     from rankstack import metrics
     from rankstack.ranking.evaluate import mechanism_report, predict_split
     from rankstack.ranking.run import load_run
+    from rankstack.train.distributed import resolve_device
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    device = resolve_device(args.device)
     reports = {}
     for name, run in zip(names, args.runs):
         config, dataset, model = load_run(run)

@@ -495,12 +495,6 @@ def train_causal_lm(model: Any, tokenizer: Any, records: list[dict[str, str]], t
 # 4. Decoding
 
 
-def resolve_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
-
-
 @dataclass
 class Candidates:
     """Decoded top-K per request: POI indices [N, K] (-1 pad), scores exp(Σ log p) [N, K], the raw SID codes

@@ -55,7 +55,6 @@ from rankstack.retrieval.lm import (
     load_lm,
     poi_descriptions,
     reassigned_sids,
-    resolve_device,
     save_lm,
     sft_examples,
     sid_validity,
@@ -75,6 +74,7 @@ from rankstack.retrieval.semantic_ids import (
 )
 from rankstack.retrieval.trie import sid_level_offsets
 from rankstack.train.checkpoint import save_json
+from rankstack.train.distributed import resolve_device
 
 
 @dataclass

@@ -32,6 +32,13 @@ def _env_int(name: str, default: int) -> int:
         ) from None
 
 
+def resolve_device(spec: str) -> torch.device:
+    """`auto` is this process's GPU when CUDA is available, else the CPU; anything else is `torch.device(spec)`."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
+
+
 def init_distributed() -> tuple[int, int, int]:
     """Join the torchrun process group and return ``(rank, world_size, local_rank)``.
 
