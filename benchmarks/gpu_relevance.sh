@@ -28,7 +28,8 @@
 # DPO_SET="--dpo-set training.nll_weight=1.0" (BENCHMARKS.md; that ladder ran through gpu_dpo_probe.sh, which trains
 # one SFT run per seed for both DPO arms: 428 s for 3 seeds × 2 arms, peak 90 GiB). SFT_SET="--sft-set
 # data.hint_share=0.5" teaches the SFT model to read replay's hints (without it every hinted answer of the 94 M model
-# failed the parser, BENCHMARKS.md "A fifth device session"; benchmarks/relevance_hints.py measures it).
+# failed the parser, BENCHMARKS.md "A fifth device session"; benchmarks/relevance_hints.py measures it, and HINTS=1
+# runs it on each RL seed's start beside the arms).
 set -u
 OUT=${OUT:-runs/bench/gpu-relevance}
 WORK=${WORK:-/tmp/gpu-relevance}
@@ -91,6 +92,9 @@ for seed in $RL_SEEDS; do
     timeout "$(left)" $PY benchmarks/relevance_rl.py --init "$init" $rl $extra --seed "$seed" --arms "$arm" \
       --out "$WORK/rl" --result "$WORK/rl/rl_${arm}_seed$seed.json" > "$WORK/rl/rl_${arm}_seed$seed.log" 2>&1 &
   done
+  # HINTS=1: can the start read replay's hints (format failures, label accuracy, usable share per hint level)?
+  [ "${HINTS:-0}" = 1 ] && timeout "$(left)" $PY benchmarks/relevance_hints.py --init "$init" --pairs 64 --samples 4 \
+    --batch-size $RL_GEN_BATCH --result "$WORK/rl/hints_seed$seed.json" > "$WORK/rl/hints_seed$seed.log" 2>&1 &
 done
 for job in $(jobs -p); do [ "$job" = "$util" ] || wait "$job"; done
 kill $util 2>/dev/null
