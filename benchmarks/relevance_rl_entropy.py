@@ -1,12 +1,17 @@
 """Policy entropy during SRPO with and without diversified data filtering (relevance.md §4, §10.2), on CPU.
 
-    python benchmarks/relevance_rl_entropy.py --init RUN [--seed 0] [--steps 30]
+    python benchmarks/relevance_rl_entropy.py --init RUN [--seed 0] [--steps 30] [--lr 3e-4]
+    python benchmarks/relevance_rl_entropy.py --summary 0 1 2     # the seeds' curves in one plot, and their statistics
 
 Two SRPO runs from the same `--init` run and seed, verifier step rewards only (ρ = 1, no step RM, to isolate the
 filter): the diversified filter (mixed outcomes and ≥ 2 labels / verdict patterns / entropy ≥ the pool's 30th
-percentile, re-balanced) against GRPO's difficulty filter (mixed outcomes only). Plots TRL's logged policy entropy
-per step to `benchmarks/results/relevance_rl_entropy_seed<seed>.png` and writes the curves and the pool sizes to
-`benchmarks/results/relevance_rl_entropy_seed<seed>.json`; prints the command.
+percentile, re-balanced, re-filtered when the entropy falls below `diversity.collapse_ratio` of its start) against
+GRPO's difficulty filter (mixed outcomes only). Plots TRL's logged policy entropy per step to
+`benchmarks/results/relevance_rl_entropy_seed<seed>.png` and writes the curves and the pool sizes to
+`benchmarks/results/relevance_rl_entropy_seed<seed>.json`; prints the command. `--summary SEEDS` reads those JSONs
+and writes `relevance_rl_entropy.png` (each arm's mean over the seeds, the seeds' range shaded) and
+`relevance_rl_entropy_summary.json`: per seed and arm, the entropy at the start, over the last 20 % of the steps,
+its minimum, and the steps below half the start (the collapse the diversified arm re-filters on).
 """
 
 from __future__ import annotations
@@ -20,15 +25,65 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+RESULTS = ROOT / "benchmarks" / "results"
+ARMS = (("diversified", True), ("difficulty_only", False))
+
+
+def entropy_stats(entropy: list[float]) -> dict[str, float]:
+    """Start, tail mean (last 20 % of the steps), minimum, and the share of steps below half the start."""
+    tail = entropy[-max(1, len(entropy) // 5):]
+    return {"start": entropy[0], "tail_mean": sum(tail) / len(tail), "min": min(entropy),
+            "share_below_half_start": sum(e < 0.5 * entropy[0] for e in entropy) / len(entropy)}
+
+
+def summarize(seeds: list[int]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    runs = {seed: json.loads((RESULTS / f"relevance_rl_entropy_seed{seed}.json").read_text()) for seed in seeds}
+    summary: dict = {"command": "python benchmarks/relevance_rl_entropy.py --summary " + " ".join(map(str, seeds)),
+                     "runs": {seed: run["command"] for seed, run in runs.items()}, "arms": {}}
+    for name, _ in ARMS:
+        curves = [run["curves"][name]["entropy"] for run in runs.values()]
+        steps = min(map(len, curves))
+        stack = np.array([c[:steps] for c in curves])
+        per_seed = {seed: entropy_stats(c) | {"refilters": len(runs[seed]["curves"][name]["refreshes"])}
+                    for seed, c in zip(runs, curves)}
+        summary["arms"][name] = {"per_seed": per_seed, "tail_mean": float(np.mean(
+            [s["tail_mean"] for s in per_seed.values()])), "tail_std": float(np.std(
+                [s["tail_mean"] for s in per_seed.values()], ddof=1)) if len(seeds) > 1 else 0.0}
+        x = np.arange(1, steps + 1)
+        plt.plot(x, stack.mean(0), label=f"{name} (mean of {len(seeds)} seeds)")
+        plt.fill_between(x, stack.min(0), stack.max(0), alpha=0.2)
+    plt.xlabel("optimizer step")
+    plt.ylabel("policy entropy (nats / token)")
+    plt.title("SRPO entropy with and without diversified filtering, tiny city")
+    plt.legend()
+    plt.savefig(RESULTS / "relevance_rl_entropy.png", dpi=100)
+    (RESULTS / "relevance_rl_entropy_summary.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary["arms"], indent=1))
+    print(f"wrote {RESULTS}/relevance_rl_entropy.png and relevance_rl_entropy_summary.json")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--init", required=True)
+    parser.add_argument("--init", help="the SFT (or DPO) run both arms start from")
+    parser.add_argument("--summary", type=int, nargs="+", metavar="SEED",
+                        help="plot and tabulate the runs of these seeds instead of training")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--train-pairs", type=int, default=160)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench"))
     args = parser.parse_args()
+    if args.summary:
+        summarize(args.summary)
+        return
+    if not args.init:
+        parser.error("--init is required unless --summary is given")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import matplotlib
 
@@ -40,7 +95,7 @@ def main() -> None:
     command = "python benchmarks/relevance_rl_entropy.py " + " ".join(sys.argv[1:])
     print(command, flush=True)
     curves = {}
-    for name, diversified in (("diversified", True), ("difficulty_only", False)):
+    for name, diversified in ARMS:
         out = Path(args.out) / f"relevance-rl-entropy-{name}-{args.seed}"
         metrics = train_relevance("srpo", ROOT / "configs" / "relevance" / "srpo_tiny.yaml", {
             "data.max_train_examples": args.train_pairs, "training.max_steps": args.steps,
@@ -53,17 +108,16 @@ def main() -> None:
                         "pool": metrics["phases"][0]["pool"],
                         "refreshes": metrics["phases"][0].get("refreshes", [])}
         print(name, json.dumps(curves[name]), flush=True)
-    results = ROOT / "benchmarks" / "results"
     for name, curve in curves.items():
         plt.plot(range(1, len(curve["entropy"]) + 1), curve["entropy"], label=name)
     plt.xlabel("optimizer step")
     plt.ylabel("policy entropy (nats / token)")
     plt.title(f"SRPO entropy, tiny city, seed {args.seed}")
     plt.legend()
-    plt.savefig(results / f"relevance_rl_entropy_seed{args.seed}.png", dpi=100)
-    (results / f"relevance_rl_entropy_seed{args.seed}.json").write_text(json.dumps(
+    plt.savefig(RESULTS / f"relevance_rl_entropy_seed{args.seed}.png", dpi=100)
+    (RESULTS / f"relevance_rl_entropy_seed{args.seed}.json").write_text(json.dumps(
         {"command": command, "machine": "2-core AMD EPYC CPU, shared with other jobs", "curves": curves}, indent=1))
-    print(f"wrote {results}/relevance_rl_entropy_seed{args.seed}.(png|json)")
+    print(f"wrote {RESULTS}/relevance_rl_entropy_seed{args.seed}.(png|json)")
 
 
 if __name__ == "__main__":
