@@ -322,8 +322,9 @@ def test_entropy_collapse_triggers_a_refilter_with_the_current_policy() -> None:
     sampler = DifficultySampler(pool_size=8, mini_repeat_count=2, batch_size=2, active=range(8))
     refresh = PoolRefresh(Selector(), sampler, list(range(8)), every=0, collapse_ratio=0.5, min_gap=2, seed=0)
     refresh.trainer = SimpleNamespace(accelerator=SimpleNamespace(unwrap_model=lambda m: m), model=None)
-    for step, entropy in enumerate([2.0, 1.5, 1.1, 0.9, 0.8], start=1):
-        refresh.on_log(None, None, None, logs={"entropy": entropy})
+    # step 2's completions were all truncated: TRL logs entropy 0 for it, which is no collapse
+    for step, (entropy, clipped) in enumerate([(2.0, 0.0), (0.0, 1.0), (1.1, 0.5), (0.9, 0.0), (0.8, 0.0)], start=1):
+        refresh.on_log(None, None, None, logs={"entropy": entropy, "completions/clipped_ratio": clipped})
         refresh.on_step_end(None, SimpleNamespace(global_step=step), None)
     # 0.9 < 0.5 · 2.0 at step 4 triggers one re-filter; step 5 is within min_gap of it
     assert calls == [4] and sampler.active == [2, 3, 4, 5]

@@ -396,7 +396,11 @@ class PoolSelector:
 
 class PoolRefresh(TrainerCallback):
     """Every `pool.refresh_steps` steps, and when the policy entropy falls below `collapse_ratio` of its first
-    logged value, re-survey the stage's candidates with the current policy and re-filter the sampler."""
+    logged value, re-survey the stage's candidates with the current policy and re-filter the sampler.
+
+    A logged step whose completions were all truncated carries no entropy: truncated completions are masked out of
+    the loss, so TRL logs 0 there. Such steps are skipped, or one of them would read as a collapse.
+    """
 
     def __init__(self, selector: PoolSelector, sampler: DifficultySampler, candidates: list[int], every: int,
                  collapse_ratio: float | None, min_gap: int, seed: int):
@@ -409,8 +413,9 @@ class PoolRefresh(TrainerCallback):
         self.trainer: RelevanceRLTrainer | None = None
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **_: Any) -> None:
-        entropy = (logs or {}).get("entropy")
-        if entropy is None or self.collapse_ratio is None:
+        logs = logs or {}
+        entropy = logs.get("entropy")
+        if entropy is None or self.collapse_ratio is None or logs.get("completions/clipped_ratio", 0.0) >= 1.0:
             return
         if self.start_entropy is None:
             self.start_entropy = float(entropy)
