@@ -29,7 +29,12 @@
 # one SFT run per seed for both DPO arms: 428 s for 3 seeds × 2 arms, peak 90 GiB). SFT_SET="--sft-set
 # data.hint_share=0.5" teaches the SFT model to read replay's hints (without it every hinted answer of the 94 M model
 # failed the parser, BENCHMARKS.md "A fifth device session"; benchmarks/relevance_hints.py measures it, and HINTS=1
-# runs it on each RL seed's start beside the arms).
+# runs it on each RL seed's start beside the arms). Its sixth run (H200, 2026-11-27: 3 seeds' hinted ladders with
+# CHAIN=dpo, then all 12 arms at once) took 323 s for the ladders; of the arms, only GRPO (201-207 s) and one AGRL
+# run finished by the 570 s deadline, and the card's memory peaked at 142.6 GiB, all of it. Give the ladders and the
+# arms a call each (the first with RL_SEEDS="", the second with LADDER=0 and the same SEEDS and WORK: its arms start
+# from the DPO runs the first call left in $WORK, which a warm machine keeps), and with hint_share 0.5 give SFT 1,050 steps (SFT_STEPS=1050): at 700 the
+# hinted SFT started at macro-F1 0.42 against 0.79 without hints (BENCHMARKS.md "A sixth device session").
 set -u
 OUT=${OUT:-runs/bench/gpu-relevance}
 WORK=${WORK:-/tmp/gpu-relevance}
@@ -47,20 +52,24 @@ RL_LR=${RL_LR:-3e-6}
 GEN_BATCH=${GEN_BATCH:-128}
 RL_GEN_BATCH=${RL_GEN_BATCH:-64}    # 128 took 10-20 GiB per RL process: 16 processes ran out of an H200's 139.8 GiB
 MAX_JOBS=${MAX_JOBS:-12}            # processes at once; an RL arm waits for a free slot
+LADDER=${LADDER:-1}                 # 0: train no ladder; the arms start from the DPO runs already in $WORK
 mkdir -p "$OUT" "$WORK/rl"
 source benchmarks/gpu_env.sh
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 10 > "$WORK/gpu_util.csv" 2>&1 &
 util=$!
-# The world once, before the processes that read it start.
-$PY -c "from rankstack.world import WorldConfig, generate
+# The world once, before the processes that read it start (a LADDER=0 call reuses the first call's).
+if [ "$LADDER" = 1 ] || [ ! -d "$WORK/world-$WORLD-0" ]; then
+  $PY -c "from rankstack.world import WorldConfig, generate
 generate(WorldConfig.preset('$WORLD'), seed=0, out='$WORK/world-$WORLD-0', overwrite=True)" || exit 1
-echo "world at $((SECONDS - started)) s"
+  echo "world at $((SECONDS - started)) s"
+fi
 
 ladder="--model $MODEL --world $WORLD --sft-steps ${SFT_STEPS:-700} --sft-batch-size 32 --sft-lr 3e-4 --dpo-lr 1e-5
   --grpo-lr 3e-6 --grpo-steps 20 --grpo-refresh-steps 20 --dpo-prompts ${DPO_PROMPTS:-128} ${DPO_SET:-} ${SFT_SET:-}
   --gen-batch-size $GEN_BATCH
   --eval-pairs $EVAL_PAIRS --skip-cross-encoder --out $WORK"
 for seed in $SEEDS; do
+  [ "$LADDER" = 1 ] || break
   timeout "$(left)" $PY benchmarks/relevance_cpu.py $ladder --seed "$seed" --chain "${CHAIN:-full}" \
     --variants label_first --result "$OUT/ladder_${MODEL}_${WORLD}_seed$seed.json" > "$WORK/ladder_seed$seed.log" 2>&1 &
   [ -n "$VARIANTS" ] && timeout "$(left)" $PY benchmarks/relevance_cpu.py $ladder --seed "$seed" --chain none \
@@ -80,7 +89,8 @@ for seed in $RL_SEEDS; do
   run="relevance-cpu-$MODEL-$WORLD-$start"
   [ "$MODEL-$WORLD" = tiny-tiny ] && run="relevance-cpu-$start"  # relevance_cpu.py's run folder
   init="$WORK/$run/dpo"
-  until grep -q '"bench_dpo"' "$OUT/ladder_${MODEL}_${WORLD}_seed$start.json" 2>/dev/null || [ "$(left)" -le 0 ]; do
+  until [ "$LADDER" = 0 ] || grep -q '"bench_dpo"' "$OUT/ladder_${MODEL}_${WORLD}_seed$start.json" 2>/dev/null \
+      || [ "$(left)" -le 0 ]; do
     sleep 3
   done
   [ -d "$init" ] && [ "$(left)" -gt 0 ] || continue
