@@ -109,8 +109,8 @@ def test_empty_sequences_give_finite_outputs_and_gradients(name, datasets):
 
 
 @pytest.mark.parametrize(("name", "overrides"), [(name, {}) for name in MODEL_NAMES]
-                         + [("hemix", {"target_match": True}), ("din", {"target_match": True}),
-                            ("dcnv2", {"match_counts": True})])
+                         + [("hemix", {"target_match": True}), ("hemix", {"query_hidden": 32}),
+                            ("din", {"target_match": True}), ("dcnv2", {"match_counts": True})])
 def test_onnx_export_matches_pytorch(name, overrides, datasets):
     """The torch.export-based ONNX exporter (needs `onnxscript`), with a dynamic batch axis."""
     ort = pytest.importorskip("onnxruntime")

@@ -93,6 +93,9 @@ class HeMixConfig:
             table with an item field (on the world: the search query's category against the candidate's, the
             user's district and grid cell against the candidate's): 1 where the two are equal (our option, off by
             default, like `target_match`).
+        query_hidden: None builds each dynamic query with one Linear over u (§3.2); a width h builds all of them
+            with one shared 2-layer MLP, `Linear(u → h) → GELU → Linear(h → n_q·d)`, then the per-query LN and
+            SiLU (§10's option), so that the queries can carry crosses of the non-sequence fields.
     """
 
     embedding_dim: int = 16
@@ -123,6 +126,7 @@ class HeMixConfig:
     recency: bool = False
     target_match: bool = False
     query_match: bool = False
+    query_hidden: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("extraction_heads", "mix_heads"):
@@ -150,17 +154,20 @@ class DynamicQueryTokenizer(nn.Module):
 
     The `A_j` of all queries are stacked in one Linear. Because `A_j u = A_j^req u_req + A_j^cand u_cand`, the
     serving path computes the request-level part once per request (`request_part`) and finishes each candidate
-    with `from_parts`; `forward` is the reference path.
+    with `from_parts`; `forward` is the reference path. With `hidden`, `A u` becomes a shared 2-layer MLP
+    `W_2 GELU(W_1 u + b_1) + b_2` (§10's option); the request part is then `W_1^req u_req`.
 
     >>> tok = DynamicQueryTokenizer(in_dim=6, num_queries=3, dim=8, request_columns=[0, 1])
     >>> tok(torch.randn(5, 6)).shape
     torch.Size([5, 3, 8])
     """
 
-    def __init__(self, in_dim: int, num_queries: int, dim: int, request_columns: Sequence[int] = ()) -> None:
+    def __init__(self, in_dim: int, num_queries: int, dim: int, request_columns: Sequence[int] = (),
+                 hidden: int | None = None) -> None:
         super().__init__()
         self.num_queries, self.dim = num_queries, dim
-        self.proj = nn.Linear(in_dim, num_queries * dim)
+        self.proj = nn.Linear(in_dim, hidden or num_queries * dim)
+        self.out = nn.Sequential(nn.GELU(), nn.Linear(hidden, num_queries * dim)) if hidden else nn.Identity()
         self.norm_weight = nn.Parameter(torch.ones(num_queries, dim))  # one LayerNorm per query
         self.norm_bias = nn.Parameter(torch.zeros(num_queries, dim))
         request = sorted(set(request_columns))
@@ -169,14 +176,14 @@ class DynamicQueryTokenizer(nn.Module):
             [c for c in range(in_dim) if c not in set(request)], dtype=torch.long), persistent=False)
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
-        pre = pre.unflatten(1, (self.num_queries, self.dim))
+        pre = self.out(pre).unflatten(1, (self.num_queries, self.dim))
         return F.silu(F.layer_norm(pre, (self.dim,)) * self.norm_weight + self.norm_bias)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         return self.activate(self.proj(u))
 
     def request_part(self, u_request: torch.Tensor) -> torch.Tensor:
-        """`A^req u_req` `[R, n_q·d]` from the request-level columns of u, in column order."""
+        """`A^req u_req` (`W_1^req u_req` with `hidden`) from the request-level columns of u, in column order."""
         return F.linear(u_request, self.proj.weight[:, self.request_columns])
 
     def from_parts(self, request_part: torch.Tensor, u_candidate: torch.Tensor) -> torch.Tensor:
@@ -599,7 +606,8 @@ class HeMix(RankingModel):
             raise ConfigError("query_match: no request-level field of this dataset shares an embedding table with an "
                               "item field; set query_match: false.")
         n_queries = config.n_g + config.n_r
-        self.tokenizer = DynamicQueryTokenizer(self._query_input_width(), n_queries, d, self._request_columns())
+        self.tokenizer = DynamicQueryTokenizer(self._query_input_width(), n_queries, d, self._request_columns(),
+                                               config.query_hidden)
         self.sequence_tokens = SequenceTokenizer((self.embedder.num_item_fields + 1) * e, d)
         global_events, realtime_events = split_streams(layout, config.realtime_len)
         if not config.use_global and not realtime_events or config.drop_realtime_events and not global_events:
