@@ -33,8 +33,9 @@
 # CHAIN=dpo, then all 12 arms at once) took 323 s for the ladders; of the arms, only GRPO (201-207 s) and one AGRL
 # run finished by the 570 s deadline, and the card's memory peaked at 142.6 GiB, all of it. Give the ladders and the
 # arms a call each (the first with RL_SEEDS="", the second with LADDER=0 and the same SEEDS and WORK: its arms start
-# from the DPO runs the first call left in $WORK, which a warm machine keeps), and with hint_share 0.5 give SFT 1,050 steps (SFT_STEPS=1050): at 700 the
-# hinted SFT started at macro-F1 0.42 against 0.79 without hints (BENCHMARKS.md "A sixth device session").
+# from the DPO runs the first call left in $WORK, which a warm machine keeps), and with hint_share 0.5 give SFT
+# 1,050 steps (SFT_STEPS=1050): at 700 the hinted SFT started at macro-F1 0.42 against 0.79 without hints
+# (BENCHMARKS.md "A sixth device session").
 set -u
 OUT=${OUT:-runs/bench/gpu-relevance}
 WORK=${WORK:-/tmp/gpu-relevance}

@@ -23,8 +23,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
 RESULTS = ROOT / "benchmarks" / "results"
 ARMS = (("diversified", True), ("difficulty_only", False))
 
