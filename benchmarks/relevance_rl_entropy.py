@@ -1,7 +1,7 @@
 """Policy entropy during SRPO with and without diversified data filtering (relevance.md §4, §10.2), on CPU.
 
     python benchmarks/relevance_rl_entropy.py --init RUN [--seed 0] [--steps 30] [--lr 3e-4]
-    python benchmarks/relevance_rl_entropy.py --summary 0 1 2     # the seeds' curves in one plot, and their statistics
+    python benchmarks/relevance_rl_entropy.py --summary 0 1 2 [--logs OUT]  # the seeds' curves in one plot, and stats
 
 Two SRPO runs from the same `--init` run and seed, verifier step rewards only (ρ = 1, no step RM, to isolate the
 filter): the diversified filter (mixed outcomes and ≥ 2 labels / verdict patterns / entropy ≥ the pool's 30th
@@ -11,7 +11,8 @@ GRPO's difficulty filter (mixed outcomes only). Plots TRL's logged policy entrop
 `benchmarks/results/relevance_rl_entropy_seed<seed>.json`; prints the command. `--summary SEEDS` reads those JSONs
 and writes `relevance_rl_entropy.png` (each arm's mean over the seeds, the seeds' range shaded) and
 `relevance_rl_entropy_summary.json`: per seed and arm, the entropy at the start, over the last 20 % of the steps,
-its minimum, and the steps below half the start (the collapse the diversified arm re-filters on).
+its minimum, the steps below half the start (the collapse the diversified arm re-filters on), the prompts kept, and
+with `--logs` (the runs' `--out`) the final KL to the start and the format failures over the last 20 % of the steps.
 """
 
 from __future__ import annotations
@@ -34,7 +35,15 @@ def entropy_stats(entropy: list[float]) -> dict[str, float]:
             "share_below_half_start": sum(e < 0.5 * entropy[0] for e in entropy) / len(entropy)}
 
 
-def summarize(seeds: list[int]) -> None:
+def drift(log: Path) -> dict[str, float]:
+    """From a run's train_log.jsonl: the KL to the start at the last step, and the share of answers that failed the
+    parser over the last 20 % of the steps."""
+    steps = [row for row in map(json.loads, log.read_text().splitlines()) if "entropy" in row]
+    tail = steps[-max(1, len(steps) // 5):]
+    return {"final_kl": steps[-1]["kl"], "tail_format_failure": sum(r["format_failure"] for r in tail) / len(tail)}
+
+
+def summarize(seeds: list[int], logs: Path | None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -42,13 +51,16 @@ def summarize(seeds: list[int]) -> None:
     import numpy as np
 
     runs = {seed: json.loads((RESULTS / f"relevance_rl_entropy_seed{seed}.json").read_text()) for seed in seeds}
-    summary: dict = {"command": "python benchmarks/relevance_rl_entropy.py --summary " + " ".join(map(str, seeds)),
+    command = "python benchmarks/relevance_rl_entropy.py --summary " + " ".join(map(str, seeds))
+    summary: dict = {"command": command + (f" --logs {logs}" if logs else ""),
                      "runs": {seed: run["command"] for seed, run in runs.items()}, "arms": {}}
     for name, _ in ARMS:
         curves = [run["curves"][name]["entropy"] for run in runs.values()]
         steps = min(map(len, curves))
         stack = np.array([c[:steps] for c in curves])
-        per_seed = {seed: entropy_stats(c) | {"refilters": len(runs[seed]["curves"][name]["refreshes"])}
+        per_seed = {seed: entropy_stats(c) | {"refilters": len(runs[seed]["curves"][name]["refreshes"]),
+                                              "kept": runs[seed]["curves"][name]["pool"]["kept"]}
+                    | (drift(logs / f"relevance-rl-entropy-{name}-{seed}" / "train_log.jsonl") if logs else {})
                     for seed, c in zip(runs, curves)}
         summary["arms"][name] = {"per_seed": per_seed, "tail_mean": float(np.mean(
             [s["tail_mean"] for s in per_seed.values()])), "tail_std": float(np.std(
@@ -71,6 +83,8 @@ def main() -> None:
     parser.add_argument("--init", help="the SFT (or DPO) run both arms start from")
     parser.add_argument("--summary", type=int, nargs="+", metavar="SEED",
                         help="plot and tabulate the runs of these seeds instead of training")
+    parser.add_argument("--logs", type=Path,
+                        help="with --summary: the runs' --out folder, to add each run's final KL and format failures")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--train-pairs", type=int, default=160)
@@ -78,7 +92,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench"))
     args = parser.parse_args()
     if args.summary:
-        summarize(args.summary)
+        summarize(args.summary, args.logs)
         return
     if not args.init:
         parser.error("--init is required unless --summary is given")
