@@ -6,10 +6,8 @@
 #   base       the ladder's DPO: lr 1e-5, 128 prompts, plain sigmoid DPO (§3.2)
 #   lr1e-6     a tenth of the rate (§3.2's rate for a pretrained model)
 #   nll1       + the chosen answers' NLL at weight 1 (training.nll_weight; RPO)
-#   p512       512 prompts instead of 128 (more pairs, more queries)
-#   p512nll1   both
-#   p1024      1024 prompts
-#   p1024nll1  1024 prompts + NLL at weight 1
+#   p<N>[b<β>][nll<W>]  N prompts instead of 128, β instead of 0.1, NLL at weight W: p512 and p512nll1 (the probe),
+#              p1024 and p1024nll1 (the 3-seed rerun), p1024nll3 and p1024nll10 (the NLL anchor's dose)
 # Every process stops at DEADLINE_S after this script starts; each arm writes its JSON (DPO sampling statistics,
 # logged rewards and the benches) after every stage, and the end packs the JSONs and every log's tail into
 # $OUT/dpo_probe.tar.gz (the device tool returns at most 8 files).
@@ -52,10 +50,11 @@ seed_arms() {  # one seed: its SFT run, then its arms side by side
       base) extra="--dpo-lr 1e-5" ;;
       lr1e-6) extra="--dpo-lr 1e-6" ;;
       nll1) extra="--dpo-lr 1e-5 --dpo-set training.nll_weight=1.0" ;;
-      p512) extra="--dpo-lr 1e-5 --dpo-prompts 512" ;;
-      p512nll1) extra="--dpo-lr 1e-5 --dpo-prompts 512 --dpo-set training.nll_weight=1.0" ;;
-      p1024) extra="--dpo-lr 1e-5 --dpo-prompts 1024" ;;
-      p1024nll1) extra="--dpo-lr 1e-5 --dpo-prompts 1024 --dpo-set training.nll_weight=1.0" ;;
+      p[0-9]*)  # p<prompts>[b<beta>][nll<weight>], e.g. p1024nll3, p1024b0.5nll1
+        [[ $arm =~ ^p([0-9]+)(b([0-9.]+))?(nll([0-9.]+))?$ ]] || { echo "unknown arm $arm"; continue; }
+        extra="--dpo-lr 1e-5 --dpo-prompts ${BASH_REMATCH[1]}"
+        [ -n "${BASH_REMATCH[3]}" ] && extra="$extra --dpo-set training.beta=${BASH_REMATCH[3]}"
+        [ -n "${BASH_REMATCH[5]}" ] && extra="$extra --dpo-set training.nll_weight=${BASH_REMATCH[5]}" ;;
       *) echo "unknown arm $arm"; continue ;;
     esac
     timeout "$(left)" $PY benchmarks/relevance_cpu.py $common --seed "$seed" --chain "$CHAIN" --sft-run "$sft" \
