@@ -315,6 +315,37 @@ def test_din_activation_unit_equals_the_concatenation_formula_and_dice_reads_rea
     noisy = history.masked_fill(~mask.unsqueeze(-1), 1e3)  # padded events: other values, same real-event outputs
     torch.testing.assert_close(unit(noisy, target, mask)[mask], expected[mask], atol=1e-5, rtol=1e-5)
 
+
+def test_din_fuxictr_options_pool_items_only_and_take_dice_moments_like_batchnorm(datasets):
+    """`pool_actions: false` makes the score independent of the events' actions; `dice_padding: true` gives
+    Dice the moments of `BatchNorm1d(affine=False)` over the flattened history, padded events included (FuxiCTR)."""
+    from rankstack.ranking.din import Dice
+
+    dataset = datasets["two"]
+    batch = first_batch(dataset, 32)
+    actions = {s.action_column for s in make_model("din", dataset).layout.sequences} - {None}
+    assert actions
+    shuffled = {k: (v[torch.randperm(len(v))] if k in actions else v) for k, v in batch.items()}
+    for pool, independent in ((True, False), (False, True)):
+        model = make_model("din", dataset, pool_actions=pool).eval()
+        with torch.no_grad():
+            for p in model.embedder.parameters():
+                p.normal_()
+            same = torch.allclose(model(shuffled), model(batch), atol=1e-6)
+        assert same == independent, f"pool_actions={pool}"
+    torch.manual_seed(0)
+    s, mask = torch.randn(6, 9, 5), torch.rand(6, 9) > 0.4
+    dice, bn = Dice(5), torch.nn.BatchNorm1d(5, affine=False, eps=1e-8)
+    torch.nn.init.normal_(dice.alpha)
+    p = torch.sigmoid(bn(s.reshape(-1, 5))).reshape_as(s)
+    torch.testing.assert_close(dice(s, torch.ones_like(mask)), p * s + (1 - p) * dice.alpha * s)
+    assert not torch.allclose(dice(s, mask), p * s + (1 - p) * dice.alpha * s, atol=1e-3)
+    model = make_model("din", dataset, dice_padding=True)
+    captured = []
+    model.activation_unit.dice[0].register_forward_hook(lambda m, args, out: captured.append(args[1]))
+    model(batch)
+    assert captured[0].all()
+
 # -- target_match (HeMix and DIN's option) and match_counts (the others') -------------------------------------------
 
 

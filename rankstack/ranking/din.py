@@ -6,6 +6,8 @@ item; padding is masked and, as in the DIN paper, the weights are not softmax-no
 The pooled interest `p = Σ_t a_t·[E(item_t) ; E(action_t)]` joins `[x_ns ; x_dense ; x_t]` in an MLP, then
 the per-task towers. With `target_match` (our option, as HeMix's), the activation unit also reads the event's
 match bits with the candidate (1 per item field the event shares with it), and `p` gains `Σ_t a_t·match_t`.
+Two options reproduce FuxiCTR's DIN for the peer check: `pool_actions: false` pools the items only, and
+`dice_padding: true` takes Dice's batch moments over padded events too.
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ class DINConfig:
     esmm: train conversion ESMM-style as p(click)·p(order | click) (False).
     target_match: give the activation unit and the pooled interest each event's match bits with the candidate
         (`rankstack.nn.features.target_matches`; False).
+    pool_actions: pool the events' action embeddings with their items (True); False pools the items only, as the
+        DIN paper and FuxiCTR do.
+    dice_padding: Dice's batch moments also count the padded events (False); True is FuxiCTR's BatchNorm over the
+        flattened history.
     """
 
     embedding_dim: int = 16
@@ -53,6 +59,8 @@ class DINConfig:
     dropout: float = 0.0
     esmm: bool = False
     target_match: bool = False
+    pool_actions: bool = True
+    dice_padding: bool = False
 
 
 class Dice(nn.Module):
@@ -125,18 +133,20 @@ class DIN(RankingModel):
         n_item = self.embedder.num_item_fields
         match_fields = n_item if config.target_match else 0
         self.activation_unit = ActivationUnit(n_item * e, config.attention, match_fields)
-        width = self.embedder.num_ns * e + len(layout.dense) + n_item * e + (n_item + 1) * e + match_fields
+        pooled = (n_item + config.pool_actions) * e + match_fields
+        width = self.embedder.num_ns * e + len(layout.dense) + n_item * e + pooled
         self.mlp = mlp([width, *config.mlp], config.dropout)
         self.towers = TaskTowers(config.mlp[-1], self.tasks, config.tower, config.dropout)
 
     def interest(self, items: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor, target: torch.Tensor,
                  match: torch.Tensor | None = None) -> torch.Tensor:
-        """`p = Σ_t a_t·[E(item_t) ; E(action_t) (; match_t)]` `[B, (F_it+1)·e (+ F_it)]`; padded events weigh 0."""
+        """`p = Σ_t a_t·[E(item_t) (; E(action_t)) (; match_t)]` `[B, (F_it+1)·e (+ F_it)]`; padded events weigh 0."""
         history = items.flatten(2)
-        scores = self.activation_unit(history, target, mask, match)
+        dice_mask = torch.ones_like(mask) if self.config.dice_padding else mask
+        scores = self.activation_unit(history, target, dice_mask, match)
         weights = (masked_softmax(scores, mask) if self.config.attention_softmax
                    else scores * mask.to(scores.dtype))
-        pooled = [history, actions] + ([match] if match is not None else [])
+        pooled = [history] + ([actions] if self.config.pool_actions else []) + ([match] if match is not None else [])
         return torch.einsum("bl,bld->bd", weights, torch.cat(pooled, dim=-1))
 
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
