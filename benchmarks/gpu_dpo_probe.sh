@@ -6,8 +6,10 @@
 #   base       the ladder's DPO: lr 1e-5, 128 prompts, plain sigmoid DPO (§3.2)
 #   lr1e-6     a tenth of the rate (§3.2's rate for a pretrained model)
 #   nll1       + the chosen answers' NLL at weight 1 (training.nll_weight; RPO)
-#   p<N>[b<β>][nll<W>]  N prompts instead of 128, β instead of 0.1, NLL at weight W: p512 and p512nll1 (the probe),
-#              p1024 and p1024nll1 (the 3-seed rerun), p1024nll3 and p1024nll10 (the NLL anchor's dose)
+#   p<N>[b<β>][s<A>][nll<W>]  N prompts instead of 128, β instead of 0.1, chosen answers right in at least a share
+#              A of their verifier steps (training.chosen_min_step_accuracy; else the gold rationale), NLL at weight
+#              W: p512 and p512nll1 (the probe), p1024 and p1024nll1 (the 3-seed rerun), p1024nll3 and p1024nll10
+#              (the NLL anchor's dose), p1024s1 and p1024s1nll3 (chosen answers right in every step: not yet run)
 # Every process stops at DEADLINE_S after this script starts; each arm writes its JSON (DPO sampling statistics,
 # logged rewards and the benches) after every stage, and the end packs the JSONs and every log's tail into
 # $OUT/dpo_probe.tar.gz (the device tool returns at most 8 files).
@@ -50,11 +52,12 @@ seed_arms() {  # one seed: its SFT run, then its arms side by side
       base) extra="--dpo-lr 1e-5" ;;
       lr1e-6) extra="--dpo-lr 1e-6" ;;
       nll1) extra="--dpo-lr 1e-5 --dpo-set training.nll_weight=1.0" ;;
-      p[0-9]*)  # p<prompts>[b<beta>][nll<weight>], e.g. p1024nll3, p1024b0.5nll1
-        [[ $arm =~ ^p([0-9]+)(b([0-9.]+))?(nll([0-9.]+))?$ ]] || { echo "unknown arm $arm"; continue; }
+      p[0-9]*)  # p<prompts>[b<beta>][s<min step accuracy>][nll<weight>], e.g. p1024nll3, p1024s1nll1
+        [[ $arm =~ ^p([0-9]+)(b([0-9.]+))?(s([0-9.]+))?(nll([0-9.]+))?$ ]] || { echo "unknown arm $arm"; continue; }
         extra="--dpo-lr 1e-5 --dpo-prompts ${BASH_REMATCH[1]}"
         [ -n "${BASH_REMATCH[3]}" ] && extra="$extra --dpo-set training.beta=${BASH_REMATCH[3]}"
-        [ -n "${BASH_REMATCH[5]}" ] && extra="$extra --dpo-set training.nll_weight=${BASH_REMATCH[5]}" ;;
+        [ -n "${BASH_REMATCH[5]}" ] && extra="$extra --dpo-set training.chosen_min_step_accuracy=${BASH_REMATCH[5]}"
+        [ -n "${BASH_REMATCH[7]}" ] && extra="$extra --dpo-set training.nll_weight=${BASH_REMATCH[7]}" ;;
       *) echo "unknown arm $arm"; continue ;;
     esac
     timeout "$(left)" $PY benchmarks/relevance_cpu.py $common --seed "$seed" --chain "$CHAIN" --sft-run "$sft" \

@@ -17,7 +17,7 @@ import pytest  # noqa: E402
 from rankstack.errors import ConfigError  # noqa: E402
 from rankstack.relevance import dpo, train_relevance  # noqa: E402
 from rankstack.relevance.data import RelevanceRecord, load_split, render_completion  # noqa: E402
-from rankstack.relevance.dpo import SamplingConfig, build_pairs, hinted_oracles  # noqa: E402
+from rankstack.relevance.dpo import DPOTrainingConfig, SamplingConfig, build_pairs, hinted_oracles  # noqa: E402
 from rankstack.relevance.evaluate import generation_report, is_correct  # noqa: E402
 from rankstack.relevance.format import parse_output  # noqa: E402
 from rankstack.relevance.sft import load_checkpoint  # noqa: E402
@@ -60,6 +60,21 @@ def test_self_correction_pairs_the_best_correct_with_the_most_confident_wrong(re
     assert [p.rejected for p in pairs] == [with_label(gold, 3), with_label(gold, 1)]
     # at most max_pairs, and the malformed sample only once the confident ones are used
     assert [p.rejected for p in build_pairs(record, samples, probs, max_pairs=3)][-1] == "2\n[Query] cut off"
+
+
+def test_min_step_accuracy_drops_correct_samples_with_wrong_steps_for_the_oracle(record: RelevanceRecord) -> None:
+    gold = render_completion(record, templates=TEMPLATES)
+    sloppy = wrong_category(gold)  # the right label, one of the six verifier steps wrong
+    samples = [sloppy, with_label(gold, 3)]
+    probs = np.array([0.1, 0.2, 0.3, 0.4])
+    assert [p.source for p in build_pairs(record, samples, probs, min_step_accuracy=5 / 6)] == ["self"]
+    pairs = build_pairs(record, samples, probs, min_step_accuracy=1.0, seed=3)
+    assert [(p.source, p.chosen) for p in pairs] == [("oracle", render_completion(record, seed=3))]
+    assert [p.chosen for p in build_pairs(record, [gold, *samples], probs, min_step_accuracy=1.0)] == [gold]
+    no_gold = dataclasses.replace(record, gold=None)  # only the label is checked: the sloppy answer is right
+    assert [p.chosen for p in build_pairs(no_gold, samples, probs, min_step_accuracy=1.0)] == [sloppy]
+    with pytest.raises(ConfigError, match="chosen_min_step_accuracy"):
+        DPOTrainingConfig(chosen_min_step_accuracy=1.5)
 
 
 def test_all_wrong_uses_the_gold_conditioned_oracle(record: RelevanceRecord) -> None:

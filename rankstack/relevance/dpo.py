@@ -7,7 +7,9 @@
    - all N correct: no pair;
    - *self-correction* (some correct): chosen = the correct samples by verifier step accuracy (best first),
      rejected = the wrong samples by p(their wrong label) (most confidently wrong first; 0 for a sample with no
-     label, or a malformed one with the gold label);
+     label, or a malformed one with the gold label). With `chosen_min_step_accuracy` > 0 (our option; 0 is §3.2),
+     a correct sample is chosen only if at least that share of its verifier steps is right; where none is and gold
+     steps exist, the prompt is paired as an oracle one below;
    - *oracle* (all N wrong): chosen = the gold-conditioned rationale (`data.render_completion` of the gold steps),
      kept only if it parses to the gold label; rejected = the wrong samples as above. In the `label_only` variant
      the rationale is the label itself.
@@ -51,7 +53,7 @@ from rankstack.relevance.agrl import guided_prompt, hint_text, usable_guided  # 
 from rankstack.relevance.cumpt import RelevanceScorer  # noqa: E402
 from rankstack.relevance.data import RelevanceRecord, chat_prompt, prompt_message, render_completion  # noqa: E402
 from rankstack.relevance.evaluate import generate_completions, is_correct  # noqa: E402
-from rankstack.relevance.format import parse_output  # noqa: E402
+from rankstack.relevance.format import ParsedOutput, parse_output  # noqa: E402
 from rankstack.relevance.rules import verify_steps  # noqa: E402
 from rankstack.relevance.sft import max_parameter_change, parameter_snapshot, throughput  # noqa: E402
 from rankstack.relevance.stage import (  # noqa: E402
@@ -94,10 +96,14 @@ class DPOTrainingConfig:
         precompute_ref_log_probs: Score the reference once before training (saves memory on GPU).
         max_length: Longest prompt + answer in tokens (TRL truncates the end).
         nll_weight: Weight of the chosen answers' NLL added to the DPO loss (0: plain DPO, §3.2).
+        chosen_min_step_accuracy: Least share of right verifier steps (the label among them) a correct sample needs
+            to be a chosen answer (0: any correct sample, §3.2; 1: right in every step). Without gold steps only the
+            label is checked.
     """
 
     beta: float = 0.1
     nll_weight: float = 0.0
+    chosen_min_step_accuracy: float = 0.0
     max_pairs_per_prompt: int = 2
     learning_rate: float = 1e-5
     num_epochs: float = 1.0
@@ -116,6 +122,9 @@ class DPOTrainingConfig:
     def __post_init__(self) -> None:
         if self.nll_weight < 0:
             raise ConfigError(f"training.nll_weight is {self.nll_weight}; use 0 (plain DPO) or a positive weight.")
+        if not 0 <= self.chosen_min_step_accuracy <= 1:
+            raise ConfigError(f"training.chosen_min_step_accuracy is {self.chosen_min_step_accuracy}; use a share "
+                              "in [0, 1] (0: any correct sample, as §3.2; 1: right in every verifier step).")
 
 
 @dataclass
@@ -138,15 +147,24 @@ class PreferencePair:
     source: str  # "self" (a correct sample), "oracle" (the gold-conditioned rationale) or "hinted" (a hinted sample)
 
 
+def step_accuracy(parsed: ParsedOutput, record: RelevanceRecord) -> float:
+    """The share of `parsed`'s verifier steps that are right (the label only, without gold steps)."""
+    scores = verify_steps(parsed, record)
+    return sum(s > 0 for s in scores.values()) / len(scores)
+
+
 def build_pairs(record: RelevanceRecord, samples: list[str], label_probs: np.ndarray, variant: str = "label_first",
-                max_pairs: int = 2, seed: int = 0, hinted: str | None = None) -> list[PreferencePair]:
+                max_pairs: int = 2, seed: int = 0, hinted: str | None = None,
+                min_step_accuracy: float = 0.0) -> list[PreferencePair]:
     """The DPO pairs of one prompt from its N samples and the policy's p(k | x) (see the module docstring).
-    `hinted` is the record's usable hinted answer, the chosen one when all N are wrong and no gold steps exist."""
+    `hinted` is the record's usable hinted answer, the chosen one when all N are wrong and no gold steps exist;
+    `min_step_accuracy` is `chosen_min_step_accuracy`."""
     parsed = [parse_output(text, variant) for text in samples]
-    correct = [i for i, p in enumerate(parsed) if is_correct(p, record.label)]
     wrong = [i for i, p in enumerate(parsed) if not is_correct(p, record.label)]
     if not wrong:
         return []
+    accuracy = {i: step_accuracy(p, record) for i, p in enumerate(parsed) if is_correct(p, record.label)}
+    correct = [i for i, a in accuracy.items() if a >= min_step_accuracy]  # all of them without gold steps
 
     def confidence(i: int) -> float:  # p(the wrong label); 0 for no label or a malformed answer with the gold one
         label = parsed[i].label
@@ -154,11 +172,7 @@ def build_pairs(record: RelevanceRecord, samples: list[str], label_probs: np.nda
 
     rejected = [samples[i] for i in sorted(wrong, key=lambda i: (-confidence(i), i))]
     if correct:
-        def step_accuracy(i: int) -> float:
-            scores = verify_steps(parsed[i], record)
-            return sum(s > 0 for s in scores.values()) / len(scores)
-
-        chosen, source = [samples[i] for i in sorted(correct, key=lambda i: (-step_accuracy(i), i))], "self"
+        chosen, source = [samples[i] for i in sorted(correct, key=lambda i: (-accuracy[i], i))], "self"
     else:
         if record.gold is None and variant != "label_only":
             if hinted is None:
@@ -196,10 +210,11 @@ def hinted_oracles(model: torch.nn.Module, tokenizer: Any, records: list[Relevan
 
 def sample_pairs(model: torch.nn.Module, tokenizer: Any, records: list[RelevanceRecord], rule_table: dict[str, str],
                  variant: str, rule_text: bool, sampling: SamplingConfig, max_pairs: int,
-                 seed: int) -> tuple[list[dict[str, str]], dict[str, Any]]:
+                 seed: int, min_step_accuracy: float = 0.0) -> tuple[list[dict[str, str]], dict[str, Any]]:
     """pass@N sampling and pair building over `records`: DPO rows {prompt, chosen, rejected, source, pair_id} and
     sampling statistics (pass@1, pass@N, pairs by source and label, prompts skipped as all-correct, prompts that
-    needed a hinted answer and how many got one)."""
+    needed a hinted answer and how many got one, the self-chosen answers' mean step accuracy, prompts whose correct
+    samples all fell below `min_step_accuracy`)."""
     prompts = [chat_prompt(tokenizer, prompt_message(r, rule_table, variant, rule_text)) for r in records]
     samples = generate_completions(model, tokenizer, prompts, sampling.num_samples, do_sample=True,
                                    temperature=sampling.temperature, top_k=sampling.top_k,
@@ -217,8 +232,14 @@ def sample_pairs(model: torch.nn.Module, tokenizer: Any, records: list[Relevance
             hinted[i] = text
     rows, sources = [], Counter()
     chosen_labels, rejected_labels = Counter(), Counter()
-    for record, prompt, texts, p, hint in zip(records, prompts, samples, probs, hinted):
-        for pair in build_pairs(record, texts, p, variant, max_pairs, seed, hinted=hint):
+    self_accuracy, below_min = [], 0
+    for record, prompt, texts, p, hint, n_correct in zip(records, prompts, samples, probs, hinted, correct_counts):
+        pairs = build_pairs(record, texts, p, variant, max_pairs, seed, hinted=hint,
+                            min_step_accuracy=min_step_accuracy)
+        below_min += bool(n_correct and pairs and pairs[0].source != "self")
+        for pair in pairs:
+            if pair.source == "self":
+                self_accuracy.append(step_accuracy(parse_output(pair.chosen, variant), record))
             sources[pair.source] += 1
             chosen_labels[str(record.label)] += 1
             rejected_labels[str(parse_output(pair.rejected, variant).label)] += 1
@@ -232,7 +253,9 @@ def sample_pairs(model: torch.nn.Module, tokenizer: Any, records: list[Relevance
              "pairs_self": sources["self"], "pairs_oracle": sources["oracle"], "pairs_hinted": sources["hinted"],
              "prompts_hinted": len(need_hint), "prompts_hinted_found": sum(h is not None for h in hinted),
              "pairs_by_chosen_label": dict(sorted(chosen_labels.items())),
-             "pairs_by_rejected_label": dict(sorted(rejected_labels.items()))}
+             "pairs_by_rejected_label": dict(sorted(rejected_labels.items())),
+             "chosen_step_accuracy_self": float(np.mean(self_accuracy)) if self_accuracy else None,
+             "prompts_correct_below_min_step_accuracy": below_min}
     return rows, stats
 
 
@@ -259,7 +282,8 @@ def train_dpo(config: DPOStageConfig, out_dir: str | Path) -> dict[str, Any]:
 
     rows, sampling_stats = sample_pairs(model, inputs.tokenizer, inputs.train_records, inputs.rule_table,
                                         inputs.variant, inputs.rule_text, config.sampling,
-                                        train_cfg.max_pairs_per_prompt, train_cfg.seed)
+                                        train_cfg.max_pairs_per_prompt, train_cfg.seed,
+                                        train_cfg.chosen_min_step_accuracy)
     rows, sampling_stats = agree_across_processes((rows, sampling_stats))
     with open(out / "pairs.jsonl", "w") as f:
         for row in rows:
