@@ -5,7 +5,8 @@ the benchmark environment (`make bench-env`: a venv that sees rankstack's packag
 
     make bench-env                                   # or the three commands of that target
     /tmp/fuxi-venv/bin/python benchmarks/ranking_fuxictr.py --data /tmp/beauty --out runs/fuxictr-peer \\
-        [--max-batches 200] [--epochs 1] [--fuxi-lr 1e-3] [--rankstack-set trainer.lr_dense=0.001]
+        [--max-batches 200] [--epochs 1] [--fuxi-lr 1e-3] [--rankstack-set trainer.lr_dense=0.001] [--seed 1]
+    python benchmarks/ranking_fuxictr.py --summary runs/fuxictr-peer*/ranking_fuxictr.json   # runs side by side
 
 The data bridge (`FuxiBridge`): FuxiCTR's LongCTR models read batches `(batch_dict, item_dict, mask)`: non-item
 columns and labels, every item feature of the L history events followed by the target as one flat `[B·(L+1)]`
@@ -21,7 +22,9 @@ clipping at 10, its early stopping and LR decay on plateau) with `--fuxi-lr`; ra
 `configs/ranking/din_beauty.yaml` (AdamW 1e-4 + Adagrad 0.05). Sizes match: embeddings 16, attention MLP [64, 32]
 with Dice, no softmax, DNN [512, 256, 128]. Both are scored on the test split with `rankstack.metrics`.
 samples/s = training samples / training time, evaluation excluded on both sides, in the same process, one thread.
-Writes `<out>/ranking_fuxictr.json`.
+Writes `<out>/ranking_fuxictr.json`. DIN's `pool_actions: false` pools the items only, as FuxiCTR does, and
+`dice_padding: true` takes Dice's moments over padded events too; `--rankstack-set model.args.pool_actions=false`
+gives both sides the same parameter count.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from rankstack.data.loader import BatchLoader  # noqa: E402
 from rankstack.nn.features import FieldLayout  # noqa: E402
 from rankstack.ranking.bench import machine_info  # noqa: E402
 from rankstack.ranking.run import load_run_config, train_ranking  # noqa: E402
+from rankstack.ranking.sweep import mean_std  # noqa: E402
 
 
 class FuxiBridge:
@@ -166,10 +170,31 @@ def train_rankstack(args: argparse.Namespace, out: Path) -> dict:
             "test": {k: v for k, v in results["test"].items() if isinstance(v, float)}}
 
 
+def summarise(paths: list[str]) -> None:
+    """One line per run (seed, both AUCs, the difference and the speed ratio), then mean ± std over the runs."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    print(f"{'run':52} {'seed':>4} {'FuxiCTR AUC':>11} {'rankstack AUC':>13} {'difference':>10} {'speed':>6}")
+    columns = {"fuxi": [], "ours": [], "difference": [], "speed": []}
+    for path, run in zip(paths, runs):
+        seed = next((int(a) for flag, a in zip(run["command"].split(), run["command"].split()[1:])
+                     if flag == "--seed"), 0)
+        row = {"fuxi": run["fuxictr_din"]["test"]["click_auc"], "ours": run["rankstack_din"]["test"]["click_auc"],
+               "difference": run["auc_difference"], "speed": run["speed_ratio"]}
+        for key, value in row.items():
+            columns[key].append(value)
+        print(f"{Path(path).name:52} {seed:>4} {row['fuxi']:11.4f} {row['ours']:13.4f} {row['difference']:+10.4f} "
+              f"{row['speed']:5.2f}×")
+    stats = {key: mean_std(values) for key, values in columns.items()}
+    print(f"{'mean ± std':57} {stats['fuxi'][0]:.4f} ± {stats['fuxi'][1]:.4f} {stats['ours'][0]:.4f} ± "
+          f"{stats['ours'][1]:.4f} {stats['difference'][0]:+.4f} ± {stats['difference'][1]:.4f} "
+          f"{stats['speed'][0]:.2f}× (min {min(columns['speed']):.2f}×)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="the Beauty CTR dataset (rankstack data convert ...)")
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--summary", nargs="+", metavar="JSON", help="tabulate earlier runs' JSONs and exit")
+    parser.add_argument("--data", help="the Beauty CTR dataset (rankstack data convert ...)")
+    parser.add_argument("--out")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--max-batches", type=int, help="training batches per epoch (a subset, for checks)")
@@ -179,6 +204,11 @@ def main() -> None:
                         help="an override of rankstack's din_beauty.yaml, e.g. trainer.lr_dense=0.001")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if args.summary:
+        summarise(args.summary)
+        return
+    if not (args.data and args.out):
+        parser.error("--data and --out are required to train (or pass --summary JSON ...)")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
