@@ -56,7 +56,9 @@ def main() -> None:
             if held:
                 print(f"step judge {arm} seed {s}: agreement {held['agreement']:.3f}, majority "
                       f"{held['majority_baseline']:.3f}, unsure {held['unsure_rate']:.3f}, "
-                      f"where sure {held['agreement_when_sure']:.3f}")
+                      f"where sure {held['agreement_when_sure']:.3f}"
+                      + (f" (majority there {held['majority_baseline_when_sure']:.3f}), AUC {held['auc']:.3f}"
+                         if held.get("auc") is not None else ""))
     for path in args.train_logs:
         steps = [row for row in map(json.loads, Path(path).read_text().splitlines()) if "replay/rate" in row]
         means = ", ".join(f"{key.split('/')[1]} {np.mean([row[key] for row in steps if key in row]):.3f}"

@@ -32,6 +32,7 @@ from datasets import Dataset as HFDataset  # noqa: E402
 from trl import SFTConfig, SFTTrainer  # noqa: E402
 
 from rankstack.errors import ConfigError  # noqa: E402
+from rankstack.metrics import auc  # noqa: E402
 from rankstack.relevance.data import ANSWER, RelevanceRecord, chat_prompt, prompt_message  # noqa: E402
 from rankstack.relevance.format import SECTIONS, STEPS, ParsedOutput, label_distribution, parse_output  # noqa: E402
 from rankstack.relevance.rules import verify_steps  # noqa: E402
@@ -212,7 +213,9 @@ def balance_answers(examples: Sequence[dict[str, Any]], seed: int = 0) -> list[d
 
 def judge_agreement(judge: StepJudge, examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Agreement of the judge with the verifier on labelled examples: overall and per step, counting an unsure
-    answer as a disagreement; also the unsure rate and the agreement on the steps the judge is sure about."""
+    answer as a disagreement; also the unsure rate, the agreement on the steps the judge is sure about beside the
+    majority answer's share of those steps, and the ROC AUC of q for the verifier's "correct" (threshold-free;
+    0.5 is chance, None with one class)."""
     if not examples:
         return {"examples": 0}
     q = judge.probabilities([e["prompt"] for e in examples])
@@ -227,7 +230,11 @@ def judge_agreement(judge: StepJudge, examples: Sequence[dict[str, Any]]) -> dic
                               "verifier_correct_share": float(np.mean(truth > 0)),
                               "balanced_accuracy": float(np.mean([np.mean(rewards[truth == t] == t)
                                                                   for t in (1, -1) if (truth == t).any()])),
-                              "majority_baseline": float(max(np.mean(truth > 0), np.mean(truth < 0)))}
+                              "majority_baseline": float(max(np.mean(truth > 0), np.mean(truth < 0))),
+                              "majority_baseline_when_sure": float(max(np.mean(truth[sure] > 0),
+                                                                       np.mean(truth[sure] < 0))) if sure.any()
+                              else None,
+                              "auc": float(auc(truth > 0, q)) if len(set(truth.tolist())) == 2 else None}
     for step in SECTIONS:
         mask = steps == step
         if mask.any():
