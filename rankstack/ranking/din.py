@@ -140,7 +140,7 @@ class DIN(RankingModel):
 
     def interest(self, items: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor, target: torch.Tensor,
                  match: torch.Tensor | None = None) -> torch.Tensor:
-        """`p = Σ_t a_t·[E(item_t) (; E(action_t)) (; match_t)]` `[B, (F_it+1)·e (+ F_it)]`; padded events weigh 0."""
+        """`p = Σ_t a_t·[E(item_t) (; E(action_t)) (; match_t)]` `[B, (F_it (+ 1))·e (+ F_it)]`; padding weighs 0."""
         history = items.flatten(2)
         dice_mask = torch.ones_like(mask) if self.config.dice_padding else mask
         scores = self.activation_unit(history, target, dice_mask, match)
