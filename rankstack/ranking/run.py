@@ -92,7 +92,7 @@ def train_ranking(config: RankingRunConfig, run_dir: str | Path, where: str = "c
                          shuffle_window=config.shuffle_window, rank=rank, world_size=world_size)
 
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
-        report = evaluate_ranking(m, dataset, "valid", config.eval_batch_size, trainer.device,
+        report = evaluate_ranking(m, dataset, "valid", config.eval_batch_size, next(m.parameters()).device,
                                   config.eval_max_rows, with_bayes=False)
         return {k: v for k, v in report.items() if isinstance(v, float)}
 
@@ -113,6 +113,7 @@ def train_ranking(config: RankingRunConfig, run_dir: str | Path, where: str = "c
             "test": evaluate_ranking(model, dataset, "test", config.eval_batch_size, device),
         }
         save_json(results, run_dir / "results.json")
+    del trainer  # its DistributedDataParallel wrapper holds the process group that cleanup() destroys
     cleanup()
     return results
 

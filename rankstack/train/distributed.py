@@ -10,6 +10,7 @@ Call `init_distributed()` before building the loader (the loader shards by rank)
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import Any
 
@@ -120,6 +121,12 @@ def all_gather_object(obj: Any) -> list[Any]:
 
 
 def cleanup() -> None:
-    """Leave the process group if one was joined; safe to call when not distributed."""
+    """Leave the process group if one was joined; safe to call when not distributed. Every rank calls it: the ranks
+    first meet at a barrier, so that none tears down while another still works (rank 0 scores the test split after
+    training), and unreachable objects that still hold the group (a DistributedDataParallel wrapper in a reference
+    cycle) are collected now rather than at interpreter exit, where gloo's threads can abort the process."""
     if dist.is_available() and dist.is_initialized():
+        if dist.get_world_size() > 1:
+            dist.barrier()
+        gc.collect()
         dist.destroy_process_group()
