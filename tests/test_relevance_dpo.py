@@ -57,6 +57,7 @@ def test_self_correction_pairs_the_best_correct_with_the_most_confident_wrong(re
     assert [p.source for p in pairs] == ["self", "self"]
     # chosen by step accuracy: the fully right answer first, then the one with a wrong category verdict
     assert [p.chosen for p in pairs] == [gold, sloppy]
+    assert [p.step_accuracy for p in pairs] == [1.0, pytest.approx(5 / 6)]
     assert [p.rejected for p in pairs] == [with_label(gold, 3), with_label(gold, 1)]
     # at most max_pairs, and the malformed sample only once the confident ones are used
     assert [p.rejected for p in build_pairs(record, samples, probs, max_pairs=3)][-1] == "2\n[Query] cut off"
@@ -69,7 +70,7 @@ def test_min_step_accuracy_drops_correct_samples_with_wrong_steps_for_the_oracle
     probs = np.array([0.1, 0.2, 0.3, 0.4])
     assert [p.source for p in build_pairs(record, samples, probs, min_step_accuracy=5 / 6)] == ["self"]
     pairs = build_pairs(record, samples, probs, min_step_accuracy=1.0, seed=3)
-    assert [(p.source, p.chosen) for p in pairs] == [("oracle", render_completion(record, seed=3))]
+    assert [(p.source, p.chosen, p.step_accuracy) for p in pairs] == [("oracle", render_completion(record, seed=3), None)]
     assert [p.chosen for p in build_pairs(record, [gold, *samples], probs, min_step_accuracy=1.0)] == [gold]
     no_gold = dataclasses.replace(record, gold=None)  # only the label is checked: the sloppy answer is right
     assert [p.chosen for p in build_pairs(no_gold, samples, probs, min_step_accuracy=1.0)] == [sloppy]

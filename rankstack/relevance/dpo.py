@@ -140,11 +140,13 @@ class DPOStageConfig:
 
 @dataclass(frozen=True)
 class PreferencePair:
-    """One DPO pair of a prompt: chosen and rejected completions and where the chosen one came from."""
+    """One DPO pair of a prompt: chosen and rejected completions, where the chosen one came from, and for a self
+    pair the chosen sample's verifier step accuracy."""
 
     chosen: str
     rejected: str
     source: str  # "self" (a correct sample), "oracle" (the gold-conditioned rationale) or "hinted" (a hinted sample)
+    step_accuracy: float | None = None
 
 
 def step_accuracy(parsed: ParsedOutput, record: RelevanceRecord) -> float:
@@ -172,7 +174,8 @@ def build_pairs(record: RelevanceRecord, samples: list[str], label_probs: np.nda
 
     rejected = [samples[i] for i in sorted(wrong, key=lambda i: (-confidence(i), i))]
     if correct:
-        chosen, source = [samples[i] for i in sorted(correct, key=lambda i: (-accuracy[i], i))], "self"
+        order = sorted(correct, key=lambda i: (-accuracy[i], i))
+        chosen, chosen_accuracy, source = [samples[i] for i in order], [accuracy[i] for i in order], "self"
     else:
         if record.gold is None and variant != "label_only":
             if hinted is None:
@@ -182,10 +185,10 @@ def build_pairs(record: RelevanceRecord, samples: list[str], label_probs: np.nda
             oracle, source = render_completion(record, variant, seed), "oracle"
         if not is_correct(parse_output(oracle, variant), record.label):
             return []
-        chosen = [oracle]
+        chosen, chosen_accuracy = [oracle], [None]
     pairs: list[PreferencePair] = []
     for i, rejected_text in enumerate(rejected):
-        pair = PreferencePair(chosen[i % len(chosen)], rejected_text, source)
+        pair = PreferencePair(chosen[i % len(chosen)], rejected_text, source, chosen_accuracy[i % len(chosen)])
         if pair.chosen != pair.rejected and pair not in pairs:
             pairs.append(pair)
         if len(pairs) == max_pairs:
@@ -239,7 +242,7 @@ def sample_pairs(model: torch.nn.Module, tokenizer: Any, records: list[Relevance
         below_min += bool(n_correct and pairs and pairs[0].source != "self")
         for pair in pairs:
             if pair.source == "self":
-                self_accuracy.append(step_accuracy(parse_output(pair.chosen, variant), record))
+                self_accuracy.append(pair.step_accuracy)
             sources[pair.source] += 1
             chosen_labels[str(record.label)] += 1
             rejected_labels[str(parse_output(pair.rejected, variant).label)] += 1

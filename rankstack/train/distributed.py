@@ -126,7 +126,6 @@ def cleanup() -> None:
     training), and unreachable objects that still hold the group (a DistributedDataParallel wrapper in a reference
     cycle) are collected now rather than at interpreter exit, where gloo's threads can abort the process."""
     if dist.is_available() and dist.is_initialized():
-        if dist.get_world_size() > 1:
-            dist.barrier()
+        barrier()
         gc.collect()
         dist.destroy_process_group()
