@@ -7,6 +7,9 @@ the benchmark environment (`make bench-env`: a venv that sees rankstack's packag
     /tmp/fuxi-venv/bin/python benchmarks/ranking_fuxictr.py --data /tmp/beauty --out runs/fuxictr-peer \\
         [--max-batches 200] [--epochs 1] [--fuxi-lr 1e-3] [--rankstack-set trainer.lr_dense=0.001] [--seed 1]
     python benchmarks/ranking_fuxictr.py --summary runs/fuxictr-peer*/ranking_fuxictr.json   # runs side by side
+    # rankstack's side only, beside the FuxiCTR side of an earlier run of the same seed, data, epochs and batch:
+    python benchmarks/ranking_fuxictr.py --data /tmp/beauty --out runs/fuxictr-peer-b --epochs 4 \
+        --fuxictr-from runs/fuxictr-peer/ranking_fuxictr.json --rankstack-set model.args.dice_momentum=0.01
 
 The data bridge (`FuxiBridge`): FuxiCTR's LongCTR models read batches `(batch_dict, item_dict, mask)`: non-item
 columns and labels, every item feature of the L history events followed by the target as one flat `[B·(L+1)]`
@@ -24,7 +27,9 @@ with Dice, no softmax, DNN [512, 256, 128]. Both are scored on the test split wi
 samples/s = training samples / training time, evaluation excluded on both sides, in the same process, one thread.
 Writes `<out>/ranking_fuxictr.json`. DIN's `pool_actions: false` pools the items only, as FuxiCTR does, and
 `dice_padding: true` takes Dice's moments over padded events too; `--rankstack-set model.args.pool_actions=false`
-gives both sides the same parameter count.
+gives both sides the same parameter count. `--fuxictr-from` trains rankstack's side only and reuses FuxiCTR's side
+of an earlier run (FuxiCTR gave the same AUC to four decimals in both of its runs of one seed); that run's
+speed ratio is then not measured (null).
 """
 
 from __future__ import annotations
@@ -170,24 +175,48 @@ def train_rankstack(args: argparse.Namespace, out: Path) -> dict:
             "test": {k: v for k, v in results["test"].items() if isinstance(v, float)}}
 
 
+def reuse_fuxictr(path: str, args: argparse.Namespace) -> tuple[dict, str]:
+    """The FuxiCTR side and FuxiCTR version of an earlier run, checked to match this run's seed, data and recipe."""
+    earlier = json.loads(Path(path).read_text())
+    seed = run_seed(earlier)
+    mine = {"data": str(Path(args.data).resolve()), "epochs": args.epochs, "batch_size": args.batch_size,
+            "max_batches": args.max_batches, "fuxi_lr": args.fuxi_lr, "seed": args.seed}
+    theirs = {"data": str(Path(earlier["data"]).resolve()), "epochs": earlier["epochs"],
+              "batch_size": earlier["batch_size"], "max_batches": earlier["max_batches"],
+              "fuxi_lr": earlier["fuxi_lr"], "seed": seed}
+    differ = [f"{key} {theirs[key]} (this run: {mine[key]})" for key in mine if mine[key] != theirs[key]]
+    if differ:
+        sys.exit(f"--fuxictr-from {path}: that run differs in {', '.join(differ)}; its FuxiCTR side is only "
+                 "reusable for the same seed, data and recipe")
+    return earlier["fuxictr_din"], earlier["fuxictr_version"]
+
+
+def run_seed(run: dict) -> int:
+    """The `--seed` of a run, read from its recorded command (0 when absent, the default)."""
+    words = run["command"].split()
+    return next((int(a) for flag, a in zip(words, words[1:]) if flag == "--seed"), 0)
+
+
 def summarise(paths: list[str]) -> None:
-    """One line per run (seed, both AUCs, the difference and the speed ratio), then mean ± std over the runs."""
+    """One line per run (seed, both AUCs, the difference and the speed ratio), then mean ± std over the runs (the
+    speed over the runs that measured it: a run with `--fuxictr-from` did not)."""
     runs = [json.loads(Path(p).read_text()) for p in paths]
     print(f"{'run':52} {'seed':>4} {'FuxiCTR AUC':>11} {'rankstack AUC':>13} {'difference':>10} {'speed':>6}")
     columns = {"fuxi": [], "ours": [], "difference": [], "speed": []}
     for path, run in zip(paths, runs):
-        seed = next((int(a) for flag, a in zip(run["command"].split(), run["command"].split()[1:])
-                     if flag == "--seed"), 0)
         row = {"fuxi": run["fuxictr_din"]["test"]["click_auc"], "ours": run["rankstack_din"]["test"]["click_auc"],
                "difference": run["auc_difference"], "speed": run["speed_ratio"]}
         for key, value in row.items():
-            columns[key].append(value)
-        print(f"{Path(path).name:52} {seed:>4} {row['fuxi']:11.4f} {row['ours']:13.4f} {row['difference']:+10.4f} "
-              f"{row['speed']:5.2f}×")
-    stats = {key: mean_std(values) for key, values in columns.items()}
+            if value is not None:
+                columns[key].append(value)
+        speed = "—" if row["speed"] is None else f"{row['speed']:.2f}×"
+        print(f"{Path(path).parent.name + '/' + Path(path).name:52} {run_seed(run):>4} {row['fuxi']:11.4f} "
+              f"{row['ours']:13.4f} {row['difference']:+10.4f} {speed:>6}")
+    stats = {key: mean_std(values) for key, values in columns.items() if values}
+    speed = (f"{stats['speed'][0]:.2f}× (min {min(columns['speed']):.2f}×)" if columns["speed"]
+             else "speed not measured")
     print(f"{'mean ± std':57} {stats['fuxi'][0]:.4f} ± {stats['fuxi'][1]:.4f} {stats['ours'][0]:.4f} ± "
-          f"{stats['ours'][1]:.4f} {stats['difference'][0]:+.4f} ± {stats['difference'][1]:.4f} "
-          f"{stats['speed'][0]:.2f}× (min {min(columns['speed']):.2f}×)")
+          f"{stats['ours'][1]:.4f} {stats['difference'][0]:+.4f} ± {stats['difference'][1]:.4f} {speed}")
 
 
 def main() -> None:
@@ -203,6 +232,9 @@ def main() -> None:
     parser.add_argument("--rankstack-set", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="an override of rankstack's din_beauty.yaml, e.g. trainer.lr_dense=0.001")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fuxictr-from", metavar="JSON",
+                        help="train rankstack's side only; take FuxiCTR's from this earlier run of the same seed, "
+                             "data and recipe (no speed ratio then)")
     args = parser.parse_args()
     if args.summary:
         summarise(args.summary)
@@ -214,25 +246,29 @@ def main() -> None:
     if out.exists() and any(out.iterdir()):
         sys.exit(f"{out} is not empty; pick a new --out folder (both runs start from scratch).")
     out.mkdir(parents=True, exist_ok=True)
-    import fuxictr
+    if args.fuxictr_from:
+        fuxi, version = reuse_fuxictr(args.fuxictr_from, args)
+    else:
+        import fuxictr
 
-    dataset = Dataset.open(args.data)
-    fuxi = train_fuxictr(dataset, args, out)
+        fuxi, version = train_fuxictr(Dataset.open(args.data), args, out), fuxictr.__version__
     ours = train_rankstack(args, out)
-    result = {"command": " ".join(["python", *sys.argv]), **machine_info(), "fuxictr_version": fuxictr.__version__,
+    result = {"command": " ".join(["python", *sys.argv]), **machine_info(), "fuxictr_version": version,
               "data": args.data, "epochs": args.epochs, "batch_size": args.batch_size,
               "max_batches": args.max_batches, "fuxi_lr": args.fuxi_lr, "rankstack_set": args.rankstack_set,
-              "fuxictr_din": fuxi, "rankstack_din": ours,
+              "fuxictr_from": args.fuxictr_from, "fuxictr_din": fuxi, "rankstack_din": ours,
               "auc_difference": ours["test"]["click_auc"] - fuxi["test"]["click_auc"],
-              "speed_ratio": ours["samples_per_s"] / fuxi["samples_per_s"]}
+              "speed_ratio": None if args.fuxictr_from else ours["samples_per_s"] / fuxi["samples_per_s"]}
     (out / "ranking_fuxictr.json").write_text(json.dumps(result, indent=2))
     print(f"{'':16} {'click AUC':>10} {'GAUC':>8} {'log-loss':>9} {'samples/s':>10} {'params':>10}")
     for name, side in (("FuxiCTR DIN", fuxi), ("rankstack DIN", ours)):
         t = side["test"]
         print(f"{name:16} {t['click_auc']:10.4f} {t['click_gauc']:8.4f} {t['click_logloss']:9.4f} "
               f"{side['samples_per_s']:10,.0f} {side['params']:10,}")
-    print(f"AUC difference (rankstack − FuxiCTR): {result['auc_difference']:+.4f}; speed ratio "
-          f"{result['speed_ratio']:.2f}×\ncommand: {result['command']}\nwritten {out / 'ranking_fuxictr.json'}")
+    speed = ("not measured (--fuxictr-from)" if result["speed_ratio"] is None
+             else f"{result['speed_ratio']:.2f}×")
+    print(f"AUC difference (rankstack − FuxiCTR): {result['auc_difference']:+.4f}; speed ratio {speed}\n"
+          f"command: {result['command']}\nwritten {out / 'ranking_fuxictr.json'}")
 
 
 if __name__ == "__main__":

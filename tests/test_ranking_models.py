@@ -17,6 +17,7 @@ import torch
 from rankstack.config import from_dict
 from rankstack.data.dataset import Dataset
 from rankstack.data.loader import BatchLoader
+from rankstack.errors import ConfigError
 from rankstack.nn.features import target_matches
 from rankstack.ranking import MODELS
 from rankstack.ranking.base import RankingModel
@@ -345,6 +346,34 @@ def test_din_fuxictr_options_pool_items_only_and_take_dice_moments_like_batchnor
     model.activation_unit.dice[0].register_forward_hook(lambda m, args, out: captured.append(args[1]))
     model(batch)
     assert captured[0].all()
+
+
+def test_din_fuxictr_init_and_dice_momentum_options(datasets):
+    """`linear_init: xavier_normal` redraws every Linear Xavier-normal with zero biases and leaves the embeddings
+    alone; `dice_momentum` is the weight of a training batch in every Dice's running moments."""
+    dataset = datasets["two"]
+    torch.manual_seed(0)
+    default = make_model("din", dataset)
+    torch.manual_seed(0)
+    model = make_model("din", dataset, linear_init="xavier_normal", dice_momentum=0.01)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(m.bias is None or not m.bias.any() for m in linears)
+    widest = max(linears, key=lambda m: m.weight.numel())
+    fan_out, fan_in = widest.weight.shape
+    assert widest.weight.std().item() == pytest.approx((2 / (fan_in + fan_out)) ** 0.5, rel=0.05)
+    assert any(m.bias.any() for m in default.modules() if isinstance(m, torch.nn.Linear) and m.bias is not None)
+    for mine, theirs in zip(model.embedder.parameters(), default.embedder.parameters()):
+        torch.testing.assert_close(mine, theirs)
+    batch = first_batch(dataset, 32)
+    torch.manual_seed(0)
+    fast = make_model("din", dataset, linear_init="xavier_normal", dice_momentum=0.1)  # the same weights
+    model(batch)  # training-mode forwards: each Dice's running mean moves by `momentum` × the batch mean
+    fast(batch)
+    for slow_dice, fast_dice in zip(model.activation_unit.dice, fast.activation_unit.dice, strict=True):
+        assert slow_dice.momentum == 0.01 and slow_dice.running_mean.abs().max() > 0
+        torch.testing.assert_close(fast_dice.running_mean, 10 * slow_dice.running_mean, atol=1e-6, rtol=1e-4)
+    with pytest.raises(ConfigError, match="dice_momentum"):
+        make_model("din", dataset, dice_momentum=0.0)
 
 # -- target_match (HeMix and DIN's option) and match_counts (the others') -------------------------------------------
 

@@ -6,13 +6,15 @@ item; padding is masked and, as in the DIN paper, the weights are not softmax-no
 The pooled interest `p = Σ_t a_t·[E(item_t) ; E(action_t)]` joins `[x_ns ; x_dense ; x_t]` in an MLP, then
 the per-task towers. With `target_match` (our option, as HeMix's), the activation unit also reads the event's
 match bits with the candidate (1 per item field the event shares with it), and `p` gains `Σ_t a_t·match_t`.
-Two options reproduce FuxiCTR's DIN for the peer check: `pool_actions: false` pools the items only, and
-`dice_padding: true` takes Dice's batch moments over padded events too.
+Four options reproduce FuxiCTR's DIN for the peer check: `pool_actions: false` pools the items only,
+`dice_padding: true` takes Dice's batch moments over padded events too, `dice_momentum: 0.01` is its BatchNorm's
+momentum, and `linear_init: xavier_normal` its initialisation of every Linear.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import nn
@@ -49,6 +51,10 @@ class DINConfig:
         DIN paper and FuxiCTR do.
     dice_padding: Dice's batch moments also count the padded events (False); True is FuxiCTR's BatchNorm over the
         flattened history.
+    dice_momentum: the weight of each training batch in Dice's running moments, which evaluation uses (0.1, as
+        PyTorch's BatchNorm; FuxiCTR's Dice uses 0.01).
+    linear_init: `torch` keeps PyTorch's default initialisation of the Linear layers; `xavier_normal` draws their
+        weights Xavier-normal with zero biases, as FuxiCTR does. The embedding tables are not touched.
     """
 
     embedding_dim: int = 16
@@ -61,6 +67,12 @@ class DINConfig:
     target_match: bool = False
     pool_actions: bool = True
     dice_padding: bool = False
+    dice_momentum: float = 0.1
+    linear_init: Literal["torch", "xavier_normal"] = "torch"
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.dice_momentum <= 1.0:
+            raise ValueError(f"dice_momentum must be in (0, 1], got {self.dice_momentum}")
 
 
 class Dice(nn.Module):
@@ -98,12 +110,12 @@ class Dice(nn.Module):
 class ActivationUnit(nn.Module):
     """`a_t = MLP_att([h̄_t ; x_t ; h̄_t − x_t ; h̄_t ⊙ x_t])` with Dice, one scalar per event `[B, L]`."""
 
-    def __init__(self, item_dim: int, hidden: list[int], match_fields: int = 0) -> None:
+    def __init__(self, item_dim: int, hidden: list[int], match_fields: int = 0, dice_momentum: float = 0.1) -> None:
         super().__init__()
         sizes = [4 * item_dim, *hidden]
         self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self.match = nn.Linear(match_fields, hidden[0], bias=False) if match_fields else None
-        self.dice = nn.ModuleList(Dice(b) for b in hidden)
+        self.dice = nn.ModuleList(Dice(b, dice_momentum) for b in hidden)
         self.score = nn.Linear(sizes[-1], 1)
 
     def forward(self, history: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
@@ -132,11 +144,17 @@ class DIN(RankingModel):
         self.embedder = FieldEmbedder(layout, e)
         n_item = self.embedder.num_item_fields
         match_fields = n_item if config.target_match else 0
-        self.activation_unit = ActivationUnit(n_item * e, config.attention, match_fields)
+        self.activation_unit = ActivationUnit(n_item * e, config.attention, match_fields, config.dice_momentum)
         pooled = (n_item + config.pool_actions) * e + match_fields
         width = self.embedder.num_ns * e + len(layout.dense) + n_item * e + pooled
         self.mlp = mlp([width, *config.mlp], config.dropout)
         self.towers = TaskTowers(config.mlp[-1], self.tasks, config.tower, config.dropout)
+        if config.linear_init == "xavier_normal":
+            for module in self.modules():
+                if isinstance(module, nn.Linear):
+                    nn.init.xavier_normal_(module.weight)
+                    if module.bias is not None:
+                        nn.init.zeros_(module.bias)
 
     def interest(self, items: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor, target: torch.Tensor,
                  match: torch.Tensor | None = None) -> torch.Tensor:
