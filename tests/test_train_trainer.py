@@ -313,6 +313,8 @@ def test_fresh_run_refuses_a_folder_with_a_checkpoint(tmp_path):
         ({"precision": "fp16"}, "precision must be one of"),
         ({"grad_clip_norm": 0.0}, "grad_clip_norm must be positive"),
         ({"warmup_steps": -1}, "warmup_steps must be a non-negative integer"),
+        ({"lr_plateau_factor": 1.0, "early_stopping_metric": "auc"}, "lr_plateau_factor must be between 0 and 1"),
+        ({"lr_plateau_factor": 0.1}, "early_stopping_metric is not"),
         ({"device": "gpu0"}, "is not a device"),
     ],
 )
@@ -333,3 +335,47 @@ def test_model_problems_are_reported(tmp_path):
         Trainer(
             ToyModel(), loader, toy_config(early_stopping_metric="auc"), tmp_path, evaluate=lambda m: {}
         ).fit()
+
+
+def plateau_run(run_dir, auc_by_eval: list[float], **overrides) -> tuple[nn.Module, dict]:
+    """The toy model with a scripted monitored metric: the k-th evaluation (every 4 steps) returns
+    `auc_by_eval[k - 1]`, a function of the step alone, so a resumed run sees the same metrics."""
+    seed_everything(0)
+    model, holder = ToyModel(), {}
+    config = toy_config(epochs=1, eval_every_steps=4, log_every_steps=1, early_stopping_metric="auc",
+                        lr_plateau_factor=0.5, **overrides)
+    trainer = Trainer(model, ToyLoader(make_dataset(512, seed=1), 16), config, run_dir,
+                      evaluate=lambda m: {"auc": auc_by_eval[holder["trainer"].state.step // 4 - 1]})
+    holder["trainer"] = trainer
+    return model, trainer.fit(resume=config.resume)
+
+
+def test_reduce_on_plateau_cuts_both_rates_after_each_evaluation_without_improvement(tmp_path):
+    aucs = [0.5, 0.6, 0.55, 0.58, 0.7, 0.65, 0.66, 0.8]  # evaluations at steps 4, 8, ..., 32; 12, 16, 24, 28 are bad
+    full, metrics = plateau_run(tmp_path / "full", aucs)
+    assert metrics["best_step"] == 32
+    rows = [r for r in read_csv(tmp_path / "full" / "train_log.csv") if r["loss"]]
+    for row in rows:
+        step = int(row["step"])
+        scale = 0.5 ** sum(bad < step for bad in (12, 16, 24, 28))
+        assert float(row["lr"]) == pytest.approx(1e-2 * scale, rel=1e-12), step
+        assert float(row["lr_embedding"]) == pytest.approx(5e-2 * scale, rel=1e-12), step
+    # Killed after step 20 (two cuts so far) and resumed: the cuts come back with the checkpoint, bit for bit.
+    _, first = plateau_run(tmp_path / "cut", aucs, max_steps=20)
+    assert first["steps"] == 20 and load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["state"]["lr_scale"] == 0.25
+    resumed, _ = plateau_run(tmp_path / "cut", aucs, resume=True)
+    for name, value in full.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[name]), name
+
+    def untimed(run):
+        return [{k: v for k, v in row.items() if k != "samples_per_s"} for row in read_csv(run / "train_log.csv")]
+
+    assert untimed(tmp_path / "cut") == untimed(tmp_path / "full")
+
+
+def test_reduce_on_plateau_stops_at_the_floor_and_is_off_by_default(tmp_path):
+    assert TrainerConfig().lr_plateau_factor is None
+    plateau_run(tmp_path, [0.6, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5], lr_embedding=1e-3, lr_plateau_min=2e-3)
+    last = [r for r in read_csv(tmp_path / "train_log.csv") if r["loss"]][-1]
+    # 1e-2 is cut to 5e-3, then held at the 2e-3 floor; 1e-3 starts below the floor and keeps its rate.
+    assert float(last["lr"]) == pytest.approx(2e-3) and float(last["lr_embedding"]) == pytest.approx(1e-3)

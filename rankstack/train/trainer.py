@@ -140,6 +140,13 @@ class TrainerConfig:
             Linear learning-rate warm-up: optimiser step s (counted from 1) uses `lr · min(1, s / warmup_steps)` in
             both groups, then the rate stays constant (hemix.md §6 warms up over the first 2 % of the steps). `0`
             disables it. The rate is a function of the step alone, so a resumed run follows the same schedule.
+        lr_plateau_factor (`float` or `None`, *optional*, defaults to `None`):
+            Reduce-on-plateau: after each evaluation whose `early_stopping_metric` does not improve, multiply both
+            learning rates by this factor in (0, 1) (FuxiCTR's and Keras' schedule; FuxiCTR uses 0.1). The cut
+            composes with the warm-up and survives a resume. `None` keeps the rates. Requires
+            `early_stopping_metric`.
+        lr_plateau_min (`float`, *optional*, defaults to `1e-6`):
+            No cut takes a learning rate below this floor (a rate configured below it stays as configured).
         grad_clip_norm (`float` or `None`, *optional*, defaults to `None`):
             Clip the global L2 norm of all gradients (both groups together) to this value; `None` disables
             clipping (the norm is still computed and logged).
@@ -189,6 +196,8 @@ class TrainerConfig:
     dense_optimizer: Literal["adamw", "adam"] = "adamw"
     embedding_optimizer: Literal["adam", "adagrad"] = "adam"
     warmup_steps: int = 0
+    lr_plateau_factor: float | None = None
+    lr_plateau_min: float = 1e-6
     grad_clip_norm: float | None = None
     eval_every_steps: int | None = None
     early_stopping_metric: str | None = None
@@ -224,7 +233,7 @@ class TrainerConfig:
             )
         for name in ("max_steps", "eval_every_steps", "checkpoint_every_steps", "early_stopping_patience"):
             positive_int(name, optional=True)
-        for name in ("lr_dense", "lr_embedding", "weight_decay"):
+        for name in ("lr_dense", "lr_embedding", "weight_decay", "lr_plateau_min"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not value >= 0:
                 raise ConfigError(
@@ -247,6 +256,16 @@ class TrainerConfig:
                     f"TrainerConfig.{name} must be one of {', '.join(map(repr, allowed))}, got "
                     f"{getattr(self, name)!r}; pick one of those."
                 )
+        if self.lr_plateau_factor is not None and not 0 < self.lr_plateau_factor < 1:
+            raise ConfigError(
+                f"TrainerConfig.lr_plateau_factor must be between 0 and 1 (exclusive) or None, got "
+                f"{self.lr_plateau_factor!r}; 0.1 is FuxiCTR's cut, None disables it."
+            )
+        if self.lr_plateau_factor is not None and self.early_stopping_metric is None:
+            raise ConfigError(
+                "TrainerConfig.lr_plateau_factor is set but early_stopping_metric is not; name the metric whose "
+                "plateau cuts the learning rates, or remove the factor."
+            )
         if self.early_stopping_patience is not None and self.early_stopping_metric is None:
             raise ConfigError(
                 "TrainerConfig.early_stopping_patience is set but early_stopping_metric is not; name the metric "
@@ -270,7 +289,8 @@ class TrainState:
         consumed (equal to the loader's length once the epoch is over). samples: Training samples seen, over all
         ranks, up to the last log row. train_loss: Mean loss of the last log row's window. best_value, best_step,
         best_eval: The best monitored metric, its step and all metrics of that evaluation. bad_evals:
-        Consecutive evaluations without improvement. stopped_early: Whether patience ran out. last_eval: Metrics
+        Consecutive evaluations without improvement. stopped_early: Whether patience ran out. lr_scale: The
+        product of the reduce-on-plateau cuts so far (1.0 without any). last_eval: Metrics
         of the latest evaluation. log_rows: Rows in ``train_log.csv`` at the checkpoint. train_time_s: Seconds
         spent in training steps (evaluation and checkpoints excluded). wall_time_s: Wall time of the run.
     """
@@ -284,6 +304,7 @@ class TrainState:
     best_step: int | None = None
     bad_evals: int = 0
     stopped_early: bool = False
+    lr_scale: float = 1.0
     last_eval: dict[str, float] = field(default_factory=dict)
     best_eval: dict[str, float] = field(default_factory=dict)
     log_rows: int = 0
@@ -579,11 +600,8 @@ class Trainer:
         # Always measured (max_norm=inf scales by exactly 1.0) so that every log row can report it.
         max_norm = self.config.grad_clip_norm if self.config.grad_clip_norm is not None else math.inf
         self._last_grad_norm = torch.nn.utils.clip_grad_norm_(self._params, max_norm)
-        if self.config.warmup_steps:
-            scale = min(1.0, self.state.step / self.config.warmup_steps)
-            for optimizer, lr in self._base_lrs:
-                for group in optimizer.param_groups:
-                    group["lr"] = lr * scale
+        if self.config.warmup_steps or self.state.lr_scale != 1.0:
+            self._set_learning_rates()
         for optimizer in (self.dense_optimizer, self.embedding_optimizer):
             if optimizer is not None:
                 optimizer.step()
@@ -596,6 +614,16 @@ class Trainer:
         self._window_time += now - self._tick
         self.state.train_time_s += now - self._tick
         self._tick = now
+
+    def _set_learning_rates(self) -> None:
+        """Each group's rate: its configured rate × the warm-up ramp × the plateau cuts (floored at
+        `lr_plateau_min`)."""
+        config = self.config
+        warmup = min(1.0, self.state.step / config.warmup_steps) if config.warmup_steps else 1.0
+        for optimizer, lr in self._base_lrs:
+            cut = max(lr * self.state.lr_scale, min(lr, config.lr_plateau_min)) if self.state.lr_scale != 1.0 else lr
+            for group in optimizer.param_groups:
+                group["lr"] = cut * warmup
 
     def _reset_window(self) -> None:
         self._window_loss = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -668,6 +696,8 @@ class Trainer:
                     save_weights(self.model.state_dict(), self.best_weights_path)
             else:
                 state.bad_evals += 1
+                if config.lr_plateau_factor is not None:
+                    state.lr_scale *= config.lr_plateau_factor
                 patience = config.early_stopping_patience
                 state.stopped_early = patience is not None and state.bad_evals >= patience
         self._tick = time.perf_counter()
