@@ -621,7 +621,7 @@ class Trainer:
         config = self.config
         warmup = min(1.0, self.state.step / config.warmup_steps) if config.warmup_steps else 1.0
         for optimizer, lr in self._base_lrs:
-            cut = max(lr * self.state.lr_scale, min(lr, config.lr_plateau_min)) if self.state.lr_scale != 1.0 else lr
+            cut = max(lr * self.state.lr_scale, min(lr, config.lr_plateau_min))
             for group in optimizer.param_groups:
                 group["lr"] = cut * warmup
 
