@@ -360,7 +360,7 @@ def test_reduce_on_plateau_cuts_both_rates_after_each_evaluation_without_improve
         scale = 0.5 ** sum(bad < step for bad in (12, 16, 24, 28))
         assert float(row["lr"]) == pytest.approx(1e-2 * scale, rel=1e-12), step
         assert float(row["lr_embedding"]) == pytest.approx(5e-2 * scale, rel=1e-12), step
-    # Killed after step 20 (two cuts so far) and resumed: the cuts come back with the checkpoint, bit for bit.
+    # Stopped after step 20 (two cuts so far) and resumed: the cuts come back with the checkpoint, bit for bit.
     _, first = plateau_run(tmp_path / "cut", aucs, max_steps=20)
     assert first["steps"] == 20 and load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["state"]["lr_scale"] == 0.25
     resumed, _ = plateau_run(tmp_path / "cut", aucs, resume=True)
