@@ -240,6 +240,23 @@ def test_judge_reads_the_answer_up_to_its_step_and_scores_y_against_n(record: Re
     assert sorted(e["completion"] for e in balanced) == ["N", "N", "Y", "Y"]
 
 
+def test_judge_agreement_reports_auc_and_the_majority_on_the_steps_it_is_sure_about() -> None:
+    class FixedJudge(StepJudge):
+        def probabilities(self, prompts):  # noqa: ANN001, ANN202
+            return np.array([float(p) for p in prompts])
+
+    answers = ["Y", "Y", "N", "N", "Y", "N"]
+    q = ["0.9", "0.6", "0.5", "0.1", "0.2", "0.8"]  # sure on 0.9 (Y ✓), 0.1 (N ✓), 0.2 (Y ✗), 0.8 (N ✗)
+    examples = [{"prompt": p, "completion": a, "step": "Query"} for p, a in zip(q, answers)]
+    report = judge_agreement(FixedJudge(None, None), examples)
+    assert report["unsure_rate"] == pytest.approx(2 / 6) and report["agreement"] == pytest.approx(2 / 6)
+    assert report["agreement_when_sure"] == pytest.approx(0.5)
+    assert report["majority_baseline_when_sure"] == pytest.approx(0.5)
+    # AUC of q for Y: of the 9 (Y, N) pairs, Y is higher in 0.9>0.5, 0.9>0.1, 0.9>0.8, 0.6>0.5, 0.6>0.1, 0.2>0.1
+    assert report["auc"] == pytest.approx(6 / 9)
+    assert judge_agreement(FixedJudge(None, None), examples[:2])["auc"] is None  # one class only
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Diversified filtering and curriculum
 
@@ -267,23 +284,6 @@ def test_curriculum_windows_and_budget(records: list[RelevanceRecord]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------------
-def test_judge_agreement_reports_auc_and_the_majority_on_the_steps_it_is_sure_about() -> None:
-    class FixedJudge(StepJudge):
-        def probabilities(self, prompts):  # noqa: ANN001, ANN202
-            return np.array([float(p) for p in prompts])
-
-    answers = ["Y", "Y", "N", "N", "Y", "N"]
-    q = ["0.9", "0.6", "0.5", "0.1", "0.2", "0.8"]  # sure on 0.9 (Y ✓), 0.1 (N ✓), 0.2 (Y ✗), 0.8 (N ✗)
-    examples = [{"prompt": p, "completion": a, "step": "Query"} for p, a in zip(q, answers)]
-    report = judge_agreement(FixedJudge(None, None), examples)
-    assert report["unsure_rate"] == pytest.approx(2 / 6) and report["agreement"] == pytest.approx(2 / 6)
-    assert report["agreement_when_sure"] == pytest.approx(0.5)
-    assert report["majority_baseline_when_sure"] == pytest.approx(0.5)
-    # AUC of q for Y: of the 9 (Y, N) pairs, Y is higher in 0.9>0.5, 0.9>0.1, 0.9>0.8, 0.6>0.5, 0.6>0.1, 0.2>0.1
-    assert report["auc"] == pytest.approx(6 / 9)
-    assert judge_agreement(FixedJudge(None, None), examples[:2])["auc"] is None  # one class only
-
-
 # A tiny run
 
 

@@ -223,6 +223,10 @@ def judge_agreement(judge: StepJudge, examples: Sequence[dict[str, Any]]) -> dic
     truth = np.array([1 if e["completion"] == JUDGE_ANSWERS[0] else -1 for e in examples])
     steps = np.array([e["step"] for e in examples])
     sure = rewards != 0
+
+    def majority(t: np.ndarray) -> float:  # the share of the more common verifier answer
+        return float(max(np.mean(t > 0), np.mean(t < 0)))
+
     report: dict[str, Any] = {"examples": len(examples), "agreement": float(np.mean(rewards == truth)),
                               "unsure_rate": float(np.mean(~sure)),
                               "agreement_when_sure": float(np.mean(rewards[sure] == truth[sure])) if sure.any()
@@ -230,11 +234,9 @@ def judge_agreement(judge: StepJudge, examples: Sequence[dict[str, Any]]) -> dic
                               "verifier_correct_share": float(np.mean(truth > 0)),
                               "balanced_accuracy": float(np.mean([np.mean(rewards[truth == t] == t)
                                                                   for t in (1, -1) if (truth == t).any()])),
-                              "majority_baseline": float(max(np.mean(truth > 0), np.mean(truth < 0))),
-                              "majority_baseline_when_sure": float(max(np.mean(truth[sure] > 0),
-                                                                       np.mean(truth[sure] < 0))) if sure.any()
-                              else None,
-                              "auc": float(auc(truth > 0, q)) if len(set(truth.tolist())) == 2 else None}
+                              "majority_baseline": majority(truth),
+                              "majority_baseline_when_sure": majority(truth[sure]) if sure.any() else None,
+                              "auc": auc(truth > 0, q) if (truth > 0).any() and (truth < 0).any() else None}
     for step in SECTIONS:
         mask = steps == step
         if mask.any():
