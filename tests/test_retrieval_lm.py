@@ -276,6 +276,67 @@ def test_deferred_acceptance_respects_capacity_and_prefers_confident_pois():
     assert len(np.unique(unique, axis=0)) == 4  # capacity 1 forces unique codes
 
 
+def test_current_codes_join_the_candidates_once_and_lists_stay_sorted():
+    from rankstack.retrieval.lm import with_current_codes
+
+    codes = np.array([[[0, 0, 0], [1, 1, 1]],
+                      [[0, 1, 0], [1, 0, 0]]])
+    scores = np.array([[-0.5, -2.0], [-0.2, -0.4]])
+    current = np.array([[1, 1, 1], [1, 1, 0]])
+    # POI 0's current code is its second beam: it appears once, with the LM's score of it (-1.0), in order.
+    # POI 1's is not in its beam: it is added after the two beams that the LM scores higher.
+    out_codes, out_scores = with_current_codes(codes, scores, current, np.array([-1.0, -3.0]))
+    assert out_codes[0].tolist() == [[0, 0, 0], [1, 1, 1], [-1, -1, -1]]
+    assert out_scores[0, :2].tolist() == [-0.5, -1.0] and out_scores[0, 2] == -np.inf
+    assert out_codes[1].tolist() == [[0, 1, 0], [1, 0, 0], [1, 1, 0]]
+    assert out_scores[1].tolist() == [-0.2, -0.4, -3.0]
+
+
+def test_code_scores_equal_the_beam_search_scores(tiny_run, data):
+    """The M step scores a POI's current code by teacher forcing; that must be the score the trie beam search
+    gives the same code from the same T3 prompt, or `keep_current` would compare unlike numbers."""
+    from rankstack.retrieval.lm import code_scores, grid_candidates, load_lm
+    from rankstack.retrieval.semantic_ids import SemanticIds
+    from rankstack.retrieval.trie import sid_level_offsets
+
+    out, _ = tiny_run
+    config = load_run_config(out / "config.yaml")
+    sids = SemanticIds.load(out / "sids")
+    model, tokenizer = load_lm(out / "sft", "cpu")
+    levels = sids.centroids.shape[0]
+    offsets = sid_level_offsets(tokenizer, sids.level_sizes)[:levels]
+    descriptions = poi_descriptions(data, area_grid(data, config.lm.prompt))[:40]
+    codes, scores = grid_candidates(model, tokenizer, descriptions, sids.level_sizes[:levels], offsets, 4,
+                                    batch_size=16)
+    for beam in (0, 3):
+        forced = code_scores(model, tokenizer, descriptions, codes[:, beam], offsets, batch_size=16)
+        np.testing.assert_allclose(forced, scores[:, beam], rtol=0, atol=1e-4)
+    assert (scores[:, 0] > scores[:, 3]).all()
+
+
+def test_refinement_with_current_codes_runs_a_round(tiny_run, data, tmp_path):
+    """One EM round (E step, M step with `keep_current`) on a copy of the tiny run: valid codes, a dedup token
+    that separates every POI, and the round's stage report."""
+    import shutil
+
+    from rankstack.retrieval.run import refine
+    from rankstack.retrieval.semantic_ids import SemanticIds
+
+    out, _ = tiny_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    config = load_run_config(out / "config.yaml", {"lm.em.rounds": 1, "lm.em.keep_current": True,
+                                                   "lm.em.max_sft_examples": 200})
+    stages: dict = {}
+    chosen = refine(config, data, run, torch.device("cpu"), stages)
+    report = stages["em_1"]
+    assert chosen in ("sids", "em_1/sids") and 0.0 <= report["changed"] <= 1.0
+    new = SemanticIds.load(run / "em_1" / "sids")
+    old = SemanticIds.load(run / "sids")
+    assert new.level_sizes == old.level_sizes and len(np.unique(new.codes, axis=0)) == len(new.codes)
+    assert (new.codes < np.asarray(new.level_sizes)).all() and (new.codes >= 0).all()
+
+
 def test_reassigned_sids_keep_the_vocabulary_and_rerank_dedup(sids):
     from rankstack.retrieval.lm import reassigned_sids
 

@@ -405,6 +405,24 @@ def test_geo_covisit_sids_are_more_local_than_text_only_sids(sids: SemanticIds, 
     assert geo["complementary_share_l1"] > plain["complementary_share_l1"] + 0.1
 
 
+def test_geo_weight_trades_geography_for_categories(data, config) -> None:
+    """`geo.weight` scales the geo channel beside the text: at 0 the codes are the text-only codes exactly, and
+    a small weight keeps more of the category in level 1 than the default weight of 1 does (no co-visit loss,
+    so the features alone set the codes)."""
+    plain = dataclasses.replace(config, contrastive=dataclasses.replace(config.contrastive, enabled=False))
+
+    def build(weight: float | None) -> SemanticIds:
+        geo = dataclasses.replace(config.geo, enabled=False) if weight is None else \
+            dataclasses.replace(config.geo, weight=weight)
+        return build_semantic_ids(data, dataclasses.replace(plain, geo=geo))
+
+    text_only, zero = build(None), build(0.0)
+    np.testing.assert_array_equal(zero.codes, text_only.codes)
+    light, full = (build(w).meta["diagnostics"] for w in (0.3, 1.0))
+    assert light["category_nmi"] > full["category_nmi"] + 0.1
+    assert light["within_code_km"] > full["within_code_km"]
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Diagnostics
 

@@ -42,6 +42,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach the hub: every model
 import datasets  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 from datasets import Dataset as HFDataset  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
@@ -52,7 +53,7 @@ from rankstack.pretrained import resolve_model_path  # noqa: E402
 from rankstack.relevance.sft import ModelConfig, TrainingConfig, build_model, sft_arguments  # noqa: E402
 from rankstack.relevance.tokenizer import load_tokenizer, train_tokenizer  # noqa: E402
 from rankstack.retrieval.data import NextPoiSamples, RetrievalData, haversine_km  # noqa: E402
-from rankstack.retrieval.decode import to_candidates, trie_beam_search  # noqa: E402
+from rankstack.retrieval.decode import prompt_positions, to_candidates, trie_beam_search  # noqa: E402
 from rankstack.retrieval.semantic_ids import (  # noqa: E402
     SemanticIds,
     assign_sids,
@@ -571,6 +572,9 @@ class EMConfig:
             size D so the `<d_…>` vocabulary always suffices (C = 1 when the codes start unique).
         num_beams (`int`, defaults to `20`): candidates per POI from the full code grid.
         stop_changed (`float`, defaults to `0.02`): stop when fewer than this share of POIs change code.
+        keep_current (`bool`, defaults to `False`): the POI's current code joins its candidates, scored by the LM
+            from the same T3 prompt, so that a POI moves only to a code the LM scores above its own (§3.6's
+            "re-assign from the LM's confident predictions"); False takes the beam's top `num_beams` codes alone.
         max_sft_examples (`int` or `None`, defaults to `None`): train samples in each E step (None: all).
         training (`TrainingConfig`): the E step's optimisation (one epoch).
     """
@@ -579,6 +583,7 @@ class EMConfig:
     capacity: int = 4
     num_beams: int = 20
     stop_changed: float = 0.02
+    keep_current: bool = False
     max_sft_examples: int | None = None
     training: TrainingConfig = field(default_factory=lambda: TrainingConfig(batch_size=32, max_length=512))
 
@@ -609,6 +614,41 @@ def grid_candidates(model: Any, tokenizer: Any, descriptions: Sequence[str], lev
             codes.append(out.codes.cpu().numpy())
             scores.append(out.scores.cpu().numpy())
     return np.concatenate(codes), np.concatenate(scores)
+
+
+@torch.no_grad()
+def code_scores(model: Any, tokenizer: Any, descriptions: Sequence[str], codes: np.ndarray,
+                level_offsets: Sequence[int], batch_size: int = 64) -> np.ndarray:
+    """Σ log p of each POI's 3-level code [N, levels] after its T3 prompt, scored as `trie_beam_search` scores a
+    beam (log-softmax over the whole vocabulary at each code position): [N]."""
+    device = next(model.parameters()).device
+    levels = codes.shape[1]
+    tokens = torch.as_tensor(codes + np.asarray(level_offsets)[None, :levels], device=device)
+    prompts = [text_to_sid_prompt(d) for d in descriptions]
+    out = []
+    for lo in range(0, len(prompts), batch_size):
+        enc = tokenizer(prompts[lo:lo + batch_size], return_tensors="pt", padding=True,
+                        add_special_tokens=False).to(device)
+        code = tokens[lo:lo + batch_size]
+        ids = torch.cat([enc["input_ids"], code], dim=1)
+        mask = torch.cat([enc["attention_mask"], enc["attention_mask"].new_ones(code.shape)], dim=1)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=prompt_positions(mask)).logits
+        logp = F.log_softmax(logits[:, -levels - 1:-1].float(), dim=-1)
+        out.append(logp.gather(2, code[:, :, None]).squeeze(2).sum(1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+def with_current_codes(candidate_codes: np.ndarray, candidate_scores: np.ndarray, current: np.ndarray,
+                       current_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each POI's candidates [N, W+1, levels] and scores [N, W+1] with its current code added (once: a beam
+    that already holds it is emptied) and every list re-sorted best first."""
+    same = (candidate_codes == current[:, None, :]).all(axis=2)
+    codes = np.where(same[:, :, None], -1, candidate_codes)
+    scores = np.where(same, -np.inf, candidate_scores)
+    codes = np.concatenate([codes, current[:, None, :]], axis=1)
+    scores = np.concatenate([scores, current_scores[:, None]], axis=1)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    return np.take_along_axis(codes, order[:, :, None], axis=1), np.take_along_axis(scores, order, axis=1)
 
 
 def deferred_acceptance(candidate_codes: np.ndarray, candidate_scores: np.ndarray, capacity: int,

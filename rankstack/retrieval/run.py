@@ -46,6 +46,7 @@ from rankstack.retrieval.lm import (
     PromptWriter,
     area_grid,
     build_lm,
+    code_scores,
     cpt_records,
     deferred_acceptance,
     e_step_records,
@@ -59,6 +60,7 @@ from rankstack.retrieval.lm import (
     sft_examples,
     sid_validity,
     train_causal_lm,
+    with_current_codes,
 )
 from rankstack.retrieval.retriever import save_serving_files
 from rankstack.retrieval.sasrec import SASRecConfig, run_sasrec
@@ -325,8 +327,13 @@ def refine(config: RetrievalRunConfig, data: RetrievalData, out: Path, device: A
             valid = evaluate_generative(model, tokenizer, sids, data, writer, lm, splits=("valid",))["valid"]
             levels = sids.centroids.shape[0]
             offsets = sid_level_offsets(tokenizer, sids.level_sizes)[:levels]
-            codes, scores = grid_candidates(model, tokenizer, poi_descriptions(data, writer.grid),
-                                            sids.level_sizes[:levels], offsets, em.num_beams, lm.decode.batch_size)
+            descriptions = poi_descriptions(data, writer.grid)
+            codes, scores = grid_candidates(model, tokenizer, descriptions, sids.level_sizes[:levels], offsets,
+                                            em.num_beams, lm.decode.batch_size)
+            if em.keep_current:
+                current = sids.codes[:, :levels]
+                codes, scores = with_current_codes(codes, scores, current, code_scores(
+                    model, tokenizer, descriptions, current, offsets, lm.decode.batch_size))
             dedup = sids.level_sizes[levels] if sids.length > levels else 1
             capacity = max(1, min(em.capacity, dedup))
             new_codes = deferred_acceptance(codes, scores, capacity, sids.level_sizes[:levels], sids.embeddings,
