@@ -66,6 +66,8 @@ def run_variant(variant: str, args: argparse.Namespace, command: str, git: str) 
            "test": metrics["geogr"]["test"], "valid": metrics["geogr"]["valid"], "served": served,
            "within_code_km": diagnostics.get("within_code_km"), "uniqueness": diagnostics.get("uniqueness"),
            "complementary_share_l1": diagnostics.get("complementary_share_l1"),
+           "category_nmi": diagnostics.get("category_nmi"),
+           "within_prefix_text_cos": diagnostics.get("within_prefix_text_cos"),
            "stage_wall_time_s": stages, "this_call_s": time.perf_counter() - start, "command": command,
            "date": time.strftime("%Y-%m-%d"), "git": git,
            "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared)"}

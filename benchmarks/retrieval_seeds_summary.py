@@ -47,21 +47,25 @@ def main() -> None:
     parser.add_argument("--config", help="keep only the rows of this config")
     parser.add_argument("--sasrec", nargs="*", default=[], type=Path,
                         help="`rankstack bench retrieval` folders or JSON files of such runs")
+    parser.add_argument("--results-extra", type=Path, nargs="*", default=[],
+                        help="more `retrieval_city.py` JSONL files; rows run with `--set` get their own lines")
     parser.add_argument("--baselines", type=Path, help="an `eval/metrics.json` with the deterministic baselines "
                         "(default: the first row's run folder)")
     args = parser.parse_args()
 
-    rows = [json.loads(line) for line in args.results.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for path in (args.results, *args.results_extra)
+            for line in path.read_text().splitlines() if line.strip()]
     rows = [r for r in rows if args.config is None or r["config"] == args.config]
     if not rows:
         sys.exit(f"{args.results}: no rows{' of ' + args.config if args.config else ''}; run retrieval_city.py first.")
-    by_variant: dict[str, list[dict]] = {}
-    for row in rows:
-        by_variant.setdefault(row["variant"], []).append(row)
+    by_variant: dict[tuple[str, ...], list[dict]] = {}
+    for row in rows:  # a variant run with `--set` overrides is another row of the table
+        by_variant.setdefault((row["variant"], *row.get("set", [])), []).append(row)
     table: list[tuple[str, list[dict], str]] = []
-    for variant, group in by_variant.items():
+    for (variant, *sets), group in by_variant.items():
         seeds = sorted("config's" if r["seed"] is None else str(r["seed"]) for r in group)
-        table.append((LABELS.get(variant, variant), [r["test"] for r in group], ", ".join(seeds)))
+        label = LABELS.get(variant, variant) + (f" (`{'`, `'.join(sets)}`)" if sets else "")
+        table.append((label, [r["test"] for r in group], ", ".join(seeds)))
     sasrec = [run for path in args.sasrec for run in sasrec_runs(path)]
     if sasrec:
         table.append((LABELS["sasrec"], [test for _, test in sasrec], ", ".join(sorted(seed for seed, _ in sasrec))))

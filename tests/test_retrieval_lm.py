@@ -316,7 +316,7 @@ def test_code_scores_equal_the_beam_search_scores(tiny_run, data):
 
 def test_refinement_with_current_codes_runs_a_round(tiny_run, data, tmp_path):
     """One EM round (E step, M step with `keep_current`) on a copy of the tiny run: valid codes, a dedup token
-    that separates every POI, and the round's stage report."""
+    that separates every POI, the round's stage report, and `select: last` hands on that round's SIDs."""
     import shutil
 
     from rankstack.retrieval.run import refine
@@ -326,11 +326,11 @@ def test_refinement_with_current_codes_runs_a_round(tiny_run, data, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(out, run)
     config = load_run_config(out / "config.yaml", {"lm.em.rounds": 1, "lm.em.keep_current": True,
-                                                   "lm.em.max_sft_examples": 200})
+                                                   "lm.em.max_sft_examples": 200, "lm.em.select": "last"})
     stages: dict = {}
     chosen = refine(config, data, run, torch.device("cpu"), stages)
     report = stages["em_1"]
-    assert chosen in ("sids", "em_1/sids") and 0.0 <= report["changed"] <= 1.0
+    assert chosen == "em_1/sids" and 0.0 <= report["changed"] <= 1.0
     new = SemanticIds.load(run / "em_1" / "sids")
     old = SemanticIds.load(run / "sids")
     assert new.level_sizes == old.level_sizes and len(np.unique(new.codes, axis=0)) == len(new.codes)

@@ -575,7 +575,9 @@ class EMConfig:
         keep_current (`bool`, defaults to `False`): the POI's current code joins its candidates, scored by the LM
             from the same T3 prompt, so that a POI moves only to a code the LM scores above its own (§3.6's
             "re-assign from the LM's confident predictions"); False takes the beam's top `num_beams` codes alone.
-        max_sft_examples (`int` or `None`, defaults to `None`): train samples in each E step (None: all).
+        select (`"best"` or `"last"`, defaults to `"best"`): which SIDs the final CPT + SFT trains on: those whose
+            E-step model scored the best valid Acc@5 (§3.6), or the last M step's. The E-step score favours the
+            round-0 SIDs, which the SFT model learned for a full run, so `last` is the fair test of refined SIDs.
         training (`TrainingConfig`): the E step's optimisation (one epoch).
     """
 
@@ -584,6 +586,7 @@ class EMConfig:
     num_beams: int = 20
     stop_changed: float = 0.02
     keep_current: bool = False
+    select: Literal["best", "last"] = "best"
     max_sft_examples: int | None = None
     training: TrainingConfig = field(default_factory=lambda: TrainingConfig(batch_size=32, max_length=512))
 

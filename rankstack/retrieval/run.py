@@ -300,7 +300,8 @@ def train_retrieval(config: RetrievalRunConfig, out: str | Path, overwrite: bool
 def refine(config: RetrievalRunConfig, data: RetrievalData, out: Path, device: Any,
            stages: dict[str, Any]) -> str:
     """The EM rounds (geogr.md §3.6) as stages `em_1`, `em_2`, …; returns the folder (relative to `out`) of the
-    SIDs to train the final model on: those whose E-step model scored the best valid Acc@5.
+    SIDs to train the final model on: those whose E-step model scored the best valid Acc@5, or with
+    `em.select: last` the last round's.
 
     Round r: E = one epoch of T2 + T3 + next-POI records under the current SIDs, continuing from the previous
     round's model (round 1: the SFT model); the E-step model is scored on valid under those SIDs (its Acc@5 is
@@ -355,6 +356,8 @@ def refine(config: RetrievalRunConfig, data: RetrievalData, out: Path, device: A
         current_sids, current_model = f"{name}/sids", f"{name}/model"
         if report["changed"] < em.stop_changed:
             break
+    if em.select == "last":
+        return current_sids
     best = max(scored, key=lambda item: item[0])  # ties keep the earliest SIDs
     return best[1]
 
