@@ -17,7 +17,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from rankstack.errors import RankstackError
+from rankstack.errors import ConfigError, RankstackError
 from rankstack.retrieval.data import CheckinLog, PoiCatalog, haversine_km, load_retrieval_data
 from rankstack.retrieval.run import build_tokenizer, load_run_config
 from rankstack.retrieval.semantic_ids import (
@@ -33,6 +33,7 @@ from rankstack.retrieval.semantic_ids import (
     default_codebook_size,
     geo_features,
     kmeans,
+    load_semantic_id_config,
     mine_covisit_pairs,
     nearest_centroid,
     normalized_mutual_info,
@@ -421,6 +422,8 @@ def test_geo_weight_trades_geography_for_categories(data, config) -> None:
     light, full = (build(w).meta["diagnostics"] for w in (0.3, 1.0))
     assert light["category_nmi"] > full["category_nmi"] + 0.1
     assert light["within_code_km"] > full["within_code_km"]
+    with pytest.raises(ConfigError, match="semantic_ids.geo.weight is -1"):
+        load_semantic_id_config({"geo": {"weight": -1}})
 
 
 # ------------------------------------------------------------------------------------------------------------

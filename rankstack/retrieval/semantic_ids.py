@@ -94,6 +94,11 @@ class GeoConfig:
     wavelengths_km: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
     weight: float = 1.0
 
+    def __post_init__(self) -> None:
+        if not self.weight >= 0:
+            raise ValueError(f"semantic_ids.geo.weight is {self.weight}; it scales the geo channel's norm, so set "
+                             "it to 0 or more (1: as long as the text embedding; `enabled: false` drops it).")
+
 
 @dataclass
 class CoVisitConfig:
