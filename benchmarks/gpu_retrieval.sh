@@ -19,11 +19,17 @@
 # It has not run on a GPU yet: its wall time per run is still to be measured. With time to spare, a second call
 # with SEEDS=0 VARIANTS="geogr tiger" SET="--set lm.prompt.profile_pois=20" OUT=runs/bench/gpu-retrieval-profile
 # asks whether a 13 M LM copies revisits from a [user] profile, which the 2-layer CPU LM does not (BENCHMARKS.md).
+#
+# DATA=city-small runs the small synthetic city instead (generated on the machine, ~15 s; nothing to carry) with
+# configs/retrieval/city_small_gpu.yaml: does a 13 M LM turn around the CPU LM's small-city result, where text-only
+# SIDs beat GeoGR's? For example, DATA=city-small SEEDS="0 1 2" VARIANTS="geogr tiger no_covisit".
 set -u
+DATA=${DATA:-nyc}
 OUT=${OUT:-runs/bench/gpu-retrieval}
 WORK=${WORK:-/tmp/gpu-retrieval}
 DEADLINE_S=${DEADLINE_S:-540}
-CONFIG=${CONFIG:-configs/retrieval/nyc_gpu.yaml}
+if [ "$DATA" = city-small ]; then CONFIG=${CONFIG:-configs/retrieval/city_small_gpu.yaml}
+else CONFIG=${CONFIG:-configs/retrieval/nyc_gpu.yaml}; fi
 SEEDS=${SEEDS:-"0 1 2"}
 VARIANTS=${VARIANTS:-"geogr tiger no_cpt no_covisit"}
 SHARED=${SHARED:-.gpu-data}
@@ -39,14 +45,20 @@ left() { echo $((DEADLINE_S - (SECONDS - started))); }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$WORK/nvidia_smi.txt" 2>&1
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 10 > "$WORK/gpu_util.csv" 2>&1 &
 util=$!
-data=$WORK/nyc-next-poi
-$PY -m rankstack data convert --format foursquare-nyc --input "$SHARED/foursquare-nyc" --out "$data" \
-  > "$WORK/convert.log" 2>&1 || { cat "$WORK/convert.log"; exit 1; }
+if [ "$DATA" = city-small ]; then
+  data=$WORK/world-small/next_poi
+  $PY -m rankstack world generate --size small --seed 0 --out "$WORK/world-small" > "$WORK/convert.log" 2>&1 \
+    || { cat "$WORK/convert.log"; exit 1; }
+else
+  data=$WORK/nyc-next-poi
+  $PY -m rankstack data convert --format foursquare-nyc --input "$SHARED/foursquare-nyc" --out "$data" \
+    > "$WORK/convert.log" 2>&1 || { cat "$WORK/convert.log"; exit 1; }
+fi
 
 nvariants=$(echo $VARIANTS | wc -w)
 for seed in $SEEDS; do
-  timeout "$(left)" $PY benchmarks/retrieval_city.py --config "$CONFIG" --data "$data" --out "$WORK/nyc-seed$seed" \
-    --seed "$seed" --variants $VARIANTS --jobs "$nvariants" $SET --results "$WORK/retrieval_nyc_gpu.jsonl" \
+  timeout "$(left)" $PY benchmarks/retrieval_city.py --config "$CONFIG" --data "$data" --out "$WORK/$DATA-seed$seed" \
+    --seed "$seed" --variants $VARIANTS --jobs "$nvariants" $SET --results "$WORK/retrieval_${DATA}_gpu.jsonl" \
     > "$WORK/geogr_seed$seed.log" 2>&1 &
   timeout "$(left)" $PY -m rankstack bench retrieval --config "$CONFIG" --out "$WORK/sasrec-seed$seed" \
     --set "data=$data" --set sasrec.enabled=true --set "sasrec.seed=$seed" $SASREC_SET \
@@ -56,9 +68,9 @@ for job in $(jobs -p); do [ "$job" = "$util" ] || wait "$job"; done
 pkill -9 -f multiprocessing.spawn; sleep 1  # a stopped driver's pool workers would train on past the deadline
 kill "$util" 2>/dev/null
 echo "done at $((SECONDS - started)) s"
-cat "$WORK/retrieval_nyc_gpu.jsonl" 2>/dev/null | cut -c1-300
+cat "$WORK/retrieval_${DATA}_gpu.jsonl" 2>/dev/null | cut -c1-300
 
 cd "$WORK" && tar czf "$OUT/retrieval_gpu_session.tar.gz" nvidia_smi.txt gpu_util.csv *.log \
-  $(ls retrieval_nyc_gpu.jsonl 2>/dev/null) $(find . -name metrics.json -o -name stage.json -o -name "*.jsonl" \
-  2>/dev/null | grep -v "^./nyc-next-poi")
+  $(ls retrieval_${DATA}_gpu.jsonl 2>/dev/null) $(find . -name metrics.json -o -name stage.json -o -name "*.jsonl" \
+  2>/dev/null | grep -v -e "^./nyc-next-poi" -e "^./world-small")
 ls -la "$OUT"
