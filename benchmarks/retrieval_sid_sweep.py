@@ -18,13 +18,15 @@ import time
 from pathlib import Path
 
 import torch
+from retrieval_city import VARIANTS  # this script's folder is on sys.path
 
 from rankstack.config import parse_override
 from rankstack.retrieval.data import load_retrieval_data
 from rankstack.retrieval.run import load_run_config
 from rankstack.retrieval.semantic_ids import build_semantic_ids
 
-TEXT_ONLY = "semantic_ids.geo.enabled=false,semantic_ids.contrastive.enabled=false"
+# retrieval_city.py's `tiger` variant, written as a --try string
+TEXT_ONLY = ",".join(f"{key}={str(value).lower()}" for key, value in VARIANTS["tiger"].items())
 
 
 def main() -> None:
