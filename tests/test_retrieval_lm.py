@@ -434,3 +434,44 @@ def test_cpt_and_sft_recompute_activations_only_when_asked(tmp_path, checkpointi
     training = TrainingConfig(max_steps=1, batch_size=4, max_length=32, activation_checkpointing=checkpointing)
     train_causal_lm(model, tokenizer, records, training, tmp_path)
     assert model.is_activation_checkpointing is checkpointing
+
+
+def _slices_script():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "retrieval_slices.py"
+    spec = importlib.util.spec_from_file_location("retrieval_slices", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_slices_sort_requests_by_how_the_next_visit_follows_the_last():
+    slices = _slices_script()
+    categories = np.array(["Hotel", "Parking", "Gym", "Hotel", "Juice bar"], dtype=object)
+    last = np.array([0, 0, 2, -1, 4, 2])
+    target = np.array([1, 3, 4, 1, 2, -1])
+    # hotel -> parking is a chain step, hotel -> hotel the same category, gym -> juice bar a chain step; no history,
+    # juice bar -> gym (a chain runs one way) and an unknown target are `other`
+    assert slices.slice_of_requests(categories, last, target).tolist() == [
+        "chain", "same", "chain", "other", "other", "other"]
+
+
+def test_slices_script_reproduces_the_runs_evaluation(tiny_run, tiny_world_dir: Path, tmp_path, monkeypatch,
+                                                      one_thread):
+    import runpy
+
+    out, metrics = tiny_run
+    table = tmp_path / "slices.json"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "retrieval_slices.py"
+    monkeypatch.setattr("sys.argv", [str(script), "--data", str(tiny_world_dir / "next_poi"), "--runs", str(out),
+                                     "--names", "geogr", "--out", str(table)])
+    runpy.run_path(str(script), run_name="__main__")
+    result = json.loads(table.read_text())
+    rows = result["rows"]
+    # decoding again gives the evaluation stage's numbers, and the slices partition the 256 evaluated requests
+    for key in ("acc@1", "acc@10", "mrr"):
+        assert rows["geogr"]["all"][key] == pytest.approx(metrics["geogr"]["test"][key], abs=1e-12)
+    assert sum(rows["geogr"][s]["count"] for s in ("chain", "same", "other")) == 256
+    assert sum(result["shares"].values()) == pytest.approx(1.0)
+    assert 0 < rows["oracle"]["all"]["acc@10"] <= 1
