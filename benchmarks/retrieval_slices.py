@@ -13,7 +13,9 @@ evaluation stage keeps only the metrics), on the served model and SIDs of each r
     python benchmarks/retrieval_slices.py --data runs/world-small/next_poi \
         --runs runs/bench-city-small/geogr runs/bench-city-small/tiger --out slices.json
 
-`--summarize A.json B.json ...` prints the mean ± std over several such files (one per seed) as a Markdown table.
+`--summarize A.json B.json ...` prints the mean ± std over several such files (one per seed) as a Markdown table;
+`--keys` picks its metrics (default Acc@1 and Acc@10; `top1_km` is the median distance from the request to the
+first POI of each list, and for the "next POI" row to the POI actually visited).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import pyarrow.parquet as pq
 import torch
 
 from rankstack.retrieval.baselines import geo_popular_topk
-from rankstack.retrieval.data import load_retrieval_data
+from rankstack.retrieval.data import haversine_km, load_retrieval_data
 from rankstack.retrieval.evaluate import metrics_from_ranks, ranks_in_lists
 from rankstack.retrieval.lm import generate_candidates, load_lm
 from rankstack.retrieval.run import _writer, load_run_config
@@ -62,16 +64,23 @@ def oracle_acc(truth: Path, ks: tuple[int, ...] = (1, 5, 10)) -> dict[int, np.nd
     return {k: np.array([p[:k].sum() for p in ordered]) for k in ks}
 
 
-def slice_metrics(ranks: np.ndarray, slices: np.ndarray, width: int = 20) -> dict[str, dict[str, float]]:
-    """`metrics_from_ranks` per slice and over all requests; an empty slice gets only its count (0)."""
-    out = {s: metrics_from_ranks(ranks[slices == s], width) if (slices == s).any() else {"count": 0.0}
-           for s in SLICES}
-    return out | {"all": metrics_from_ranks(ranks, width)}
+def slice_metrics(lists: np.ndarray, targets: np.ndarray, slices: np.ndarray, km: np.ndarray | None = None,
+                  width: int = 20) -> dict[str, dict[str, float]]:
+    """`metrics_from_ranks` of top-W `lists` per slice and over all requests, plus `top1_km` (the median distance
+    from the request to the first POI of its list) when `km` gives that distance per request; an empty slice gets
+    only its count (0)."""
+    ranks = ranks_in_lists(lists, targets)
+    out = {}
+    for name, mask in [(s, slices == s) for s in SLICES] + [("all", np.ones(len(slices), dtype=bool))]:
+        out[name] = metrics_from_ranks(ranks[mask], width) if mask.any() else {"count": 0.0}
+        if km is not None and mask.any():
+            out[name]["top1_km"] = float(np.median(km[mask]))
+    return out
 
 
-def run_ranks(run: Path, data, split: str = "test") -> np.ndarray:
-    """1-based rank of the target in the run's served top-W lists for `split` (inf when absent), over the requests
-    its evaluation scored (the first `lm.decode.max_eval_samples`, or all)."""
+def run_lists(run: Path, data, split: str = "test") -> np.ndarray:
+    """The run's served top-W POI lists [n, W] for `split`, over the requests its evaluation scored (the first
+    `lm.decode.max_eval_samples`, or all)."""
     config = load_run_config(run / "config.yaml")
     served = json.loads((run / "eval" / "metrics.json").read_text()).get("served", {"model": "sft", "sids": "sids"})
     sids = SemanticIds.load(run / served["sids"])
@@ -82,7 +91,7 @@ def run_ranks(run: Path, data, split: str = "test") -> np.ndarray:
     trie = sids.trie(sid_level_offsets(tokenizer, sids.level_sizes))
     candidates = generate_candidates(model, tokenizer, writer.prompts(samples)[:n], trie, config.lm.decode.num_beams,
                                      config.lm.decode.batch_size)
-    return ranks_in_lists(candidates.items, samples.target[:n])
+    return candidates.items
 
 
 def summarize(paths: list[Path], keys: tuple[str, ...] = ("acc@1", "acc@10")) -> str:
@@ -106,13 +115,15 @@ def summarize(paths: list[Path], keys: tuple[str, ...] = ("acc@1", "acc@10")) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--summarize", nargs="+", type=Path, metavar="JSON", help="tabulate earlier --out files")
+    parser.add_argument("--keys", nargs="+", default=["acc@1", "acc@10"],
+                        help="the metrics --summarize shows per slice (e.g. acc@10 top1_km)")
     parser.add_argument("--data", help="the city's next_poi folder the runs were trained on")
     parser.add_argument("--runs", nargs="+", type=Path, help="finished retrieval run folders")
     parser.add_argument("--names", nargs="+", help="a row name per run (default: the folder names)")
     parser.add_argument("--out", type=Path, help="write the table as JSON here")
     args = parser.parse_args()
     if args.summarize:
-        print(summarize(args.summarize))
+        print(summarize(args.summarize, tuple(args.keys)))
         return
     if not args.data or not args.runs:
         parser.error("give --data and --runs (or --summarize with earlier --out files).")
@@ -127,27 +138,37 @@ def main() -> None:
     test = data.splits["test"]
     slices = slice_of_requests(categories, test.last_poi(), test.target)
     rows: dict[str, dict[str, dict[str, float]]] = {}
+
+    def request_km(pois: np.ndarray) -> np.ndarray:
+        """Distance from each request to a POI of its own (-1: none, NaN)."""
+        n, cat = len(pois), data.catalogue
+        km = haversine_km(test.lat[:n], test.lon[:n], cat.lat[np.maximum(pois, 0)], cat.lon[np.maximum(pois, 0)])
+        return np.where(pois >= 0, km, np.nan)
+
     for name, run in zip(names, args.runs):
         start = time.perf_counter()
-        ranks = run_ranks(run, data)
-        if len(ranks) != len(slices):
+        lists = run_lists(run, data)
+        if len(lists) != len(slices):
             if rows:
-                sys.exit(f"{run} evaluated {len(ranks)} test requests and an earlier run {len(slices)}; compare runs "
+                sys.exit(f"{run} evaluated {len(lists)} test requests and an earlier run {len(slices)}; compare runs "
                          "evaluated on the same requests (lm.decode.max_eval_samples).")
-            slices = slices[:len(ranks)]
-        rows[name] = slice_metrics(ranks, slices)
-        print(f"{name}: decoded {len(ranks)} requests in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+            slices = slices[:len(lists)]
+        rows[name] = slice_metrics(lists, test.target[:len(lists)], slices, request_km(lists[:, 0]))
+        print(f"{name}: decoded {len(lists)} requests in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     bandwidth = json.loads((args.runs[0] / "eval" / "metrics.json").read_text())["geo_nearest_popular"]["bandwidth_km"]
     popularity = data.train_checkins.popularity(len(data.catalogue))
     n = len(slices)
-    geo = ranks_in_lists(geo_popular_topk(popularity, data.catalogue, test.lat[:n], test.lon[:n], bandwidth, 20),
-                         test.target[:n])
-    rows["geo_nearest_popular"] = slice_metrics(geo, slices)
+    geo = geo_popular_topk(popularity, data.catalogue, test.lat[:n], test.lon[:n], bandwidth, 20)
+    rows["geo_nearest_popular"] = slice_metrics(geo, test.target[:n], slices, request_km(geo[:, 0]))
     oracle = oracle_acc(data.oracle_path)
     oracle = {k: v[:n] for k, v in oracle.items()}
     rows["oracle"] = {s: {f"acc@{k}": float(v[slices == s].mean()) for k, v in oracle.items()}
                       if (slices == s).any() else {"count": 0.0} for s in SLICES} | {
         "all": {f"acc@{k}": float(v.mean()) for k, v in oracle.items()}}
+    target_km = request_km(test.target[:n])
+    rows["next POI (its distance)"] = {s: {"top1_km": float(np.nanmedian(target_km[slices == s]))}
+                                       if (slices == s).any() else {"count": 0.0} for s in SLICES} | {
+        "all": {"top1_km": float(np.nanmedian(target_km))}}
     share = {s: float(np.mean(slices == s)) for s in SLICES}
     print("slice shares: " + ", ".join(f"{s} {share[s]:.3f}" for s in SLICES))
     print(f"{'method':24s}" + "".join(f"{s + ' ' + k:>16s}" for s in (*SLICES, "all") for k in ("acc@1", "acc@10")))
