@@ -40,7 +40,6 @@ from rankstack.retrieval.trie import sid_level_offsets
 from rankstack.world.city import CHAINS
 
 SLICES = ("chain", "same", "other")
-KEYS = ("acc@1", "acc@5", "acc@10", "mrr")
 
 
 def slice_of_requests(categories: np.ndarray, last: np.ndarray, target: np.ndarray) -> np.ndarray:
