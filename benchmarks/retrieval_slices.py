@@ -34,7 +34,7 @@ from rankstack.retrieval.baselines import geo_popular_topk
 from rankstack.retrieval.data import haversine_km, load_retrieval_data
 from rankstack.retrieval.evaluate import metrics_from_ranks, ranks_in_lists
 from rankstack.retrieval.lm import generate_candidates, load_lm
-from rankstack.retrieval.run import _writer, load_run_config
+from rankstack.retrieval.run import load_run_config, prompt_writer
 from rankstack.retrieval.semantic_ids import SemanticIds
 from rankstack.retrieval.trie import sid_level_offsets
 from rankstack.world.city import CHAINS
@@ -84,7 +84,7 @@ def run_lists(run: Path, data, split: str = "test") -> np.ndarray:
     served = json.loads((run / "eval" / "metrics.json").read_text()).get("served", {"model": "sft", "sids": "sids"})
     sids = SemanticIds.load(run / served["sids"])
     model, tokenizer = load_lm(run / served["model"], "cpu")
-    writer = _writer(data, sids, config.lm)
+    writer = prompt_writer(data, sids, config.lm)
     samples = data.splits[split]
     n = len(samples) if config.lm.decode.max_eval_samples is None else min(len(samples), config.lm.decode.max_eval_samples)
     trie = sids.trie(sid_level_offsets(tokenizer, sids.level_sizes))

@@ -168,7 +168,8 @@ def run_stage(out: Path, name: str, build: Callable[[Path], dict[str, Any]]) -> 
     return report
 
 
-def _writer(data: RetrievalData, sids: SemanticIds, lm: LMConfig) -> PromptWriter:
+def prompt_writer(data: RetrievalData, sids: SemanticIds, lm: LMConfig) -> PromptWriter:
+    """The prompt writer of a run: its SIDs, the area grid and the catalogue coordinates."""
     return PromptWriter(sids, area_grid(data, lm.prompt), lm.prompt, data.catalogue.lat, data.catalogue.lon)
 
 
@@ -231,7 +232,7 @@ def train_retrieval(config: RetrievalRunConfig, out: str | Path, overwrite: bool
 
     stages: dict[str, Any] = {"sids": run_stage(out, "sids", tokenizer_stage)}
     sids = SemanticIds.load(out / "sids")
-    writer = _writer(data, sids, lm)
+    writer = prompt_writer(data, sids, lm)
 
     def base_stage(tmp: Path) -> dict[str, Any]:
         model, tokenizer, offsets = build_lm(lm, sids, _lm_corpus(data, sids, lm, writer))
@@ -244,7 +245,7 @@ def train_retrieval(config: RetrievalRunConfig, out: str | Path, overwrite: bool
     def lm_stages(prefix: str, sids_dir: str) -> str:
         """CPT (if enabled) then SFT from the base model under the SIDs in `sids_dir`; returns the SFT folder."""
         stage_sids = SemanticIds.load(out / sids_dir)
-        stage_writer = _writer(data, stage_sids, lm)
+        stage_writer = prompt_writer(data, stage_sids, lm)
         previous = out / "base"
         if lm.cpt.enabled:
             def cpt_stage(tmp: Path) -> dict[str, Any]:
@@ -275,7 +276,7 @@ def train_retrieval(config: RetrievalRunConfig, out: str | Path, overwrite: bool
         if sids_dir != "sids":
             model_dir = lm_stages("final_", sids_dir)
     sids = SemanticIds.load(out / sids_dir)
-    writer = _writer(data, sids, lm)
+    writer = prompt_writer(data, sids, lm)
 
     def eval_stage(tmp: Path) -> dict[str, Any]:
         model, tokenizer = load_lm(out / model_dir, str(device))
@@ -321,7 +322,7 @@ def refine(config: RetrievalRunConfig, data: RetrievalData, out: Path, device: A
         def em_stage(tmp: Path, sids_dir: str = current_sids, model_dir: str = current_model,
                      round_index: int = round_index) -> dict[str, Any]:
             sids = SemanticIds.load(out / sids_dir)
-            writer = _writer(data, sids, lm)
+            writer = prompt_writer(data, sids, lm)
             model, tokenizer = load_lm(out / model_dir, str(device))
             records = e_step_records(data, sids, writer, writer.grid, em.max_sft_examples, lm.seed + round_index)
             report = train_causal_lm_report(model, tokenizer, records, em.training, tmp)
