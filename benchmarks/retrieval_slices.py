@@ -15,7 +15,8 @@ evaluation stage keeps only the metrics), on the served model and SIDs of each r
 
 `--summarize A.json B.json ...` prints the mean ± std over several such files (one per seed) as a Markdown table;
 `--keys` picks its metrics (default Acc@1 and Acc@10; `top1_km` is the median distance from the request to the
-first POI of each list, and for the "next POI" row to the POI actually visited).
+first POI of each list, and for the "next POI" row to the POI actually visited; `top10_category` is the share of
+each list's first ten POIs that have the visited POI's category).
 """
 
 from __future__ import annotations
@@ -64,16 +65,24 @@ def oracle_acc(truth: Path, ks: tuple[int, ...] = (1, 5, 10)) -> dict[int, np.nd
 
 
 def slice_metrics(lists: np.ndarray, targets: np.ndarray, slices: np.ndarray, km: np.ndarray | None = None,
-                  width: int = 20) -> dict[str, dict[str, float]]:
+                  categories: np.ndarray | None = None, width: int = 20) -> dict[str, dict[str, float]]:
     """`metrics_from_ranks` of top-W `lists` per slice and over all requests, plus `top1_km` (the median distance
-    from the request to the first POI of its list) when `km` gives that distance per request; an empty slice gets
-    only its count (0)."""
+    from the request to the first POI of its list) when `km` gives that distance per request, and
+    `top10_category` (the mean share of the first ten POIs that have the next POI's category) with the POIs'
+    `categories`; an empty slice gets only its count (0)."""
     ranks = ranks_in_lists(lists, targets)
+    same = None
+    if categories is not None:
+        top = lists[:, :10]
+        same = ((categories[np.maximum(top, 0)] == categories[np.maximum(targets, 0)][:, None]) & (top >= 0)).mean(1)
+        same = np.where(targets >= 0, same, np.nan)  # a target outside the catalogue has no category
     out = {}
     for name, mask in [(s, slices == s) for s in SLICES] + [("all", np.ones(len(slices), dtype=bool))]:
         out[name] = metrics_from_ranks(ranks[mask], width) if mask.any() else {"count": 0.0}
         if km is not None and mask.any():
             out[name]["top1_km"] = float(np.median(km[mask]))
+        if same is not None and mask.any():
+            out[name]["top10_category"] = float(np.nanmean(same[mask]))
     return out
 
 
@@ -152,13 +161,13 @@ def main() -> None:
                 sys.exit(f"{run} evaluated {len(lists)} test requests and an earlier run {len(slices)}; compare runs "
                          "evaluated on the same requests (lm.decode.max_eval_samples).")
             slices = slices[:len(lists)]
-        rows[name] = slice_metrics(lists, test.target[:len(lists)], slices, request_km(lists[:, 0]))
+        rows[name] = slice_metrics(lists, test.target[:len(lists)], slices, request_km(lists[:, 0]), categories)
         print(f"{name}: decoded {len(lists)} requests in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     bandwidth = json.loads((args.runs[0] / "eval" / "metrics.json").read_text())["geo_nearest_popular"]["bandwidth_km"]
     popularity = data.train_checkins.popularity(len(data.catalogue))
     n = len(slices)
     geo = geo_popular_topk(popularity, data.catalogue, test.lat[:n], test.lon[:n], bandwidth, 20)
-    rows["geo_nearest_popular"] = slice_metrics(geo, test.target[:n], slices, request_km(geo[:, 0]))
+    rows["geo_nearest_popular"] = slice_metrics(geo, test.target[:n], slices, request_km(geo[:, 0]), categories)
     oracle = oracle_acc(data.oracle_path)
     oracle = {k: v[:n] for k, v in oracle.items()}
     rows["oracle"] = {s: {f"acc@{k}": float(v[slices == s].mean()) for k, v in oracle.items()}

@@ -475,3 +475,4 @@ def test_slices_script_reproduces_the_runs_evaluation(tiny_run, tiny_world_dir: 
     assert sum(rows["geogr"][s]["count"] for s in ("chain", "same", "other")) == 256
     assert sum(result["shares"].values()) == pytest.approx(1.0)
     assert 0 < rows["oracle"]["all"]["acc@10"] <= 1
+    assert 0 <= rows["geogr"]["all"]["top10_category"] <= 1 and rows["geogr"]["all"]["top1_km"] > 0
