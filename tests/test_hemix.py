@@ -181,6 +181,8 @@ CACHE_CONFIGS = {
     "target_match": {"target_match": True},
     "target_match_one_branch": {"target_match": True, "use_global": False},
     "target_match_no_fixed": {"target_match": True, "use_fixed_queries": False},
+    "match_counts": {"match_counts": True},
+    "match_counts_and_bits": {"match_counts": True, "target_match": True},
     "query_mlp": {"query_hidden": 32},
 }
 
@@ -200,7 +202,7 @@ def test_cached_scores_equal_the_full_forward(config, streams, datasets):
     assert (cached - reference).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("config", ["default", "target_match"])
+@pytest.mark.parametrize("config", ["default", "target_match", "match_counts"])
 def test_cache_rows_serve_several_requests_at_once(config, datasets):
     dataset = datasets["two"]
     model = randomise_embeddings(hemix(dataset, **CACHE_CONFIGS[config])).eval()

@@ -111,6 +111,7 @@ def test_empty_sequences_give_finite_outputs_and_gradients(name, datasets):
 
 @pytest.mark.parametrize(("name", "overrides"), [(name, {}) for name in MODEL_NAMES]
                          + [("hemix", {"target_match": True}), ("hemix", {"query_hidden": 32}),
+                            ("hemix", {"match_counts": True, "target_match": True}),
                             ("din", {"target_match": True}), ("dcnv2", {"match_counts": True})])
 def test_onnx_export_matches_pytorch(name, overrides, datasets):
     """The torch.export-based ONNX exporter (needs `onnxscript`), with a dynamic batch axis."""
@@ -384,9 +385,11 @@ def test_target_matches_marks_equal_fields_and_never_padding():
     assert target_matches(events, torch.tensor([[0, 0]])).sum() == 0  # a padding id matches nothing
 
 
-#: Each model's match option: per-event bits for the sequence models, dense counts for the others.
-MATCH_OPTION = {"hemix": "target_match", "din": "target_match", "dlrm": "match_counts", "dcnv2": "match_counts",
-                "rankmixer": "match_counts", "transformer": "match_counts"}
+#: Each model's match option: per-event bits for the sequence models, dense counts for the others (and for HeMix,
+#: so that it can take the baselines' input too).
+MATCH_OPTIONS = [("hemix", "target_match"), ("hemix", "match_counts"), ("din", "target_match"),
+                 ("dlrm", "match_counts"), ("dcnv2", "match_counts"), ("rankmixer", "match_counts"),
+                 ("transformer", "match_counts")]
 
 
 def test_match_counts_count_the_events_equal_to_the_candidate(datasets):
@@ -405,15 +408,15 @@ def test_match_counts_count_the_events_equal_to_the_candidate(datasets):
 
 
 @pytest.mark.parametrize("streams", ["two", "history"])
-@pytest.mark.parametrize("name", list(MATCH_OPTION))
-def test_target_match_reads_equality_not_embeddings(name, streams, datasets):
+@pytest.mark.parametrize(("name", "option"), MATCH_OPTIONS)
+def test_target_match_reads_equality_not_embeddings(name, option, streams, datasets):
     """Give two ids the same embedding and swap one for the other in the events: a model that sees only
     embeddings cannot tell; with its match option (`target_match`, or `match_counts` for the models without a
     per-event module) the events stop matching the candidate and the score moves. HeMix's serving cache agrees
     with its forward on the matching request."""
     dataset = datasets[streams]
     for on in (False, True):
-        model = make_model(name, dataset, **{MATCH_OPTION[name]: on}).eval()
+        model = make_model(name, dataset, **{option: on}).eval()
         request = one_request(first_batch(dataset, 16), model, candidates=5)
         key, group = model.layout.target[0]
         own, other = int(request[key][0]), int(request[key][0]) % 40 + 1
@@ -433,8 +436,8 @@ def test_target_match_reads_equality_not_embeddings(name, streams, datasets):
                 cached = model.score(model.encode_user({k: v[:1] for k, v in matching.items()}), matching)
                 assert (cached - model(matching)).abs().max() < 1e-5
         # The counts reach DLRM through its freshly initialised bottom MLP, which moves the score less.
-        floor = 1e-3 if MATCH_OPTION[name] == "target_match" else 1e-5
-        assert moved > floor if on else moved < 1e-7, f"{name} {MATCH_OPTION[name]}={on}: the score moved by {moved}"
-    if name == "hemix":
+        floor = 1e-3 if option == "target_match" else 1e-5
+        assert moved > floor if on else moved < 1e-7, f"{name} {option}={on}: the score moved by {moved}"
+    if option == "target_match" and name == "hemix":
         assert model.count_params()["sequence_projection"] == sum(
             p.numel() for p in (*model.sequence_tokens.parameters(), model.target_match))

@@ -93,6 +93,10 @@ class HeMixConfig:
             table with an item field (on the world: the search query's category against the candidate's, the
             user's district and grid cell against the candidate's): 1 where the two are equal (our option, off by
             default, like `target_match`).
+        match_counts: append to u, per behaviour stream and item field, log(1 + the number of the stream's events
+            equal to the candidate): the dense form of the match that DLRM, DCNv2, RankMixer and the Transformer
+            take with their `match_counts`, so that HeMix can be given the same inputs as they are (our option,
+            off by default; with `target_match` HeMix reads both). The serving cache keeps the streams' item ids.
         query_hidden: None builds each dynamic query with one Linear over u (§3.2); a width h builds all of them
             with one shared 2-layer MLP, `Linear(u → h) → GELU → Linear(h → n_q·d)`, then the per-query LN and
             SiLU (§10's option), so that the queries can carry crosses of the non-sequence fields.
@@ -126,6 +130,7 @@ class HeMixConfig:
     recency: bool = False
     target_match: bool = False
     query_match: bool = False
+    match_counts: bool = False
     query_hidden: int | None = None
 
     def __post_init__(self) -> None:
@@ -562,6 +567,7 @@ class UserCache:
     fixed_outputs: list[torch.Tensor]
     event_ids: list[torch.Tensor] = field(default_factory=list)
     query_ids: torch.Tensor | None = None  # with `query_match`: the matched request fields' ids `[R, P]`
+    stream_ids: list[torch.Tensor] = field(default_factory=list)  # with `match_counts`: per stream `[R, L, F_it]`
 
     @property
     def num_requests(self) -> int:
@@ -573,7 +579,8 @@ class UserCache:
             return [t.index_select(0, rows) for t in tensors]
         return UserCache(self.query_request_part.index_select(0, rows), take(self.keys), take(self.values),
                          take(self.masks), take(self.fixed_outputs), take(self.event_ids),
-                         None if self.query_ids is None else self.query_ids.index_select(0, rows))
+                         None if self.query_ids is None else self.query_ids.index_select(0, rows),
+                         take(self.stream_ids))
 
 
 # The model ------------------------------------------------------------------------------------------------------
@@ -647,7 +654,9 @@ class HeMix(RankingModel):
         e, layout = self.config.embedding_dim, self.layout
         return ([(key, e) for key, _ in layout.ns] + [(key, e) for key, _ in layout.multi_valued]
                 + [(key, 1) for key in layout.dense] + [(key, e) for key, _ in layout.target]
-                + ([("query_match", len(self.query_pairs))] if self.query_pairs else []))
+                + ([("query_match", len(self.query_pairs))] if self.query_pairs else [])
+                + ([("match_counts", len(layout.sequences) * self.embedder.num_item_fields)]
+                   if self.config.match_counts else []))
 
     def _query_input_width(self) -> int:
         return sum(width for _, width in self._query_input_fields())
@@ -757,6 +766,8 @@ class HeMix(RankingModel):
         target = target_item_ids(self.layout, batch)  # the ids the match options compare (a stack of F_it columns)
         if self.query_pairs:
             parts.append(self._query_matches(self._query_ids(batch), target))
+        if self.config.match_counts:
+            parts.append(self.embedder.match_count_values(batch))
         u = torch.cat(parts, dim=1)
         queries = self.tokenizer(u)
         stream_tokens = self._stream_tokens(emb.streams)
@@ -795,7 +806,8 @@ class HeMix(RankingModel):
             else:
                 event_ids.append(self._branch_ids(ids, branch, u_request))
         return UserCache(self.tokenizer.request_part(u_request), keys, values, masks, fixed, event_ids,
-                         self._query_ids(request) if self.query_pairs else None)
+                         self._query_ids(request) if self.query_pairs else None,
+                         stream_item_ids(self.layout, request) if self.config.match_counts else [])
 
     def score_logits(self, cache: UserCache, candidates: dict[str, torch.Tensor],
                      rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -815,6 +827,9 @@ class HeMix(RankingModel):
         if self.query_pairs:
             assert cache.query_ids is not None
             parts.append(self._query_matches(cache.query_ids.expand(target.shape[0], -1), target))
+        if self.config.match_counts:
+            counts = [target_matches(ids.expand(target.shape[0], -1, -1), target).sum(1) for ids in cache.stream_ids]
+            parts.append(torch.log1p(torch.cat(counts, 1)))
         u_candidate = torch.cat(parts, dim=1)
         size = u_candidate.shape[0]
         queries = self.tokenizer.from_parts(cache.query_request_part, u_candidate)
