@@ -217,9 +217,9 @@ class FieldEmbedder(nn.Module):
         """`[B, S·F_it]`: per behaviour stream and item field, log(1 + the number of the stream's events that equal
         the candidate on that field) — `target_matches` summed over time, the dense form of the target-behaviour
         match that HeMix and DIN read per event with `target_match`."""
-        target = target_item_ids(self.layout, batch)
-        counts = [target_matches(ids, target).sum(1) for ids in stream_item_ids(self.layout, batch)]
-        return torch.log1p(torch.cat(counts, 1)) if counts else self.dense_mean.new_zeros((_batch_size(batch), 0))
+        if not self.layout.sequences:
+            return self.dense_mean.new_zeros((_batch_size(batch), 0))
+        return match_count_features(stream_item_ids(self.layout, batch), target_item_ids(self.layout, batch))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> EmbeddedBatch:
         dense = self.dense_values(batch)
@@ -250,6 +250,12 @@ def target_matches(event_ids: torch.Tensor, target_ids: torch.Tensor) -> torch.T
     0 elsewhere and on padding. A target-behaviour cross feature: whether the event shares the candidate's
     category, brand, item."""
     return ((event_ids == target_ids.unsqueeze(1)) & (event_ids != PAD_ID)).float()
+
+
+def match_count_features(stream_ids: list[torch.Tensor], target_ids: torch.Tensor) -> torch.Tensor:
+    """`[B, S·F_it]`: per stream (`stream_ids`, each `[B or 1, L, F_it]`) and item field, log(1 + the number of
+    events equal to the candidate (`target_ids [B, F_it]`)) — `target_matches` summed over time."""
+    return torch.log1p(torch.cat([target_matches(ids, target_ids).sum(1) for ids in stream_ids], 1))
 
 
 def _batch_size(batch: dict[str, torch.Tensor]) -> int:

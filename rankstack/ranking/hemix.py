@@ -34,6 +34,7 @@ from rankstack.nn.attention import MultiHeadAttention, merge_heads, score_weight
 from rankstack.nn.features import (
     FieldEmbedder,
     FieldLayout,
+    match_count_features,
     mlp,
     stream_item_ids,
     target_item_ids,
@@ -828,8 +829,7 @@ class HeMix(RankingModel):
             assert cache.query_ids is not None
             parts.append(self._query_matches(cache.query_ids.expand(target.shape[0], -1), target))
         if self.config.match_counts:
-            counts = [target_matches(ids.expand(target.shape[0], -1, -1), target).sum(1) for ids in cache.stream_ids]
-            parts.append(torch.log1p(torch.cat(counts, 1)))
+            parts.append(match_count_features(cache.stream_ids, target))
         u_candidate = torch.cat(parts, dim=1)
         size = u_candidate.shape[0]
         queries = self.tokenizer.from_parts(cache.query_request_part, u_candidate)
