@@ -28,12 +28,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 from rankstack.retrieval.baselines import geo_popular_topk
 from rankstack.retrieval.data import haversine_km, load_retrieval_data
-from rankstack.retrieval.evaluate import metrics_from_ranks, ranks_in_lists
+from rankstack.retrieval.evaluate import metrics_from_ranks, oracle_probabilities, ranks_in_lists
 from rankstack.retrieval.lm import generate_candidates, load_lm
 from rankstack.retrieval.run import load_run_config, prompt_writer
 from rankstack.retrieval.semantic_ids import SemanticIds
@@ -55,13 +54,6 @@ def slice_of_requests(categories: np.ndarray, last: np.ndarray, target: np.ndarr
         elif next_cat[i] in CHAINS.get(last_cat[i], {}):
             out[i] = "chain"
     return out
-
-
-def oracle_acc(truth: Path, ks: tuple[int, ...] = (1, 5, 10)) -> dict[int, np.ndarray]:
-    """Per test request, the oracle's expected Acc@k: the true probability mass of its k most likely POIs."""
-    probs = pq.read_table(truth, columns=["oracle_probs"]).column("oracle_probs").to_pylist()
-    ordered = [np.sort(np.asarray(p, dtype=np.float64))[::-1] for p in probs]
-    return {k: np.array([p[:k].sum() for p in ordered]) for k in ks}
 
 
 def slice_metrics(lists: np.ndarray, targets: np.ndarray, slices: np.ndarray, km: np.ndarray | None = None,
@@ -168,8 +160,8 @@ def main() -> None:
     n = len(slices)
     geo = geo_popular_topk(popularity, data.catalogue, test.lat[:n], test.lon[:n], bandwidth, 20)
     rows["geo_nearest_popular"] = slice_metrics(geo, test.target[:n], slices, request_km(geo[:, 0]), categories)
-    oracle = oracle_acc(data.oracle_path)
-    oracle = {k: v[:n] for k, v in oracle.items()}
+    probs = oracle_probabilities(data.oracle_path)[:n]
+    oracle = {k: probs[:, :k].sum(axis=1) for k in (1, 5, 10)}  # expected Acc@k per request
     rows["oracle"] = {s: {f"acc@{k}": float(v[slices == s].mean()) for k, v in oracle.items()}
                       if (slices == s).any() else {"count": 0.0} for s in SLICES} | {
         "all": {f"acc@{k}": float(v.mean()) for k, v in oracle.items()}}

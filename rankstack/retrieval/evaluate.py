@@ -62,12 +62,18 @@ def evaluate_topk(ranked: np.ndarray, targets: np.ndarray, n_pois: int | None = 
     return report
 
 
-def oracle_metrics(truth_path: str | Path) -> dict[str, float]:
-    """Expected Acc@K, NDCG@K and MRR of the true next-visit distribution's ranking (its stored top 50)."""
+def oracle_probabilities(truth_path: str | Path) -> np.ndarray:
+    """`[N, W]`: per request, the true next-visit probabilities of its stored top W POIs, most likely first."""
     table = pq.read_table(truth_path, columns=["oracle_probs"])
     probs_list = table.column("oracle_probs").combine_chunks()
     width = int(pc.max(pc.list_value_length(probs_list)).as_py())
-    probs = np.asarray(probs_list.flatten().to_numpy(), dtype=np.float64).reshape(-1, width)
+    return np.asarray(probs_list.flatten().to_numpy(), dtype=np.float64).reshape(-1, width)
+
+
+def oracle_metrics(truth_path: str | Path) -> dict[str, float]:
+    """Expected Acc@K, NDCG@K and MRR of the true next-visit distribution's ranking (its stored top 50)."""
+    probs = oracle_probabilities(truth_path)
+    width = probs.shape[1]
     position = np.arange(1, width + 1)
     report = {f"acc@{k}": float(probs[:, :k].sum(axis=1).mean()) for k in ACC_KS}
     report |= {f"ndcg@{k}": float((probs[:, :k] / np.log2(position[:k] + 1)).sum(axis=1).mean()) for k in NDCG_KS}
