@@ -181,6 +181,7 @@ CACHE_CONFIGS = {
     "target_match": {"target_match": True},
     "target_match_one_branch": {"target_match": True, "use_global": False},
     "target_match_no_fixed": {"target_match": True, "use_fixed_queries": False},
+    "target_match_recency": {"target_match": True, "recency": True},
     "match_counts": {"match_counts": True},
     "match_counts_and_bits": {"match_counts": True, "target_match": True},
     "query_mlp": {"query_hidden": 32},

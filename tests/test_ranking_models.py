@@ -18,7 +18,7 @@ from rankstack.config import from_dict
 from rankstack.data.dataset import Dataset
 from rankstack.data.loader import BatchLoader
 from rankstack.errors import ConfigError
-from rankstack.nn.features import target_matches
+from rankstack.nn.features import match_count_features, target_matches
 from rankstack.ranking import MODELS
 from rankstack.ranking.base import RankingModel
 from rankstack.ranking.run import load_run_config
@@ -112,7 +112,9 @@ def test_empty_sequences_give_finite_outputs_and_gradients(name, datasets):
 @pytest.mark.parametrize(("name", "overrides"), [(name, {}) for name in MODEL_NAMES]
                          + [("hemix", {"target_match": True}), ("hemix", {"query_hidden": 32}),
                             ("hemix", {"match_counts": True, "target_match": True}),
-                            ("din", {"target_match": True}), ("dcnv2", {"match_counts": True})])
+                            ("hemix", {"target_match": True, "recency": True}),
+                            ("din", {"target_match": True}), ("dcnv2", {"match_counts": True}),
+                            ("dcnv2", {"match_counts": True, "match_windows": [1, 3]})])
 def test_onnx_export_matches_pytorch(name, overrides, datasets):
     """The torch.export-based ONNX exporter (needs `onnxscript`), with a dynamic batch axis."""
     ort = pytest.importorskip("onnxruntime")
@@ -405,6 +407,21 @@ def test_match_counts_count_the_events_equal_to_the_candidate(datasets):
         assert torch.allclose(counts[:, s, 0], torch.log1p(events))
     emb = model.embedder(batch)
     assert emb.dense.shape[1] == model.embedder.num_dense == len(model.layout.dense) + counts[0].numel()
+
+
+def test_match_windows_count_the_newest_events_only(datasets):
+    """`match_windows` adds the counts over each stream's newest w slots (newest event last, padding on the left)."""
+    events = torch.tensor([[[0], [3], [5], [3]], [[3], [3], [3], [5]]])  # [B=2, L=4, F=1]
+    counts = match_count_features([events], torch.tensor([[3], [3]]), windows=(1, 2, 3))
+    assert torch.equal(counts, torch.log1p(torch.tensor([[2.0, 1, 1, 2], [3, 0, 1, 2]])))
+    model = make_model("dcnv2", datasets["two"], match_counts=True, match_windows=[1, 3])
+    batch = first_batch(datasets["two"], 4)
+    per_count = len(model.layout.sequences) * model.embedder.num_item_fields
+    assert model.embedder(batch).dense.shape[1] == model.embedder.num_dense == len(model.layout.dense) + 3 * per_count
+    with pytest.raises(ValueError, match="match_windows needs match_counts"):
+        make_model("dcnv2", datasets["two"], match_windows=[1])
+    with pytest.raises(ValueError, match="newest events ≥ 1"):
+        make_model("dlrm", datasets["two"], match_counts=True, match_windows=[0])
 
 
 @pytest.mark.parametrize("streams", ["two", "history"])

@@ -17,6 +17,7 @@ on it export.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -132,11 +133,17 @@ class EmbeddedBatch:
 class FieldEmbedder(nn.Module):
     """One embedding table per group; embeds a batch according to a `FieldLayout`."""
 
-    def __init__(self, layout: FieldLayout, dim: int, init_std: float = 1e-4, match_counts: bool = False) -> None:
+    def __init__(self, layout: FieldLayout, dim: int, init_std: float = 1e-4, match_counts: bool = False,
+                 match_windows: Sequence[int] = ()) -> None:
         super().__init__()
+        if match_windows and not match_counts:
+            raise ValueError("match_windows needs match_counts: true (the windows are extra match counts)")
+        if any(not isinstance(w, int) or w < 1 for w in match_windows):
+            raise ValueError(f"match_windows: each window is a number of newest events ≥ 1, got {list(match_windows)}")
         self.layout = layout
         self.dim = dim
         self.match_counts = match_counts
+        self.match_windows = tuple(match_windows)
         self.tables = nn.ModuleDict({
             group: nn.Embedding(size, dim, padding_idx=PAD_ID) for group, size in sorted(layout.tables.items())
         })
@@ -160,8 +167,9 @@ class FieldEmbedder(nn.Module):
     @property
     def num_dense(self) -> int:
         """Width of `forward`'s dense part: the layout's numerics, plus with `match_counts` one per stream × item
-        field."""
-        return len(self.layout.dense) + (len(self.layout.sequences) * self.num_item_fields if self.match_counts else 0)
+        field, and as many again per entry of `match_windows`."""
+        per_count = len(self.layout.sequences) * self.num_item_fields
+        return len(self.layout.dense) + (per_count * (1 + len(self.match_windows)) if self.match_counts else 0)
 
     def _lookup(self, group: str, ids: torch.Tensor) -> torch.Tensor:
         return self.tables[group](ids)
@@ -214,12 +222,14 @@ class FieldEmbedder(nn.Module):
         return streams
 
     def match_count_values(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """`[B, S·F_it]`: per behaviour stream and item field, log(1 + the number of the stream's events that equal
+        """`[B, S·F_it·(1 + W)]`: per behaviour stream and item field, log(1 + the number of the stream's events that equal
         the candidate on that field) — `target_matches` summed over time, the dense form of the target-behaviour
-        match that HeMix and DIN read per event with `target_match`."""
+        match that HeMix and DIN read per event with `target_match`; then the counts over each `match_windows`
+        window of newest events."""
         if not self.layout.sequences:
             return self.dense_mean.new_zeros((_batch_size(batch), 0))
-        return match_count_features(stream_item_ids(self.layout, batch), target_item_ids(self.layout, batch))
+        return match_count_features(stream_item_ids(self.layout, batch), target_item_ids(self.layout, batch),
+                                    self.match_windows)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> EmbeddedBatch:
         dense = self.dense_values(batch)
@@ -252,10 +262,14 @@ def target_matches(event_ids: torch.Tensor, target_ids: torch.Tensor) -> torch.T
     return ((event_ids == target_ids.unsqueeze(1)) & (event_ids != PAD_ID)).float()
 
 
-def match_count_features(stream_ids: list[torch.Tensor], target_ids: torch.Tensor) -> torch.Tensor:
-    """`[B, S·F_it]`: per stream (`stream_ids`, each `[B or 1, L, F_it]`) and item field, log(1 + the number of
-    events equal to the candidate (`target_ids [B, F_it]`)) — `target_matches` summed over time."""
-    return torch.log1p(torch.cat([target_matches(ids, target_ids).sum(1) for ids in stream_ids], 1))
+def match_count_features(stream_ids: list[torch.Tensor], target_ids: torch.Tensor,
+                         windows: Sequence[int] = ()) -> torch.Tensor:
+    """`[B, S·F_it·(1 + len(windows))]`: per stream (`stream_ids`, each `[B or 1, L, F_it]`, newest event last) and
+    item field, log(1 + the number of events equal to the candidate (`target_ids [B, F_it]`)) — `target_matches`
+    summed over time; then the same count over each stream's newest `w` slots for each `w` of `windows` (w = 1:
+    whether the newest event matches), the order that a pooled model cannot see otherwise."""
+    matches = [target_matches(ids, target_ids) for ids in stream_ids]
+    return torch.log1p(torch.cat([m.sum(1) for m in matches] + [m[:, -w:].sum(1) for w in windows for m in matches], 1))
 
 
 def _batch_size(batch: dict[str, torch.Tensor]) -> int:

@@ -30,6 +30,9 @@ class DLRMConfig:
     match_counts: add to the dense inputs, per behaviour stream and item field, log(1 + the number of events equal
         to the candidate on that field) (`FieldEmbedder.match_count_values`; our option, like HeMix's `target_match`;
         False).
+    match_windows: with `match_counts`, the same counts over each stream's newest w events, for each w listed
+        (e.g. [1, 3]; [1] says whether the newest event matches): the events' order, which pooling loses and
+        HeMix's `recency` reads per event ([]).
     """
 
     embedding_dim: int = 16
@@ -39,13 +42,15 @@ class DLRMConfig:
     dropout: float = 0.0
     esmm: bool = False
     match_counts: bool = False
+    match_windows: list[int] = field(default_factory=list)
 
 
 class DLRM(RankingModel):
     def __init__(self, layout: FieldLayout, config: DLRMConfig) -> None:
         super().__init__(layout, esmm=config.esmm)
         e = config.embedding_dim
-        self.embedder = FieldEmbedder(layout, e, match_counts=config.match_counts)
+        self.embedder = FieldEmbedder(layout, e, match_counts=config.match_counts,
+                                      match_windows=config.match_windows)
         self.bottom = (mlp([self.embedder.num_dense, *config.bottom_mlp, e]) if self.embedder.num_dense else None)
         n_item = self.embedder.num_item_fields
         num_vectors = (self.embedder.num_ns + n_item + len(layout.sequences) * (n_item + 1)

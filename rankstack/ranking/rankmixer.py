@@ -43,6 +43,9 @@ class RankMixerConfig:
     match_counts: add to the dense inputs, per behaviour stream and item field, log(1 + the number of events equal
         to the candidate on that field) (`FieldEmbedder.match_count_values`; our option, like HeMix's `target_match`;
         False).
+    match_windows: with `match_counts`, the same counts over each stream's newest w events, for each w listed
+        (e.g. [1, 3]; [1] says whether the newest event matches): the events' order, which pooling loses and
+        HeMix's `recency` reads per event ([]).
     """
 
     embedding_dim: int = 16
@@ -55,6 +58,7 @@ class RankMixerConfig:
     tower: list[int] = field(default_factory=lambda: [128, 64])
     esmm: bool = False
     match_counts: bool = False
+    match_windows: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.dim % self.history_heads:
@@ -87,7 +91,8 @@ class RankMixer(RankingModel):
             raise ConfigError("rankmixer pools a behaviour sequence, but this dataset has none; use dlrm or dcnv2.")
         self.config = config
         e, d, t = config.embedding_dim, config.dim, config.num_tokens
-        self.embedder = FieldEmbedder(layout, e, match_counts=config.match_counts)
+        self.embedder = FieldEmbedder(layout, e, match_counts=config.match_counts,
+                                      match_windows=config.match_windows)
         n_item = self.embedder.num_item_fields
         self.sequence_tokens = SequenceTokenizer((n_item + 1) * e, d)
         self.history_attention = MultiHeadAttention(d, config.history_heads, query_dim=n_item * e)

@@ -39,6 +39,9 @@ class TransformerRankerConfig:
     match_counts: add to the dense inputs, per behaviour stream and item field, log(1 + the number of events equal
         to the candidate on that field) (`FieldEmbedder.match_count_values`; our option, like HeMix's `target_match`;
         False).
+    match_windows: with `match_counts`, the same counts over each stream's newest w events, for each w listed
+        (e.g. [1, 3]; [1] says whether the newest event matches): the events' order, which pooling loses and
+        HeMix's `recency` reads per event ([]).
     """
 
     embedding_dim: int = 16
@@ -50,6 +53,7 @@ class TransformerRankerConfig:
     tower: list[int] = field(default_factory=lambda: [128, 64])
     esmm: bool = False
     match_counts: bool = False
+    match_windows: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.dim % self.heads:
@@ -80,7 +84,8 @@ class TransformerRanker(RankingModel):
                               "none; use dlrm or dcnv2.")
         self.config = config
         e, d = config.embedding_dim, config.dim
-        self.embedder = FieldEmbedder(layout, e, match_counts=config.match_counts)
+        self.embedder = FieldEmbedder(layout, e, match_counts=config.match_counts,
+                                      match_windows=config.match_windows)
         n_item = self.embedder.num_item_fields
         in_dim = (self.embedder.num_ns + n_item) * e + self.embedder.num_dense
         self.tokenizer = DynamicQueryTokenizer(in_dim, config.num_ns_tokens, d)
