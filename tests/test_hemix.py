@@ -184,6 +184,8 @@ CACHE_CONFIGS = {
     "target_match_recency": {"target_match": True, "recency": True},
     "match_counts": {"match_counts": True},
     "match_counts_and_bits": {"match_counts": True, "target_match": True},
+    "match_windows_bits_recency": {"match_counts": True, "match_windows": [1, 3], "target_match": True,
+                                   "recency": True},
     "query_mlp": {"query_hidden": 32},
 }
 

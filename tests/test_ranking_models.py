@@ -418,10 +418,16 @@ def test_match_windows_count_the_newest_events_only(datasets):
     batch = first_batch(datasets["two"], 4)
     per_count = len(model.layout.sequences) * model.embedder.num_item_fields
     assert model.embedder(batch).dense.shape[1] == model.embedder.num_dense == len(model.layout.dense) + 3 * per_count
-    with pytest.raises(ValueError, match="match_windows needs match_counts"):
+    with pytest.raises(ConfigError, match="match_windows needs match_counts"):
         make_model("dcnv2", datasets["two"], match_windows=[1])
-    with pytest.raises(ValueError, match="newest events ≥ 1"):
+    with pytest.raises(ConfigError, match="newest events ≥ 1"):
         make_model("dlrm", datasets["two"], match_counts=True, match_windows=[0])
+    with pytest.raises(ConfigError, match="match_windows needs match_counts"):
+        make_model("hemix", datasets["two"], match_windows=[1])
+    counts_only = make_model("hemix", datasets["two"], match_counts=True)
+    windows = make_model("hemix", datasets["two"], match_counts=True, match_windows=[1, 3])
+    assert windows._query_input_width() == counts_only._query_input_width() + 2 * per_count
+    assert torch.isfinite(windows(batch)).all()
 
 
 @pytest.mark.parametrize("streams", ["two", "history"])

@@ -25,6 +25,7 @@ from torch import nn
 
 from rankstack.data.dataset import Dataset
 from rankstack.data.schema import PAD_ID, SEQUENCE_ROLES, ColumnSpec
+from rankstack.errors import ConfigError
 
 ACTION_GROUP = "action"
 NS_ROLES = ("user", "context", "cross")
@@ -136,10 +137,7 @@ class FieldEmbedder(nn.Module):
     def __init__(self, layout: FieldLayout, dim: int, init_std: float = 1e-4, match_counts: bool = False,
                  match_windows: Sequence[int] = ()) -> None:
         super().__init__()
-        if match_windows and not match_counts:
-            raise ValueError("match_windows needs match_counts: true (the windows are extra match counts)")
-        if any(not isinstance(w, int) or w < 1 for w in match_windows):
-            raise ValueError(f"match_windows: each window is a number of newest events ≥ 1, got {list(match_windows)}")
+        check_match_windows(match_counts, match_windows)
         self.layout = layout
         self.dim = dim
         self.match_counts = match_counts
@@ -260,6 +258,15 @@ def target_matches(event_ids: torch.Tensor, target_ids: torch.Tensor) -> torch.T
     0 elsewhere and on padding. A target-behaviour cross feature: whether the event shares the candidate's
     category, brand, item."""
     return ((event_ids == target_ids.unsqueeze(1)) & (event_ids != PAD_ID)).float()
+
+
+def check_match_windows(match_counts: bool, windows: Sequence[int]) -> None:
+    """The `match_windows` option's rules: the windows extend `match_counts`, and each is a count of newest events."""
+    if windows and not match_counts:
+        raise ConfigError("match_windows needs match_counts: true (the windows are extra match counts); set "
+                          "match_counts: true or match_windows: []")
+    if any(not isinstance(w, int) or w < 1 for w in windows):
+        raise ConfigError(f"match_windows: each window is a number of newest events ≥ 1, got {list(windows)}")
 
 
 def match_count_features(stream_ids: list[torch.Tensor], target_ids: torch.Tensor,

@@ -34,6 +34,7 @@ from rankstack.nn.attention import MultiHeadAttention, merge_heads, score_weight
 from rankstack.nn.features import (
     FieldEmbedder,
     FieldLayout,
+    check_match_windows,
     match_count_features,
     mlp,
     stream_item_ids,
@@ -98,6 +99,8 @@ class HeMixConfig:
             equal to the candidate): the dense form of the match that DLRM, DCNv2, RankMixer and the Transformer
             take with their `match_counts`, so that HeMix can be given the same inputs as they are (our option,
             off by default; with `target_match` HeMix reads both). The serving cache keeps the streams' item ids.
+        match_windows: with `match_counts`, the same counts over each stream's newest w events as well, for each w
+            listed (the baselines' option of the same name; []).
         query_hidden: None builds each dynamic query with one Linear over u (§3.2); a width h builds all of them
             with one shared 2-layer MLP, `Linear(u → h) → GELU → Linear(h → n_q·d)`, then the per-query LN and
             SiLU (§10's option), so that the queries can carry crosses of the non-sequence fields.
@@ -132,6 +135,7 @@ class HeMixConfig:
     target_match: bool = False
     query_match: bool = False
     match_counts: bool = False
+    match_windows: list[int] = field(default_factory=list)
     query_hidden: int | None = None
 
     def __post_init__(self) -> None:
@@ -146,6 +150,7 @@ class HeMixConfig:
                              "drop_realtime_events=True or use_realtime=False")
         if self.realtime_len < 1:
             raise ValueError(f"realtime_len must be at least 1, got {self.realtime_len}")
+        check_match_windows(self.match_counts, self.match_windows)
         for group in self.fusion_groups or []:
             for name in group:
                 if name not in SEGMENTS:
@@ -656,7 +661,8 @@ class HeMix(RankingModel):
         return ([(key, e) for key, _ in layout.ns] + [(key, e) for key, _ in layout.multi_valued]
                 + [(key, 1) for key in layout.dense] + [(key, e) for key, _ in layout.target]
                 + ([("query_match", len(self.query_pairs))] if self.query_pairs else [])
-                + ([("match_counts", len(layout.sequences) * self.embedder.num_item_fields)]
+                + ([("match_counts", len(layout.sequences) * self.embedder.num_item_fields
+                     * (1 + len(self.config.match_windows)))]
                    if self.config.match_counts else []))
 
     def _query_input_width(self) -> int:
@@ -768,7 +774,7 @@ class HeMix(RankingModel):
         if self.query_pairs:
             parts.append(self._query_matches(self._query_ids(batch), target))
         if self.config.match_counts:
-            parts.append(self.embedder.match_count_values(batch))
+            parts.append(match_count_features(stream_item_ids(self.layout, batch), target, self.config.match_windows))
         u = torch.cat(parts, dim=1)
         queries = self.tokenizer(u)
         stream_tokens = self._stream_tokens(emb.streams)
@@ -829,7 +835,7 @@ class HeMix(RankingModel):
             assert cache.query_ids is not None
             parts.append(self._query_matches(cache.query_ids.expand(target.shape[0], -1), target))
         if self.config.match_counts:
-            parts.append(match_count_features(cache.stream_ids, target))
+            parts.append(match_count_features(cache.stream_ids, target, self.config.match_windows))
         u_candidate = torch.cat(parts, dim=1)
         size = u_candidate.shape[0]
         queries = self.tokenizer.from_parts(cache.query_request_part, u_candidate)
