@@ -187,6 +187,7 @@ CACHE_CONFIGS = {
     "match_windows_bits_recency": {"match_counts": True, "match_windows": [1, 3], "target_match": True,
                                    "recency": True},
     "query_mlp": {"query_hidden": 32},
+    "readout_concat": {"readout": "concat", "target_match": True, "recency": True},
 }
 
 

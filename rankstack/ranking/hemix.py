@@ -104,6 +104,8 @@ class HeMixConfig:
         query_hidden: None builds each dynamic query with one Linear over u (§3.2); a width h builds all of them
             with one shared 2-layer MLP, `Linear(u → h) → GELU → Linear(h → n_q·d)`, then the per-query LN and
             SiLU (§10's option), so that the queries can carry crosses of the non-sequence fields.
+        readout: `mean` pools the last layer's tokens into one d-vector for the towers (§3.5); `concat` gives the
+            towers all N·d features (a diagnostic of the pooling, not the paper's; not with `mixer: mlp`).
     """
 
     embedding_dim: int = 16
@@ -137,6 +139,7 @@ class HeMixConfig:
     match_counts: bool = False
     match_windows: list[int] = field(default_factory=list)
     query_hidden: int | None = None
+    readout: Literal["mean", "concat"] = "mean"
 
     def __post_init__(self) -> None:
         for name in ("extraction_heads", "mix_heads"):
@@ -151,6 +154,9 @@ class HeMixConfig:
         if self.realtime_len < 1:
             raise ValueError(f"realtime_len must be at least 1, got {self.realtime_len}")
         check_match_windows(self.match_counts, self.match_windows)
+        if self.readout == "concat" and self.mixer == "mlp":
+            raise ValueError("readout: concat reads the mixer's tokens, and mixer: mlp returns one vector; use "
+                             "readout: mean with it")
         for group in self.fusion_groups or []:
             for name in group:
                 if name not in SEGMENTS:
@@ -648,7 +654,7 @@ class HeMix(RankingModel):
         else:
             self.mlp_mixer = None
             self.blocks = self._blocks(config)
-        self.towers = TaskTowers(d, self.tasks, config.tower)
+        self.towers = TaskTowers(d * (self.num_tokens if config.readout == "concat" else 1), self.tasks, config.tower)
 
     # -- construction helpers --
 
@@ -757,12 +763,12 @@ class HeMix(RankingModel):
         return rows
 
     def interact(self, x: torch.Tensor) -> torch.Tensor:
-        """The mixer stack over X^0 `[B, N, d]` and the mean-pooled readout `[B, d]`."""
+        """The mixer stack over X^0 `[B, N, d]` and the readout: mean-pooled `[B, d]`, or `[B, N·d]` with `concat`."""
         if self.mlp_mixer is not None:
             return self.mlp_mixer(x)
         for block in self.blocks:
             x = block(x)
-        return x.mean(dim=1)
+        return x.flatten(1) if self.config.readout == "concat" else x.mean(dim=1)
 
     # -- reference path --
 
