@@ -220,10 +220,10 @@ class FieldEmbedder(nn.Module):
         return streams
 
     def match_count_values(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """`[B, S·F_it·(1 + W)]`: per behaviour stream and item field, log(1 + the number of the stream's events that equal
-        the candidate on that field) — `target_matches` summed over time, the dense form of the target-behaviour
-        match that HeMix and DIN read per event with `target_match`; then the counts over each `match_windows`
-        window of newest events."""
+        """`[B, S·F_it·(1 + len(match_windows))]`: per behaviour stream and item field, log(1 + the number of the
+        stream's events that equal the candidate on that field) — `target_matches` summed over time, the dense form
+        of the target-behaviour match that HeMix and DIN read per event with `target_match`; then the same counts
+        over each `match_windows` window of newest events."""
         if not self.layout.sequences:
             return self.dense_mean.new_zeros((_batch_size(batch), 0))
         return match_count_features(stream_item_ids(self.layout, batch), target_item_ids(self.layout, batch),
