@@ -414,6 +414,7 @@ def test_match_windows_count_the_newest_events_only(datasets):
     events = torch.tensor([[[0], [3], [5], [3]], [[3], [3], [3], [5]]])  # [B=2, L=4, F=1]
     counts = match_count_features([events], torch.tensor([[3], [3]]), windows=(1, 2, 3))
     assert torch.equal(counts, torch.log1p(torch.tensor([[2.0, 1, 1, 2], [3, 0, 1, 2]])))
+    assert match_count_features([], torch.tensor([[3], [3]]), windows=(1,)).shape == (2, 0)  # no behaviour streams
     model = make_model("dcnv2", datasets["two"], match_counts=True, match_windows=[1, 3])
     batch = first_batch(datasets["two"], 4)
     per_count = len(model.layout.sequences) * model.embedder.num_item_fields

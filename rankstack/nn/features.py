@@ -224,8 +224,6 @@ class FieldEmbedder(nn.Module):
         stream's events that equal the candidate on that field) — `target_matches` summed over time, the dense form
         of the target-behaviour match that HeMix and DIN read per event with `target_match`; then the same counts
         over each `match_windows` window of newest events."""
-        if not self.layout.sequences:
-            return self.dense_mean.new_zeros((_batch_size(batch), 0))
         return match_count_features(stream_item_ids(self.layout, batch), target_item_ids(self.layout, batch),
                                     self.match_windows)
 
@@ -274,7 +272,10 @@ def match_count_features(stream_ids: list[torch.Tensor], target_ids: torch.Tenso
     """`[B, S·F_it·(1 + len(windows))]`: per stream (`stream_ids`, each `[B or 1, L, F_it]`, newest event last) and
     item field, log(1 + the number of events equal to the candidate (`target_ids [B, F_it]`)) — `target_matches`
     summed over time; then the same count over each stream's newest `w` slots for each `w` of `windows` (w = 1:
-    whether the newest event matches), the order that a pooled model cannot see otherwise."""
+    whether the newest event matches), the order that a pooled model cannot see otherwise. No streams give
+    `[B, 0]`."""
+    if not stream_ids:
+        return target_ids.new_zeros((target_ids.shape[0], 0), dtype=torch.float32)
     matches = [target_matches(ids, target_ids) for ids in stream_ids]
     return torch.log1p(torch.cat([m.sum(1) for m in matches] + [m[:, -w:].sum(1) for w in windows for m in matches], 1))
 
