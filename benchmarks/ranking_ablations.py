@@ -142,16 +142,19 @@ def main() -> None:
             entry["significant_drop"] = on[0] < 0 and abs(on[0]) > 2 * on[1]
             cells += [f"{on[0]:+.4f} ± {on[1]:.4f}", str(entry["significant_drop"])]
             if knob:
+                # A sweep stopped before the mechanism-off runs has no control: nothing to report there.
                 off_deltas = deltas(rows, f"{knob}-off", name)
-                off = mean_std(off_deltas)
+                off = mean_std(off_deltas) if off_deltas else None
                 entry["delta_mechanism_off"] = off
-                # Only a drop that is there with the mechanism on can vanish when it is off, and only a trained
-                # control can show it (a sweep stopped before the mechanism-off runs leaves it unmeasured).
-                entry["drop_vanishes"] = (abs(off[0]) < 2 * off[1]
-                                          if entry["significant_drop"] and off_deltas else None)
-                cells += [f"{off[0]:+.4f} ± {off[1]:.4f}" if off_deltas else "not trained",
-                          "n/a (no significant drop)" if not entry["significant_drop"]
-                          else "not measured" if not off_deltas else str(entry["drop_vanishes"])]
+                # Only a drop that is there with the mechanism on can vanish when it is off.
+                entry["drop_vanishes"] = (abs(off[0]) < 2 * off[1] if entry["significant_drop"] and off else None)
+                if not entry["significant_drop"]:
+                    verdict = "n/a (no significant drop)"
+                elif off is None:
+                    verdict = "not measured"
+                else:
+                    verdict = str(entry["drop_vanishes"])
+                cells += [f"{off[0]:+.4f} ± {off[1]:.4f}" if off else "not trained", verdict]
             else:
                 cells += ["", ""]
         else:
