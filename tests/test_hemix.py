@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from rankstack.config import from_dict
 from rankstack.data.loader import BatchLoader
@@ -188,6 +189,7 @@ CACHE_CONFIGS = {
                                    "recency": True},
     "query_mlp": {"query_hidden": 32},
     "readout_concat": {"readout": "concat", "target_match": True, "recency": True},
+    "swiglu": {"ffn": "swiglu", "target_match": True, "recency": True},
 }
 
 
@@ -400,6 +402,24 @@ def test_mixer_switches_at_the_reference_size():
 
     rms_post = HeMix(layout, HeMixConfig(norm="rmsnorm", norm_position="post"))
     assert isinstance(rms_post.blocks[0].ffn_norm, torch.nn.RMSNorm) and not rms_post.blocks[0].pre_norm
+
+
+def test_swiglu_ffn_is_the_gated_formula_at_the_gelu_ffns_size():
+    """§10's SwiGLU HeteroFFN: per token, W2 (SiLU(W3 y + b3) ⊙ (W1 y + b1)) + b2, hidden round(2k·d/3)."""
+    layout = fake_layout()
+    gelu, swiglu = (HeMix(layout, HeMixConfig(ffn=ffn)).count_params()["ffn"] for ffn in ("gelu", "swiglu"))
+    assert abs(swiglu / gelu - 1) < 0.01
+    torch.manual_seed(0)
+    ffn = PerTokenFFN(3, 8, 5, gated=True)
+    with torch.no_grad():
+        ffn.b1.normal_()
+        ffn.b2.normal_()
+    y = torch.randn(4, 3, 8)
+    for i in range(3):
+        w1, w3 = ffn.w1[i, :, :5], ffn.w1[i, :, 5:]
+        b1, b3 = ffn.b1[i, :5], ffn.b1[i, 5:]
+        expected = (F.silu(y[:, i] @ w3 + b3) * (y[:, i] @ w1 + b1)) @ ffn.w2[i] + ffn.b2[i]
+        assert torch.allclose(ffn(y)[:, i], expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("mixer", ["heteromixer", "attention", "mlp", "none", "rankmixer"])

@@ -62,6 +62,8 @@ class HeMixConfig:
         mix_heads: H, heads (mix-tokens) of HeteroMixing; d % H == 0 (2).
         rank: r, hidden width of each mix-token's low-rank MLP; None picks max(16, D_h/8) (16).
         ffn_mult: k, the HeteroFFN hidden width is k·d (4).
+        ffn: `gelu` (§3.4's HeteroFFN) or `swiglu` (§10's variant for scaling studies: a gated FFN whose hidden
+            width is round(2k·d/3), so that its three matrices hold as many weights as GELU's two).
         n_layers: L, HeteroMixer blocks (3).
         realtime_len: L_r, the newest events of an undivided `history` that form the real-time sequence (20).
         tower: hidden widths of each task tower ([128, 64]).
@@ -118,6 +120,7 @@ class HeMixConfig:
     mix_heads: int = 2
     rank: int | None = 16
     ffn_mult: int = 4
+    ffn: Literal["gelu", "swiglu"] = "gelu"
     n_layers: int = 3
     realtime_len: int = 20
     tower: list[int] = field(default_factory=lambda: [128, 64])
@@ -494,20 +497,33 @@ class SelfAttentionMixing(nn.Module):
 
 class PerTokenFFN(nn.Module):
     """HeteroFFN: token i has its own `FFN_i(y) = W2_i GELU(W1_i y + b1_i) + b2_i`, hidden width `hidden`.
-    Xavier-uniform weights, zero biases."""
+    Xavier-uniform weights, zero biases.
 
-    def __init__(self, num_tokens: int, dim: int, hidden: int) -> None:
+    `gated` is §10's SwiGLU variant, `FFN_i(y) = W2_i (SiLU(W3_i y + b3_i) ⊙ (W1_i y + b1_i)) + b2_i`: the product
+    of two linear maps of the token gives explicit second-order terms of its features. W1 and W3 are stored as
+    one `[N, d, 2·hidden]` weight (W1 first).
+    """
+
+    def __init__(self, num_tokens: int, dim: int, hidden: int, gated: bool = False) -> None:
         super().__init__()
-        self.w1 = nn.Parameter(torch.empty(num_tokens, dim, hidden))
-        self.b1 = nn.Parameter(torch.zeros(num_tokens, hidden))
+        self.gated = gated
+        width = 2 * hidden if gated else hidden
+        self.w1 = nn.Parameter(torch.empty(num_tokens, dim, width))
+        self.b1 = nn.Parameter(torch.zeros(num_tokens, width))
         self.w2 = nn.Parameter(torch.empty(num_tokens, hidden, dim))
         self.b2 = nn.Parameter(torch.zeros(num_tokens, dim))
         for i in range(num_tokens):
-            nn.init.xavier_uniform_(self.w1[i])
+            for w in self.w1[i].split(hidden, dim=-1):
+                nn.init.xavier_uniform_(w)
             nn.init.xavier_uniform_(self.w2[i])
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        hidden = F.gelu(torch.einsum("bnd,ndh->bnh", y, self.w1) + self.b1)
+        pre = torch.einsum("bnd,ndh->bnh", y, self.w1) + self.b1
+        if self.gated:
+            value, gate = pre.chunk(2, dim=-1)
+            hidden = value * F.silu(gate)
+        else:
+            hidden = F.gelu(pre)
         return torch.einsum("bnh,nhd->bnd", hidden, self.w2) + self.b2
 
 
@@ -705,8 +721,11 @@ class HeMix(RankingModel):
         return None
 
     def _blocks(self, config: HeMixConfig) -> nn.ModuleList:
+        hidden = config.ffn_mult * config.dim
+        if config.ffn == "swiglu":
+            hidden = round(2 * hidden / 3)
         return nn.ModuleList(
-            HeteroMixerBlock(self._mixing(config), PerTokenFFN(self.num_tokens, config.dim, config.ffn_mult * config.dim),
+            HeteroMixerBlock(self._mixing(config), PerTokenFFN(self.num_tokens, config.dim, hidden, config.ffn == "swiglu"),
                              config.dim, config.norm, config.norm_position)
             for _ in range(config.n_layers)
         )
