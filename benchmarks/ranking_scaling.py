@@ -57,6 +57,7 @@ def plot(rows: list[dict], bayes: float | None, path: Path, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, key, label in ((axes[0], "dense_params", "dense parameters"),
@@ -71,6 +72,7 @@ def plot(rows: list[dict], bayes: float | None, path: Path, title: str) -> None:
             ax.axhline(bayes, linestyle="--", color="grey", label=f"Bayes-optimal {bayes:.4f}")
             ax.legend(loc="center right")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a short log range overlap
         ax.set_xlabel(label)
         ax.grid(True, alpha=0.3)
     axes[0].set_ylabel("test click AUC")
