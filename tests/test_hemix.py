@@ -461,9 +461,10 @@ def test_invalid_configs_are_clear_errors(datasets):
 # -- §12.1 gradients -------------------------------------------------------------------------------------------
 
 
-def test_every_per_slot_per_head_and_per_token_weight_gets_a_gradient(datasets):
+@pytest.mark.parametrize("ffn", ["gelu", "swiglu"])
+def test_every_per_slot_per_head_and_per_token_weight_gets_a_gradient(ffn, datasets):
     dataset = datasets["history"]
-    model = randomise_embeddings(hemix(dataset))
+    model = randomise_embeddings(hemix(dataset, ffn=ffn))
     model.loss(first_batch(dataset, 64)).backward()
     for name, param in model.named_parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0, name
@@ -472,8 +473,9 @@ def test_every_per_slot_per_head_and_per_token_weight_gets_a_gradient(datasets):
             slices = [*module.fixed_queries.grad, *module.query_weight.grad]
         elif isinstance(module, LowRankHeads):
             slices = [*module.down.grad, *module.up.grad]
-        elif isinstance(module, PerTokenFFN):
-            slices = [*module.w1.grad, *module.w2.grad]
+        elif isinstance(module, PerTokenFFN):  # SwiGLU: the value and the gate half of w1 apart
+            halves = 2 if module.gated else 1
+            slices = [half for w in module.w1.grad for half in w.chunk(halves, dim=-1)] + [*module.w2.grad]
         else:
             continue
         assert all(s.abs().sum() > 0 for s in slices), type(module).__name__
