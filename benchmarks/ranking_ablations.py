@@ -147,12 +147,13 @@ def main() -> None:
                 off = mean_std(off_deltas) if off_deltas else None
                 entry["delta_mechanism_off"] = off
                 # Only a drop that is there with the mechanism on can vanish when it is off.
-                entry["drop_vanishes"] = (abs(off[0]) < 2 * off[1] if entry["significant_drop"] and off else None)
+                entry["drop_vanishes"] = None
                 if not entry["significant_drop"]:
                     verdict = "n/a (no significant drop)"
                 elif off is None:
                     verdict = "not measured"
                 else:
+                    entry["drop_vanishes"] = abs(off[0]) < 2 * off[1]
                     verdict = str(entry["drop_vanishes"])
                 cells += [f"{off[0]:+.4f} ± {off[1]:.4f}" if off else "not trained", verdict]
             else:

@@ -721,11 +721,12 @@ class HeMix(RankingModel):
         return None
 
     def _blocks(self, config: HeMixConfig) -> nn.ModuleList:
+        gated = config.ffn == "swiglu"
         hidden = config.ffn_mult * config.dim
-        if config.ffn == "swiglu":
+        if gated:
             hidden = round(2 * hidden / 3)
         return nn.ModuleList(
-            HeteroMixerBlock(self._mixing(config), PerTokenFFN(self.num_tokens, config.dim, hidden, config.ffn == "swiglu"),
+            HeteroMixerBlock(self._mixing(config), PerTokenFFN(self.num_tokens, config.dim, hidden, gated),
                              config.dim, config.norm, config.norm_position)
             for _ in range(config.n_layers)
         )
