@@ -179,31 +179,37 @@ def test_lora_is_refused_for_retrieval_with_a_clear_message():
 def tiny_run(tiny_world_dir: Path, tmp_path_factory) -> tuple[Path, dict]:
     from rankstack.retrieval.run import load_run_config, train_retrieval
 
-    # Small enough for the suite: 50 CPT records per template, 1,000 SFT samples for one epoch (32 steps), 256
-    # evaluated requests per split. That is far too little training to beat popularity (the tiny city needs
-    # ~1,200 SFT steps, ~9 min on this machine: docs/retrieval.md), so this run checks the mechanics, with SFT in
-    # length-grouped batches.
+    # The shipped tiny-city config as it is (CPT, then 4 SFT epochs: 1,260 steps, about 65 s on one core), every
+    # valid and test request decoded; only SASRec is off.
     config = load_run_config(Path(__file__).resolve().parents[1] / "configs/retrieval/city_tiny.yaml",
-                             {"data": str(tiny_world_dir / "next_poi"), "lm.decode.max_eval_samples": 256,
-                              "semantic_ids.contrastive.max_epochs": 5, "lm.cpt.records_per_template": 50,
-                              "lm.sft.max_examples": 1000, "lm.sft.training.num_epochs": 1.0,
-                              "lm.sft.training.sampling": "group_by_length",  # the Beauty config's batching
-                              "lm.sft.training.logging_steps": 4, "lm.cpt.training.logging_steps": 2,
-                              "sasrec.enabled": False, "lm.decode.device": "cpu"})
+                             {"data": str(tiny_world_dir / "next_poi"), "sasrec.enabled": False,
+                              "lm.decode.device": "cpu"})
     out = tmp_path_factory.mktemp("geogr") / "run"
     return out, train_retrieval(config, out)
 
 
-def test_pipeline_writes_every_stage_and_only_valid_sids(tiny_run):
+def test_pipeline_writes_every_stage_and_only_valid_sids(tiny_run, data):
     out, metrics = tiny_run
     for stage in ("sids", "base", "cpt", "sft", "eval"):
         assert (out / stage / "stage.json").is_file(), stage
     for split in ("valid", "test"):
         row = metrics["geogr"][split]
-        assert row["sid_validity"] == 1.0 and row["generated_sids"] == 256 * 20 and row["empty_beams"] == 0
-        assert row["count"] == 256 and row["width"] == 20
+        n = len(data.splits[split])
+        assert row["sid_validity"] == 1.0 and row["generated_sids"] == n * 20 and row["empty_beams"] == 0
+        assert row["count"] == n and row["width"] == 20
     sft = json.loads((out / "sft" / "stage.json").read_text())
     assert sft["last_loss"] < sft["first_loss"]
+
+
+def test_the_tiny_config_beats_popularity_end_to_end(tiny_run):
+    """GeoGR trained end to end by the shipped config ranks the tiny city's test requests far better than
+    popularity, on the same requests and list width: at least twice its score on every metric (measured: Acc@10
+    0.28 vs 0.11, MRR 0.13 vs 0.04). A model stuck on the code marginals scores about popularity's."""
+    _, metrics = tiny_run
+    ours, popular = metrics["geogr"]["test"], metrics["popularity"]["test"]
+    assert ours["count"] == popular["count"] and ours["width"] == popular["width"]
+    for key in ("acc@1", "acc@5", "acc@10", "ndcg@5", "ndcg@10", "mrr"):
+        assert ours[key] > 2 * popular[key], (key, ours[key], popular[key])
 
 
 def test_pipeline_resumes_without_redoing_finished_stages(tiny_run, tiny_world_dir: Path):
@@ -424,14 +430,15 @@ def test_sid_token_rows_are_distinct_and_sized_like_the_old_rows():
     assert torch.equal(again[old:], new)
 
 
-@pytest.mark.parametrize("checkpointing", [False, True])
-def test_cpt_and_sft_recompute_activations_only_when_asked(tmp_path, checkpointing):
+@pytest.mark.parametrize(("checkpointing", "sampling"), [(False, "random"), (True, "group_by_length")])
+def test_cpt_and_sft_recompute_activations_only_when_asked(tmp_path, checkpointing, sampling):
     # TRL's SFTConfig turns activation checkpointing on by default; every stage's trainer must say what it wants.
     records = [{"prompt": f"visit {i} then", "completion": f" {i + 1}"} for i in range(16)]
     tokenizer = train_tokenizer((r["prompt"] + r["completion"] for r in records), vocab_size=300)
     model = build_model(ModelConfig(hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1,
                                     intermediate_size=32, max_position_embeddings=64), tokenizer)
-    training = TrainingConfig(max_steps=1, batch_size=4, max_length=32, activation_checkpointing=checkpointing)
+    training = TrainingConfig(max_steps=1, batch_size=4, max_length=32, activation_checkpointing=checkpointing,
+                              sampling=sampling)  # length-grouped batches: the Beauty config's
     train_causal_lm(model, tokenizer, records, training, tmp_path)
     assert model.is_activation_checkpointing is checkpointing
 
@@ -469,10 +476,11 @@ def test_slices_script_reproduces_the_runs_evaluation(tiny_run, tiny_world_dir: 
     runpy.run_path(str(script), run_name="__main__")
     result = json.loads(table.read_text())
     rows = result["rows"]
-    # decoding again gives the evaluation stage's numbers, and the slices partition the 256 evaluated requests
+    # decoding again gives the evaluation stage's numbers, and the slices partition the evaluated requests
     for key in ("acc@1", "acc@10", "mrr"):
         assert rows["geogr"]["all"][key] == pytest.approx(metrics["geogr"]["test"][key], abs=1e-12)
-    assert sum(rows["geogr"][s]["count"] for s in ("chain", "same", "other")) == 256
+    total = metrics["geogr"]["test"]["count"]
+    assert sum(rows["geogr"][s]["count"] for s in ("chain", "same", "other")) == total
     assert sum(result["shares"].values()) == pytest.approx(1.0)
     assert 0 < rows["oracle"]["all"]["acc@10"] <= 1
     assert 0 <= rows["geogr"]["all"]["top10_category"] <= 1 and rows["geogr"]["all"]["top1_km"] > 0
