@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 
 import pytest
 import yaml
@@ -16,10 +18,10 @@ def toy(tmp_path_factory):
     return write_toy_dataset(tmp_path_factory.mktemp("cli") / "toy", rows=4000)
 
 
-def _config(tmp_path, data, **trainer):
+def _config(tmp_path, data, model=None, **trainer):
     config = {
         "data": str(data),
-        "model": {"name": "dlrm", "args": {"top_mlp": [64, 32], "tower": [16]}},
+        "model": model or {"name": "dlrm", "args": {"top_mlp": [64, 32], "tower": [16]}},
         "batch_size": 128,
         "trainer": {"epochs": 3, "eval_every_steps": 20, "checkpoint_every_steps": 20, "progress_bar": False,
                     "lr_dense": 3e-3, "lr_embedding": 3e-2, "seed": 1, **trainer},
@@ -45,6 +47,24 @@ def test_train_then_eval_writes_the_run_folder_and_learns(tmp_path, toy, capsys)
     assert main(["eval", "--run", str(run), "--json"]) == 0
     printed = capsys.readouterr().out
     assert f"{results['test']['click_auc']:.4f}" in printed
+
+
+def test_a_hemix_run_logs_its_attention_diagnostics_at_every_evaluation(tmp_path, toy, capsys):
+    model = {"name": "hemix", "args": {"dim": 16, "n_layers": 1, "rank": 4, "tower": [16]}}
+    run = tmp_path / "run"
+    assert main(["train", "ranking", "--config", str(_config(tmp_path, toy, model, epochs=1)), "--out", str(run)]) == 0
+    with open(run / "train_log.csv", newline="") as f:
+        evals = [row for row in csv.DictReader(f) if row["eval_click_auc"]]
+    assert evals and all(row["eval_diag_padding_mass"] == "0.0" for row in evals)
+    entropy = [float(row["eval_diag_realtime_branch_dynamic_entropy"]) for row in evals]
+    assert all(0 < h < math.log(6) + 1e-6 for h in entropy)  # at most log of the stream's 6 events
+    assert {"eval_diag_layer0_mix_ratio", "eval_diag_layer0_ffn_ratio"} <= set(evals[0])
+    diagnostics = json.loads((run / "results.json").read_text())["diagnostics"]
+    assert diagnostics["padding_mass"] == 0.0 and diagnostics["layer0_ffn_ratio"] > 0
+    capsys.readouterr()
+    assert main(["eval", "--run", str(run)]) == 0  # `rankstack eval` prints them under the metrics
+    printed = capsys.readouterr().out
+    assert "diagnostics on the split's first batch" in printed and "realtime_branch_slot3_entropy" in printed
 
 
 def test_overrides_and_unknown_keys(tmp_path, toy, capsys):

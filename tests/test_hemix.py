@@ -480,3 +480,89 @@ def test_every_per_slot_per_head_and_per_token_weight_gets_a_gradient(ffn, datas
             continue
         assert all(s.abs().sum() > 0 for s in slices), type(module).__name__
 
+
+
+# -- §6 diagnostics ----------------------------------------------------------------------------------------------
+
+
+def uniform_extraction(model: HeMix) -> HeMix:
+    """W^Q = 0: every query slot scores every real event 0, so it reads them with equal weights."""
+    with torch.no_grad():
+        for extractor in model.extractors.values():
+            extractor.query_weight.zero_()
+    return model
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_diagnostics_measure_entropy_and_realtime_mass_of_the_attention(split, datasets):
+    """With uniform attention over a row's n real events the entropy is log n, and a branch over the whole
+    history (L_s = 8) puts the share (real events among the newest L_r = 3) / n on the real-time events."""
+    dataset = datasets["history"]
+    batch = first_batch(dataset, 64)
+    model = uniform_extraction(randomise_embeddings(hemix(dataset, use_realtime=split))).eval()
+    report = model.diagnostics(batch)
+    real = batch["history_poi_id"] != 0
+    newest = torch.arange(8) >= 8 - 3
+    spans = ({"realtime_branch": (real[:, -3:], newest[-3:]), "global_branch": (real[:, :-3], newest[:-3])} if split
+             else {"merged_branch": (real, newest)})
+    for name, (events, recent) in spans.items():
+        n = events.sum(1)
+        rows = n > 0
+        expected = n[rows].double().log().mean().item()
+        for j in range(4):  # 2 dynamic and 2 fixed slots per branch
+            assert report[f"{name}_slot{j}_entropy"] == pytest.approx(expected, abs=1e-5)
+        assert report[f"{name}_dynamic_entropy"] == pytest.approx(expected, abs=1e-5)
+        assert report[f"{name}_fixed_entropy"] == pytest.approx(expected, abs=1e-5)
+        assert report[f"{name}_uniform_entropy"] == pytest.approx(expected, abs=1e-9)
+        share = ((events & recent).sum(1)[rows] / n[rows]).mean().item()
+        assert report[f"{name}_realtime_mass"] == pytest.approx(share, abs=1e-5)
+    assert report["padding_mass"] == 0.0
+    if split:
+        assert report["realtime_branch_realtime_mass"] == pytest.approx(1.0)
+        assert report["global_branch_realtime_mass"] == 0.0
+
+
+def test_diagnostics_report_padding_mass_without_the_key_padding_mask(datasets):
+    dataset = datasets["history"]
+    batch = first_batch(dataset, 64)
+    trained = randomise_embeddings(hemix(dataset)).eval()
+    assert trained.diagnostics(batch)["padding_mass"] == 0.0
+    quirk = randomise_embeddings(hemix(dataset, key_padding_mask=False)).eval()
+    assert quirk.diagnostics(batch)["padding_mass"] > 0.1  # the re-impl's padded keys take weight
+    # learned attention is sharper than uniform: each slot's entropy sits between 0 and the uniform value
+    report = trained.diagnostics(batch)
+    uniform = uniform_extraction(trained).diagnostics(batch)
+    for key in (k for k in report if k.endswith("_entropy")):
+        assert 0.0 <= report[key] <= uniform[key] + 1e-6, key
+        branch = next(b.name for b in trained.branches if key.startswith(b.name))
+        assert report[key] <= report[f"{branch}_uniform_entropy"] + 1e-6, key
+
+
+@pytest.mark.parametrize(("mixer", "norm_position"), [("heteromixer", "pre"), ("heteromixer", "post"),
+                                                      ("none", "pre"), ("mlp", "pre")])
+def test_diagnostics_give_each_blocks_branch_to_residual_norm_ratios(mixer, norm_position, datasets):
+    dataset = datasets["history"]
+    batch = first_batch(dataset, 64)
+    model = randomise_embeddings(hemix(dataset, mixer=mixer, norm_position=norm_position)).eval()
+    report = model.diagnostics(batch)
+    ratios = sorted(k for k in report if k.startswith("layer"))
+    if mixer == "mlp":  # no blocks
+        assert ratios == []
+        return
+    expected = [f"layer{i}_{part}_ratio" for i in range(2) for part in (["ffn", "mix"] if mixer != "none" else ["ffn"])]
+    assert ratios == sorted(expected)
+    assert all(0 < report[k] < 100 for k in ratios)
+    with torch.no_grad():  # a block whose FFN outputs zero adds nothing to its residual stream
+        model.blocks[1].ffn.w2.zero_()
+        model.blocks[1].ffn.b2.zero_()
+        if mixer != "none":
+            for p in model.blocks[0].mix.parameters():
+                p.zero_()
+    zeroed = model.diagnostics(batch)
+    assert zeroed["layer1_ffn_ratio"] == 0.0 and zeroed["layer0_ffn_ratio"] > 0
+    if mixer != "none":
+        assert zeroed["layer0_mix_ratio"] == 0.0
+    x = model.tokens(batch)
+    for block in model.blocks:
+        assert torch.equal(block.residuals(x)[-1], block(x))
+        x = block(x)

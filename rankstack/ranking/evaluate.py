@@ -42,6 +42,18 @@ def predict_split(model: torch.nn.Module, dataset: Dataset, split: str, batch_si
     return {k: np.concatenate(v) for k, v in out.items() if v}
 
 
+def model_diagnostics(model: torch.nn.Module, dataset: Dataset, split: str, batch_size: int = 4096,
+                      device: str | torch.device = "cpu") -> dict[str, float]:
+    """The model's `diagnostics(batch)` (HeMix: hemix.md §6) on the first batch of a split; {} for a model without
+    them."""
+    diagnose = getattr(model, "diagnostics", None)
+    if diagnose is None:
+        return {}
+    batch = next(iter(BatchLoader(dataset, split, batch_size)))
+    model.eval()
+    return diagnose({k: v.to(device) for k, v in batch.items()})
+
+
 def bayes_report(dataset: Dataset, split: str, tasks: list[str], labels: dict[str, np.ndarray],
                  groups: np.ndarray | None) -> dict[str, float]:
     """Metrics of the true probabilities on the same rows, when the dataset carries a truth folder."""

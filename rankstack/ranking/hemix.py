@@ -306,6 +306,16 @@ class Match(NamedTuple):
     values: torch.Tensor
 
 
+def _product(a: torch.Tensor, b: torch.Tensor, shared_keys: bool) -> torch.Tensor:
+    """`a [B, H, Q, x] @ b [B, H, x, y]`; with `shared_keys`, b has one row `[1, H, x, y]` that every row of a
+    reads, and the rows' queries are stacked into one product instead of broadcasting b B times."""
+    if not shared_keys:
+        return torch.matmul(a, b)
+    size, heads, num_queries = a.shape[:3]
+    stacked = torch.matmul(a.transpose(0, 1).reshape(1, heads, size * num_queries, a.shape[-1]), b)
+    return stacked.view(heads, size, num_queries, b.shape[-1]).transpose(0, 1)
+
+
 class MixedQueryExtractor(nn.Module):
     """One branch: the mixed queries `[Q^b ; Φ_b]` attend the branch's sequence tokens.
 
@@ -343,24 +353,33 @@ class MixedQueryExtractor(nn.Module):
             without forming them: `q·k_t` gains `Σ_f bits_tf (q·W^K m_f)` and the output gains
             `Σ_f (Σ_t α_t bits_tf) W^V m_f`, so the per-candidate cost is `[Q, L, F_it]`, not `[L, d]`.
         """
-        q = split_heads(torch.einsum("bjd,jed->bje", queries, self.query_weight[slots]), self.heads)
-        size, heads, num_queries, width = q.shape
+        q = self._project(queries, slots)
+        weights = self._weights(q, keys, mask, shared_keys, match)
+        attended = _product(weights, values, shared_keys)
+        if match is not None:
+            attended = attended + torch.matmul(torch.matmul(weights, match.bits.unsqueeze(1)), match.values)
+        return self.out(merge_heads(attended))
 
-        def product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # a [B, H, Q, x] @ b [B or 1, H, x, y]
-            if not shared_keys:
-                return torch.matmul(a, b)
-            stacked = torch.matmul(a.transpose(0, 1).reshape(1, heads, size * num_queries, a.shape[-1]), b)
-            return stacked.view(heads, size, num_queries, b.shape[-1]).transpose(0, 1)
+    def _project(self, queries: torch.Tensor, slots: slice) -> torch.Tensor:
+        """`W^Q_j m_j` of queries `[B, Q, d]` in query slots `slots`, split into heads `[B, H_q, Q, d/H_q]`."""
+        return split_heads(torch.einsum("bjd,jed->bje", queries, self.query_weight[slots]), self.heads)
 
-        scores = product(q, keys.transpose(-1, -2))
+    def _weights(self, q: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor, shared_keys: bool,
+                 match: Match | None) -> torch.Tensor:
+        """The softmax weights `[B, H_q, Q, L]` of projected queries over the keys (see `read`)."""
+        scores = _product(q, keys.transpose(-1, -2), shared_keys)
         if match is not None:
             bits = match.bits.unsqueeze(1)  # [B, 1, L, F_it]
             scores = scores + torch.matmul(torch.matmul(q, match.keys.transpose(-1, -2)), bits.transpose(-1, -2))
-        weights = score_weights(scores / math.sqrt(width), mask if self.key_padding_mask else None)
-        attended = product(weights, values)
-        if match is not None:
-            attended = attended + torch.matmul(torch.matmul(weights, bits), match.values)
-        return self.out(merge_heads(attended))
+        return score_weights(scores / math.sqrt(q.shape[-1]), mask if self.key_padding_mask else None)
+
+    def attention(self, dynamic_queries: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The weights `[B, H_q, n_b + m_b, L]` with which `forward`'s query slots (dynamic, then fixed) read the
+        tokens; hemix.md §6's diagnostics read them."""
+        fixed = self.fixed_queries.expand(tokens.shape[0], -1, -1)
+        keys, _ = self.keys_values(tokens)
+        return self._weights(self._project(torch.cat([dynamic_queries, fixed], dim=1), slice(None)), keys, mask,
+                             False, None)
 
     def read_dynamic(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
                      shared_keys: bool = False, match: Match | None = None) -> torch.Tensor:
@@ -548,13 +567,22 @@ class HeteroMixerBlock(nn.Module):
         self.ffn_norm = make_norm(norm, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.residuals(x)[-1]
+
+    def residuals(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(the mixing branch's output, U, the FFN branch's output, X'); the mixing output is None without one."""
+        mix = None
         if self.pre_norm:
             if self.mix is not None:
-                x = x + self.mix(self.mix_norm(x))
-            return x + self.ffn(self.ffn_norm(x))
+                mix = self.mix(self.mix_norm(x))
+                x = x + mix
+            ffn = self.ffn(self.ffn_norm(x))
+            return mix, x, ffn, x + ffn
         if self.mix is not None:
-            x = self.mix_norm(x + self.mix(x))
-        return self.ffn_norm(x + self.ffn(x))
+            mix = self.mix(x)
+            x = self.mix_norm(x + mix)
+        ffn = self.ffn(x)
+        return mix, x, ffn, self.ffn_norm(x + ffn)
 
 
 class FlatMLPMixer(nn.Module):
@@ -613,6 +641,11 @@ class UserCache:
 
 # The model ------------------------------------------------------------------------------------------------------
 
+
+def _norm_ratio(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean over rows of ‖a_row‖ / ‖b_row‖ (each row's values flattened)."""
+    return float((a.flatten(1).norm(dim=1) / b.flatten(1).norm(dim=1).clamp_min(1e-12)).mean())
+
 PARAMETER_GROUPS = (
     ("fixed_queries", r"extractors\.\w+\.fixed_queries$"),
     ("extraction", r"extractors\."),
@@ -649,6 +682,7 @@ class HeMix(RankingModel):
             raise ConfigError("this HeMix ablation leaves no behaviour events to read on this dataset "
                               f"(streams: {[s.role for s in layout.sequences]}); pick another switch.")
         self.branches = plan_branches(config, global_events, realtime_events)
+        self.realtime_events = realtime_events
         self.used_streams = sorted({ev.stream for b in self.branches for ev in b.events})
         self.recency = nn.ParameterDict({
             b.name: nn.Parameter(torch.randn(sum(map(self._slice_length, b.events)), d) * 0.02) for b in self.branches
@@ -792,8 +826,10 @@ class HeMix(RankingModel):
 
     # -- reference path --
 
-    def tokens(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """X^0 = [Z_r ; Z_g ; Q] `[B, N, d]`."""
+    def _extraction_inputs(self, batch: dict[str, torch.Tensor]
+                           ) -> tuple[torch.Tensor, torch.Tensor, dict[int, tuple[torch.Tensor, torch.Tensor]]]:
+        """u = [x_ns ; x_dense ; x_t (; match features)], the dynamic queries Q and each used stream's tokens
+        (with the `target_match` terms) and mask."""
         emb = self.embedder(batch)
         parts = [emb.ns.flatten(1), emb.dense, emb.target.flatten(1)]
         target = target_item_ids(self.layout, batch)  # the ids the match options compare (a stack of F_it columns)
@@ -802,17 +838,76 @@ class HeMix(RankingModel):
         if self.config.match_counts:
             parts.append(match_count_features(stream_item_ids(self.layout, batch), target, self.config.match_windows))
         u = torch.cat(parts, dim=1)
-        queries = self.tokenizer(u)
         stream_tokens = self._stream_tokens(emb.streams)
         if self.target_match is not None:
             ids = stream_item_ids(self.layout, batch)
             stream_tokens = {i: (tokens + self._match_terms(ids[i], target), mask)
                              for i, (tokens, mask) in stream_tokens.items()}
+        return u, self.tokenizer(u), stream_tokens
+
+    def tokens(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """X^0 = [Z_r ; Z_g ; Q] `[B, N, d]`."""
+        u, queries, stream_tokens = self._extraction_inputs(batch)
         z = []
         for branch, extractor in zip(self.branches, self.extractors.values()):
             events, mask = self._branch_events(stream_tokens, branch, u)
             z.append(extractor(queries[:, branch.dynamic_start:branch.dynamic_stop], events, mask))
         return torch.cat([*z, queries], dim=1)
+
+    @torch.no_grad()
+    def diagnostics(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """hemix.md §6's diagnostics on one batch, as `{name: value}`:
+
+        - `<branch>_slot<j>_entropy`: the attention entropy (nats) of query slot j (dynamic slots first, then
+          fixed), averaged over heads and over the rows with at least one real event; `<branch>_dynamic_entropy`
+          and `<branch>_fixed_entropy` average the two kinds of slot, and `<branch>_uniform_entropy` is the
+          reference of equal weights on every real event (the mean of log n over the same rows);
+        - `<branch>_realtime_mass`: the share of the branch's attention on the real-time events S_r (the newest
+          `realtime_len` of a single history): 1 for the real-time branch and 0 for the global one by
+          construction, informative when a branch reads both (`use_realtime: false`);
+        - `padding_mass`: the largest attention weight sum on padded events of any query (0 with the key-padding
+          mask; the re-impl's `key_padding_mask: false` gives it weight);
+        - `layer<l>_mix_ratio` ‖Mix‖/‖X‖ and `layer<l>_ffn_ratio` ‖FFN‖/‖U‖ of block l (per row over its N·d
+          values, averaged over the rows).
+        """
+        u, queries, stream_tokens = self._extraction_inputs(batch)
+        report: dict[str, float] = {}
+        padding, z = 0.0, []
+        for branch, extractor in zip(self.branches, self.extractors.values()):
+            events, mask = self._branch_events(stream_tokens, branch, u)
+            dynamic = queries[:, branch.dynamic_start:branch.dynamic_stop]
+            z.append(extractor(dynamic, events, mask))
+            weights = extractor.attention(dynamic, events, mask)  # [B, H, n_b + m_b, L]
+            padding = max(padding, float(weights.masked_fill(mask[:, None, None, :], 0).sum(-1).max()))
+            rows = mask.any(dim=1)
+            if not rows.any():
+                continue
+            weights = weights[rows]
+            entropy = -(weights * weights.clamp_min(1e-30).log()).sum(-1).mean(dim=(0, 1))  # per query slot
+            report[f"{branch.name}_uniform_entropy"] = float(mask[rows].sum(1).double().log().mean())
+            report |= {f"{branch.name}_slot{j}_entropy": float(h) for j, h in enumerate(entropy)}
+            kinds = {"dynamic": entropy[:branch.num_dynamic], "fixed": entropy[branch.num_dynamic:]}
+            report |= {f"{branch.name}_{kind}_entropy": float(h.mean()) for kind, h in kinds.items() if len(h)}
+            recent = self._realtime_keys(stream_tokens, branch).to(weights.device)
+            report[f"{branch.name}_realtime_mass"] = float(weights[..., recent].sum(-1).mean())
+        report["padding_mass"] = padding
+        if self.mlp_mixer is None:
+            x = torch.cat([*z, queries], dim=1)
+            for layer, block in enumerate(self.blocks):
+                mix, residual, ffn, out = block.residuals(x)
+                if mix is not None:
+                    report[f"layer{layer}_mix_ratio"] = _norm_ratio(mix, x)
+                report[f"layer{layer}_ffn_ratio"] = _norm_ratio(ffn, residual)
+                x = out
+        return report
+
+    def _realtime_keys(self, stream_tokens: dict[int, tuple[torch.Tensor, torch.Tensor]], branch: Branch
+                       ) -> torch.Tensor:
+        """`[L_b]` bool: which of the branch's events (as `_branch_events` joins them) are real-time events."""
+        if not branch.events:
+            return torch.zeros(1, dtype=torch.bool)
+        return torch.cat([torch.full((stream_tokens[ev.stream][1][:, ev.start:ev.stop].shape[1],),
+                                     ev in self.realtime_events, dtype=torch.bool) for ev in branch.events])
 
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.towers(self.interact(self.tokens(batch)))

@@ -22,7 +22,7 @@ from rankstack.errors import ConfigError
 from rankstack.nn.features import FieldLayout
 from rankstack.ranking import build_model
 from rankstack.ranking.base import RankingModel
-from rankstack.ranking.evaluate import evaluate_ranking
+from rankstack.ranking.evaluate import evaluate_ranking, model_diagnostics
 from rankstack.train.checkpoint import best_weights_path, load_weights, save_json
 from rankstack.train.distributed import cleanup, init_distributed, is_main_process
 from rankstack.train.rng import seed_everything
@@ -92,9 +92,11 @@ def train_ranking(config: RankingRunConfig, run_dir: str | Path, where: str = "c
                          shuffle_window=config.shuffle_window, rank=rank, world_size=world_size)
 
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
-        report = evaluate_ranking(m, dataset, "valid", config.eval_batch_size, next(m.parameters()).device,
-                                  config.eval_max_rows, with_bayes=False)
-        return {k: v for k, v in report.items() if isinstance(v, float)}
+        device = next(m.parameters()).device
+        report = evaluate_ranking(m, dataset, "valid", config.eval_batch_size, device, config.eval_max_rows,
+                                  with_bayes=False)
+        diagnostics = model_diagnostics(m, dataset, "valid", config.eval_batch_size, device)
+        return {k: v for k, v in report.items() if isinstance(v, float)} | {f"diag_{k}": v for k, v in diagnostics.items()}
 
     trainer = Trainer(model, loader, trainer_config, run_dir, evaluate=evaluate)
     train_metrics = trainer.fit()
@@ -112,6 +114,9 @@ def train_ranking(config: RankingRunConfig, run_dir: str | Path, where: str = "c
             "train": train_metrics,
             "test": evaluate_ranking(model, dataset, "test", config.eval_batch_size, device),
         }
+        diagnostics = model_diagnostics(model, dataset, "test", config.eval_batch_size, device)
+        if diagnostics:
+            results["diagnostics"] = diagnostics
         save_json(results, run_dir / "results.json")
     del trainer  # its DistributedDataParallel wrapper holds the process group that cleanup() destroys
     cleanup()
@@ -134,9 +139,12 @@ def load_run(run_dir: str | Path) -> tuple[RankingRunConfig, Dataset, RankingMod
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
-    """Re-evaluate a finished run's best weights on `split`."""
+    """Re-evaluate a finished run's best weights on `split` (with the model's diagnostics, if it has them, on the
+    split's first batch under `diagnostics`)."""
     config, dataset, model = load_run(run_dir)
-    return evaluate_ranking(model, dataset, split, config.eval_batch_size)
+    report = evaluate_ranking(model, dataset, split, config.eval_batch_size)
+    diagnostics = model_diagnostics(model, dataset, split, config.eval_batch_size)
+    return report | ({"diagnostics": diagnostics} if diagnostics else {})
 
 
 def format_results(report: dict[str, Any], tasks: list[str]) -> str:
@@ -154,6 +162,10 @@ def format_results(report: dict[str, Any], tasks: list[str]) -> str:
                          f"{'' if best is None else f'{best:.4f}':>9} {gap:>8}")
     if bayes:
         lines.append("gap = distance to the Bayes-optimal figure of the true probabilities (the ceiling)")
+    diagnostics = report.get("diagnostics", {})
+    if diagnostics:
+        lines.append("diagnostics on the split's first batch (hemix.md §6; entropies in nats):")
+        lines += [f"  {key:38} {value:9.4f}" for key, value in sorted(diagnostics.items())]
     return "\n".join(lines)
 
 
