@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from rankstack.ranking.bench import machine_info  # noqa: E402
+from rankstack.ranking.bench import machine_info, run_labels  # noqa: E402
 
 
 def summarize(reports: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, tuple[float, float, int]]]:
@@ -62,9 +62,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4096, help="rows of the split's first batch")
     parser.add_argument("--out", help="write every run's diagnostics and the summary as JSON here")
     args = parser.parse_args()
-    names = args.names or [Path(r).name for r in args.runs]
-    if len(names) != len(args.runs):
-        sys.exit(f"--names gives {len(names)} names for {len(args.runs)} runs")
+    names = run_labels(args.runs, args.names)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 

@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from rankstack.ranking.bench import machine_info  # noqa: E402
+from rankstack.ranking.bench import machine_info, run_labels  # noqa: E402
 
 
 def main() -> None:
@@ -33,9 +33,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="where the runs predict: auto (a GPU when there is one), cpu, "
                         "cuda or cuda:N")
     args = parser.parse_args()
-    names = args.names or [Path(r).name for r in args.runs]
-    if len(names) != len(args.runs):
-        sys.exit(f"--names gives {len(names)} names for {len(args.runs)} runs")
+    names = run_labels(args.runs, args.names)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 

@@ -239,6 +239,14 @@ def serving_throughput(layout: FieldLayout | None = None, config: HeMixConfig | 
 # -- the whole benchmark ------------------------------------------------------------------------------------------
 
 
+def run_labels(runs: list[str], names: list[str] | None) -> list[str]:
+    """A label per run folder: `names` (one per run) or the folders' names; exits with a message on a mismatch."""
+    labels = names or [Path(run).name for run in runs]
+    if len(labels) != len(runs):
+        raise SystemExit(f"--names gives {len(labels)} names for {len(runs)} runs")
+    return labels
+
+
 def machine_info() -> dict[str, Any]:
     """Where a benchmark ran: machine, cores, Python, torch, the git commit of the working tree, the date."""
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,

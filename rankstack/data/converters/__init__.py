@@ -15,13 +15,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rankstack.data.converters import aliccp, amazon, criteo, esci, foursquare, fuxictr, taobao, wands
+from rankstack.data.converters import (
+    aliccp,
+    amazon,
+    checkins,
+    criteo,
+    esci,
+    foursquare,
+    fuxictr,
+    taobao,
+    wands,
+)
 from rankstack.data.converters.common import Converter, Option
 from rankstack.errors import RankstackError
 
 CONVERTERS: dict[str, Converter] = {
     c.name: c
-    for c in (amazon.CONVERTER, foursquare.CONVERTER, taobao.CONVERTER, fuxictr.CONVERTER, criteo.CRITEO,
+    for c in (amazon.CONVERTER, foursquare.CONVERTER, checkins.CONVERTER, taobao.CONVERTER, fuxictr.CONVERTER, criteo.CRITEO,
               criteo.AVAZU, aliccp.CONVERTER, esci.CONVERTER, wands.CONVERTER)
 }
 

@@ -18,6 +18,7 @@ the same minute is not history); a target needs at least one, and its *previous 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -136,17 +137,44 @@ def count_before(group: np.ndarray, time: np.ndarray, query_group: np.ndarray, q
             - np.searchsorted(keys, query_group * span, side="left"))
 
 
-def _local_time(minutes: np.ndarray, time_origin: str) -> tuple[np.ndarray, np.ndarray]:
+def _local_time(minutes: np.ndarray, time_origin: str, converter: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         origin = datetime.fromisoformat(time_origin)
     except ValueError:
-        raise RankstackError(f"converter `{NAME}`: option `time_origin` must be an ISO date-time such as "
+        raise RankstackError(f"converter `{converter}`: option `time_origin` must be an ISO date-time such as "
                              f"2012-04-03T14:00, got {time_origin!r}.") from None
     origin_minute = origin.hour * 60 + origin.minute
     local = minutes + origin_minute
     hour = (local // 60) % 24
     weekday = (local // 1440 + origin.weekday()) % 7  # 0 = Monday
     return hour, weekday
+
+
+def check_options(converter: str, task: str, min_checkins: int, history_len: int, negatives: int, pool_size: int,
+                  seq_len: int, realtime_len: int, grid_m: float, trajectory_gap_h: float,
+                  sample_requests: dict[str, str]) -> dict[str, int]:
+    """Check the options every check-in converter shares; returns `sample_requests` as split → count."""
+    if task not in ("next_poi", "ctr"):
+        raise RankstackError(f"converter `{converter}`: option `task` must be next_poi or ctr, got {task!r}.")
+    for option, value in (("min_checkins", min_checkins), ("history_len", history_len), ("negatives", negatives),
+                          ("pool_size", pool_size), ("realtime_len", realtime_len), ("grid_m", grid_m),
+                          ("trajectory_gap_h", trajectory_gap_h)):
+        require_positive(value, option, converter)
+    if seq_len <= realtime_len:
+        raise RankstackError(f"converter `{converter}`: `seq_len` ({seq_len}) must exceed `realtime_len` "
+                             f"({realtime_len}).")
+    sample = {}
+    for name, value in sample_requests.items():
+        if name not in SPLITS or not value.isdigit() or int(value) < 1:
+            raise RankstackError(f"converter `{converter}`: option `sample_requests` takes split:count pairs with splits "
+                                 f"among {', '.join(SPLITS)} and positive counts, got {name}:{value}.")
+        sample[name] = int(value)
+    if sample and task != "ctr":
+        raise RankstackError(f"converter `{converter}`: option `sample_requests` applies to task=ctr only.")
+    if pool_size < negatives:
+        raise RankstackError(f"converter `{converter}`: `pool_size` ({pool_size}) must be at least `negatives` "
+                             f"({negatives}).")
+    return sample
 
 
 def convert_foursquare(input: Path, out: Path, task: str, city: str, min_checkins: int, history_len: int,
@@ -189,26 +217,8 @@ def convert_foursquare(input: Path, out: Path, task: str, city: str, min_checkin
 
     Both write `tables/pois.parquet` (poi_id, lat, lon, grid_cell) for the POIs kept.
     """
-    if task not in ("next_poi", "ctr"):
-        raise RankstackError(f"converter `{NAME}`: option `task` must be next_poi or ctr, got {task!r}.")
-    for option, value in (("min_checkins", min_checkins), ("history_len", history_len), ("negatives", negatives),
-                          ("pool_size", pool_size), ("realtime_len", realtime_len), ("grid_m", grid_m),
-                          ("trajectory_gap_h", trajectory_gap_h)):
-        require_positive(value, option, NAME)
-    if seq_len <= realtime_len:
-        raise RankstackError(f"converter `{NAME}`: `seq_len` ({seq_len}) must exceed `realtime_len` "
-                             f"({realtime_len}).")
-    sample = {}
-    for name, value in sample_requests.items():
-        if name not in SPLITS or not value.isdigit() or int(value) < 1:
-            raise RankstackError(f"converter `{NAME}`: option `sample_requests` takes split:count pairs with splits "
-                                 f"among {', '.join(SPLITS)} and positive counts, got {name}:{value}.")
-        sample[name] = int(value)
-    if sample and task != "ctr":
-        raise RankstackError(f"converter `{NAME}`: option `sample_requests` applies to task=ctr only.")
-    if pool_size < negatives:
-        raise RankstackError(f"converter `{NAME}`: `pool_size` ({pool_size}) must be at least `negatives` "
-                             f"({negatives}).")
+    sample = check_options(NAME, task, min_checkins, history_len, negatives, pool_size, seq_len, realtime_len, grid_m,
+                           trajectory_gap_h, sample_requests)
     checkin_file, poi_file = locate_arrays(input, city)
     checkins = _load(checkin_file, ("user_id", "poi_id", "minute"))
     poi_rows = _load(poi_file, ("poi_id", "latitude", "longitude"))
@@ -216,17 +226,47 @@ def convert_foursquare(input: Path, out: Path, task: str, city: str, min_checkin
     poi = _integers(checkins[:, 1], checkin_file, "poi_id")
     minute = _integers(checkins[:, 2], checkin_file, "minute")
     poi_ids = _integers(poi_rows[:, 0], poi_file, "poi_id")
-    lat_all, lon_all = poi_rows[:, 1].astype(np.float64), poi_rows[:, 2].astype(np.float64)
-    for column, values, bound in (("latitude", lat_all, 90), ("longitude", lon_all, 180)):
+    source = Checkins(user, poi, minute, poi_ids, poi_rows[:, 1].astype(np.float64),
+                      poi_rows[:, 2].astype(np.float64), checkin_file, poi_file)
+    return write_checkins(source, out, NAME, task, time_origin, min_checkins, history_len, trajectory_gap_h, negatives,
+                          pool_size, seq_len, realtime_len, grid_m, max_users, sample, seed)
+
+
+@dataclass(frozen=True)
+class Checkins:
+    """A check-in log as arrays (ids non-negative integers, `minute` counted from the converter's time origin) and
+    the POIs' coordinates, with the files they came from (for error messages)."""
+
+    user: np.ndarray
+    poi: np.ndarray
+    minute: np.ndarray
+    poi_ids: np.ndarray
+    lat: np.ndarray
+    lon: np.ndarray
+    checkin_file: Path
+    poi_file: Path
+    columns: tuple[str, str, str] = ("poi_id", "latitude", "longitude")  # POI, latitude, longitude, in messages
+
+
+def write_checkins(source: Checkins, out: Path, converter: str, task: str, time_origin: str, min_checkins: int,
+                   history_len: int, trajectory_gap_h: float, negatives: int, pool_size: int, seq_len: int,
+                   realtime_len: int, grid_m: float, max_users: int, sample: dict[str, int], seed: int,
+                   tables: dict[str, pa.Table] | None = None) -> Path:
+    """The dataset of `convert_foursquare`'s docstring from a check-in log; `tables` are written beside
+    `tables/pois.parquet` as `tables/<name>.parquet`."""
+    user, poi, minute, poi_ids = source.user, source.poi, source.minute, source.poi_ids
+    lat_all, lon_all, checkin_file, poi_file = source.lat, source.lon, source.checkin_file, source.poi_file
+    poi_column, lat_column, lon_column = source.columns
+    for column, values, bound in ((lat_column, lat_all, 90), (lon_column, lon_all, 180)):
         bad = ~np.isfinite(values) | (np.abs(values) > bound)
         if bad.any():
-            raise DataError(f"{poi_file}: column `{column}` has {values[bad][0]!r} at row {np.flatnonzero(bad)[0]};"
+            raise DataError(f"{poi_file}: column `{column}` has {float(values[bad][0])} at row {np.flatnonzero(bad)[0]};"
                             f" it must be a finite number in [-{bound}, {bound}]. Fix the row.")
     position_of = np.full(max(int(poi_ids.max()), int(poi.max())) + 1, -1, dtype=np.int64)
     position_of[poi_ids] = np.arange(len(poi_ids))
     missing = position_of[poi] < 0
     if missing.any():
-        raise DataError(f"{checkin_file}: column `poi_id` has {int(missing.sum())} check-ins at POIs without "
+        raise DataError(f"{checkin_file}: column `{poi_column}` has {int(missing.sum())} check-ins at POIs without "
                         f"coordinates in {poi_file} (first: POI {poi[missing][0]}); add the POIs or drop the rows.")
 
     keep = filter_checkins(user, poi, min_checkins)
@@ -247,7 +287,7 @@ def convert_foursquare(input: Path, out: Path, task: str, city: str, min_checkin
     gap = np.diff(log.time, prepend=0)
     first = log.position == 0
     gap_bucket = np.where(first, 0, 1 + np.searchsorted(GAP_BOUNDS_MIN, gap, side="right"))
-    hour, weekday = _local_time(log.time, time_origin)
+    hour, weekday = _local_time(log.time, time_origin, converter)
     n_user = log.position + log.rank_from_end + 1
     split = np.where(log.position < (8 * n_user) // 10, "train",
                      np.where(log.position < (9 * n_user) // 10, "valid", "test"))
@@ -278,7 +318,7 @@ def convert_foursquare(input: Path, out: Path, task: str, city: str, min_checkin
                     "prev_lat": lat[slot_of[log.item[p]]], "prev_lon": lon[slot_of[log.item[p]]],
                     "target_poi_id": log.item[t], "minute": log.time[t],
                 })
-            _write_pois(writer, kept_pois, lat, lon, cells)
+            _write_pois(writer, kept_pois, lat, lon, cells, tables)
         return out
 
     log.fields.update(poi_id=log.item, grid_cell=cell_of[log.item], action=gap_bucket)
@@ -315,7 +355,7 @@ def convert_foursquare(input: Path, out: Path, task: str, city: str, min_checkin
                         log.user[t][r] * (int(cells.max()) + 1) + cell_of[rows.item], request_time,
                     ).astype(np.float32),
                 })
-        _write_pois(writer, kept_pois, lat, lon, cells)
+        _write_pois(writer, kept_pois, lat, lon, cells, tables)
     return out
 
 
@@ -335,10 +375,13 @@ def _geo_negatives(rng: np.random.Generator, users: np.ndarray, k: int, pools: n
     return negs
 
 
-def _write_pois(writer: DatasetWriter, poi: np.ndarray, lat: np.ndarray, lon: np.ndarray, cells: np.ndarray) -> None:
+def _write_pois(writer: DatasetWriter, poi: np.ndarray, lat: np.ndarray, lon: np.ndarray, cells: np.ndarray,
+                tables: dict[str, pa.Table] | None) -> None:
     (writer.path / "tables").mkdir()
     pq.write_table(pa.table({"poi_id": poi, "lat": lat, "lon": lon, "grid_cell": cells}),
                    writer.path / "tables" / "pois.parquet")
+    for name, table in (tables or {}).items():
+        pq.write_table(table, writer.path / "tables" / f"{name}.parquet")
 
 
 def _next_poi_schema(history_len: int) -> Schema:
@@ -397,27 +440,36 @@ def _ctr_schema(seq_len: int, realtime_len: int) -> Schema:
                   description="Foursquare check-ins as CTR requests with geo negatives (hemix.md §7)")
 
 
+#: the options every check-in converter shares (`check_options`, `write_checkins`), around its own
+TASK_OPTION = Option("task", "next_poi", "next_poi (retrieval samples) or ctr (positives + geo negatives)",
+                     choices=("next_poi", "ctr"))
+SAMPLE_OPTIONS = (
+    Option("min_checkins", 10, "drop users and POIs with fewer check-ins, repeatedly"),
+    Option("history_len", 50, "next_poi: history check-ins kept"),
+    Option("trajectory_gap_h", 24.0, "next_poi: a gap over this many hours starts a new trajectory"),
+    Option("negatives", 4, "ctr: negatives per positive"),
+    Option("pool_size", 50, "ctr: negatives come from this many POIs nearest the previous check-in"),
+    Option("seq_len", 100, "ctr: history events kept in all (L_s)"),
+    Option("realtime_len", 20, "ctr: newest history events in the real-time sequence (L_r)"),
+    Option("grid_m", 500.0, "grid cell side in metres"),
+)
+SUBSET_OPTIONS = (
+    Option("max_users", 0, "keep only the N lowest user ids after filtering (0 = all)"),
+    Option("sample_requests", "", "ctr: requests kept per split, e.g. train:1000,valid:200,test:400 (default all)",
+           kind="map"),
+    Option("seed", 0, "seed of the negative sampler"),
+)
+
 CONVERTER = Converter(
     name=NAME,
     description="Foursquare check-ins in the STAN arrays (NYC.npy + NYC_POI.npy) → next-POI samples or CTR "
                 "requests with negatives near the previous check-in",
     options=(
-        Option("task", "next_poi", "next_poi (retrieval samples) or ctr (positives + geo negatives)",
-               choices=("next_poi", "ctr")),
+        TASK_OPTION,
         Option("city", "", "array name when the folder holds several (NYC for NYC.npy)"),
-        Option("min_checkins", 10, "drop users and POIs with fewer check-ins, repeatedly"),
-        Option("history_len", 50, "next_poi: history check-ins kept"),
-        Option("trajectory_gap_h", 24.0, "next_poi: a gap over this many hours starts a new trajectory"),
-        Option("negatives", 4, "ctr: negatives per positive"),
-        Option("pool_size", 50, "ctr: negatives come from this many POIs nearest the previous check-in"),
-        Option("seq_len", 100, "ctr: history events kept in all (L_s)"),
-        Option("realtime_len", 20, "ctr: newest history events in the real-time sequence (L_r)"),
-        Option("grid_m", 500.0, "grid cell side in metres"),
+        *SAMPLE_OPTIONS,
         Option("time_origin", "2012-04-03T14:00", "local date-time of minute 0 of the arrays"),
-        Option("max_users", 0, "keep only the N lowest user ids after filtering (0 = all)"),
-        Option("sample_requests", "", "ctr: requests kept per split, e.g. train:1000,valid:200,test:400 (default all)",
-               kind="map"),
-        Option("seed", 0, "seed of the negative sampler"),
+        *SUBSET_OPTIONS,
     ),
     run=convert_foursquare,
 )
