@@ -646,6 +646,7 @@ def _norm_ratio(a: torch.Tensor, b: torch.Tensor) -> float:
     """Mean over rows of ‖a_row‖ / ‖b_row‖ (each row's values flattened)."""
     return float((a.flatten(1).norm(dim=1) / b.flatten(1).norm(dim=1).clamp_min(1e-12)).mean())
 
+
 PARAMETER_GROUPS = (
     ("fixed_queries", r"extractors\.\w+\.fixed_queries$"),
     ("extraction", r"extractors\."),
