@@ -2,6 +2,7 @@
 
     rankstack world generate --size small --seed 0 --out DIR [--set knob=value ...]
     rankstack data convert --format NAME --input PATH --out DIR [--option key=value ...]
+    rankstack data formats [NAME]                                            (the formats, or one format's options)
     rankstack data inspect DIR [--json]
     rankstack train ranking --config FILE [--out DIR] [--set key.path=value ...] [--resume]
     rankstack train retrieval --config FILE --out DIR [--set ...]           (GeoGR: SIDs -> CPT -> SFT -> eval)
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -60,6 +62,24 @@ def cmd_data_convert(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     out = convert(args.format, Path(args.input), Path(args.out), _overrides(args.option))
     print(f"{args.format} → {out} in {time.perf_counter() - start:.1f} s")
+
+
+def cmd_data_formats(args: argparse.Namespace) -> None:
+    from rankstack.data.converters import CONVERTERS, get_converter
+
+    if args.name is None:
+        width = max(map(len, CONVERTERS))
+        for name, converter in sorted(CONVERTERS.items()):
+            print(f"{name:{width}}  {converter.description}")
+        print("\n`rankstack data formats NAME` lists a format's options.")
+        return
+    converter = get_converter(args.name)
+    print(f"{converter.name}: {converter.description}\n")
+    print("options (--option name=value):")
+    for option in converter.options:
+        about = [option.type_name] + ([] if option.default in ("", None) else [f"default {option.default}"])
+        about += [f"one of {', '.join(option.choices)}"] if option.choices else []
+        print(f"  {option.name} ({'; '.join(about)}): {option.help}")
 
 
 def cmd_data_inspect(args: argparse.Namespace) -> None:
@@ -242,12 +262,17 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=cmd_world_generate)
 
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="action", required=True)
-    conv = data.add_parser("convert", help="convert a public dataset into the rankstack contract")
-    conv.add_argument("--format", required=True)
+    conv = data.add_parser("convert", help="convert a public dataset or your own log into the rankstack contract",
+                           epilog="`rankstack data formats` lists the formats, `rankstack data formats NAME` the "
+                                  "options of one.")
+    conv.add_argument("--format", required=True, help="the input's format (see `rankstack data formats`)")
     conv.add_argument("--input", required=True)
     conv.add_argument("--out", required=True)
     conv.add_argument("--option", action="append", metavar="KEY=VALUE", help="a converter option")
     conv.set_defaults(func=cmd_data_convert)
+    formats = data.add_parser("formats", help="the formats `data convert` reads, or one format's options")
+    formats.add_argument("name", nargs="?", help="a format: list its options")
+    formats.set_defaults(func=cmd_data_formats)
     insp = data.add_parser("inspect", help="schema, rows, vocab sizes and sequence lengths of a dataset")
     insp.add_argument("dir")
     insp.add_argument("--json", action="store_true")
@@ -361,9 +386,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
+        sys.stdout.flush()  # inside the try: a reader that went away is noticed here, not at interpreter exit
     except RankstackError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`rankstack ... | head`): stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return 0
 
 

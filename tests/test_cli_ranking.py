@@ -93,3 +93,28 @@ def test_inspect_prints_schema_rows_vocab_and_sequence_lengths(toy, capsys):
     assert columns["hour"]["level"] == "request" and columns["poi_id"]["level"] == "candidate"
     stats = summary["sequence_lengths_train"]["realtime_poi_id"]
     assert stats["max"] == 6 and 0 < stats["truncated"] < 1 and 0 < stats["empty"] < 1
+
+
+def test_data_formats_lists_every_converter_and_one_formats_options(capsys):
+    from rankstack.data.converters import CONVERTERS
+
+    assert main(["data", "formats"]) == 0
+    listing = capsys.readouterr().out
+    assert all(f"{name} " in listing for name in CONVERTERS)
+    assert main(["data", "formats", "checkins"]) == 0
+    options = capsys.readouterr().out
+    assert "time_format (str): strptime format" in options and "task (str; default next_poi; one of next_poi, ctr)" in options
+    assert main(["data", "formats", "nope"]) == 2
+    assert "unknown format `nope`; known formats: ali-ccp" in capsys.readouterr().err
+
+
+def test_output_piped_into_a_closed_reader_exits_quietly():
+    import subprocess
+    import sys
+
+    # as `rankstack data formats | head -0`: the reader is gone before the command writes anything
+    command = [sys.executable, "-c", "import sys; from rankstack.cli import main; sys.exit(main(['data', 'formats']))"]
+    writer = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    writer.stdout.close()
+    assert writer.wait(timeout=60) == 0
+    assert writer.stderr.read() == b""
