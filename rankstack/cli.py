@@ -77,7 +77,7 @@ def cmd_data_formats(args: argparse.Namespace) -> None:
     print(f"{converter.name}: {converter.description}\n")
     print("options (--option name=value):")
     for option in converter.options:
-        about = [option.type_name] + ([] if option.default in ("", None) else [f"default {option.default}"])
+        about = [option.type_name] + ([] if option.default in ("", None, [], {}) else [f"default {option.default}"])
         about += [f"one of {', '.join(option.choices)}"] if option.choices else []
         print(f"  {option.name} ({'; '.join(about)}): {option.help}")
 

@@ -33,7 +33,7 @@ def split_counts(out: Path) -> dict[str, int]:
 
 def test_registry_lists_every_format_with_documented_options() -> None:
     assert set(CONVERTERS) == {"amazon-s3rec", "foursquare-nyc", "checkins", "taobao-userbehavior", "fuxictr",
-                               "criteo", "avazu", "ali-ccp", "esci", "wands"}
+                               "criteo", "avazu", "ali-ccp", "esci", "wands", "relevance-pairs"}
     for name, converter in CONVERTERS.items():
         assert converter.name == name and converter.description
         assert converter.run.__doc__ and "Options:" in converter.run.__doc__

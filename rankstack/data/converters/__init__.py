@@ -23,6 +23,7 @@ from rankstack.data.converters import (
     esci,
     foursquare,
     fuxictr,
+    pairs,
     taobao,
     wands,
 )
@@ -32,7 +33,7 @@ from rankstack.errors import RankstackError
 CONVERTERS: dict[str, Converter] = {
     c.name: c
     for c in (amazon.CONVERTER, foursquare.CONVERTER, checkins.CONVERTER, taobao.CONVERTER, fuxictr.CONVERTER, criteo.CRITEO,
-              criteo.AVAZU, aliccp.CONVERTER, esci.CONVERTER, wands.CONVERTER)
+              criteo.AVAZU, aliccp.CONVERTER, esci.CONVERTER, wands.CONVERTER, pairs.CONVERTER)
 }
 
 

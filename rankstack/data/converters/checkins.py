@@ -21,10 +21,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pa_csv
-import pyarrow.parquet as pq
 
-from rankstack.data.converters.common import Converter, Option, require_columns, require_file
+from rankstack.data.converters.common import Converter, Option, read_table
 from rankstack.data.converters.foursquare import (
     SAMPLE_OPTIONS,
     SUBSET_OPTIONS,
@@ -36,36 +34,8 @@ from rankstack.data.converters.foursquare import (
 from rankstack.errors import DataError
 
 NAME = "checkins"
-_READERS = {".csv": ",", ".tsv": "\t", ".txt": ","}
-
-
-def read_table(path: Path, columns: list[str], what: str) -> pa.Table:
-    """The named columns of a CSV, TSV or Parquet file; a `DataError` for an unreadable file, a missing column or
-    a null value."""
-    require_file(path, what)
-    suffix = path.suffix.lower()
-    if suffix != ".parquet" and suffix not in _READERS:
-        raise DataError(f"{path}: unknown file type `{suffix or '(none)'}`; give {what} as .csv, .tsv or .parquet.")
-    try:
-        if suffix == ".parquet":
-            table = pq.read_table(path)
-        else:
-            table = pa_csv.read_csv(path, parse_options=pa_csv.ParseOptions(delimiter=_READERS[suffix]))
-    except (pa.ArrowInvalid, OSError) as err:
-        raise DataError(f"{path} is not a readable {suffix[1:]} file ({err}); check its format.") from None
-    require_columns(table.column_names, columns, path,
-                    "Name the columns with --option user_column=, poi_column=, time_column=, lat_column=, "
-                    "lon_column= (docs/converters.md, `checkins`).")
-    table = table.select(columns)
-    for name in columns:
-        column = table.column(name)
-        if column.null_count:
-            row = int(pc.index(pc.is_null(column), True).as_py())
-            raise DataError(f"{path}: column `{name}` is empty at row {row} ({column.null_count} rows); fill or drop "
-                            "those rows.")
-    if not table.num_rows:
-        raise DataError(f"{path} has no rows; expected {what}.")
-    return table
+COLUMN_FIX = ("Name the columns with --option user_column=, poi_column=, time_column=, lat_column=, lon_column= "
+              "(docs/converters.md, `checkins`).")
 
 
 def encode_ids(columns: list[pa.ChunkedArray], files: list[Path], name: str) -> tuple[list[np.ndarray], pa.Table | None]:
@@ -161,10 +131,10 @@ def convert_checkins(input: Path, out: Path, task: str, user_column: str, poi_co
     coordinates = [lat_column, lon_column]
     extra = [offset_column] if offset_column else []
     log = read_table(input, [user_column, poi_column, time_column, *extra, *([] if pois else coordinates)],
-                     "the check-in table (one row per check-in)")
+                     "the check-in table (one row per check-in)", COLUMN_FIX)
     poi_file = Path(pois) if pois else input
-    poi_table = (read_table(poi_file, [poi_column, *coordinates], "the POI table (one row per POI)") if pois
-                 else log.select([poi_column, *coordinates]))
+    poi_table = (read_table(poi_file, [poi_column, *coordinates], "the POI table (one row per POI)", COLUMN_FIX)
+                 if pois else log.select([poi_column, *coordinates]))
     (user,), user_ids = encode_ids([log.column(user_column)], [input], "user_id")
     (poi, listed), poi_ids = encode_ids([log.column(poi_column), poi_table.column(poi_column)], [input, poi_file],
                                         "poi_id")

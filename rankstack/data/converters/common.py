@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
 
 from rankstack.errors import DataError, RankstackError
 
@@ -141,6 +142,40 @@ def require_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
         raise DataError(f"{path} is not a folder; expected {what}.")
     return path
+
+
+_DELIMITERS = {".csv": ",", ".tsv": "\t", ".txt": ","}
+
+
+def read_table(path: Path, columns: list[str], what: str, fix: str, required: list[str] | None = None) -> pa.Table:
+    """The named columns of a CSV, TSV or Parquet file, for converters of users' own files; a `DataError` for an
+    unreadable file, a missing column (with `fix`: which options name the columns) or an empty cell in a
+    `required` column (default: all of them)."""
+    require_file(path, what)
+    suffix = path.suffix.lower()
+    if suffix != ".parquet" and suffix not in _DELIMITERS:
+        raise DataError(f"{path}: unknown file type `{suffix or '(none)'}`; give {what} as .csv, .tsv or .parquet.")
+    try:
+        if suffix == ".parquet":
+            table = pq.read_table(path)
+        else:
+            table = pa_csv.read_csv(path, parse_options=pa_csv.ParseOptions(delimiter=_DELIMITERS[suffix]))
+    except (pa.ArrowInvalid, OSError) as err:
+        raise DataError(f"{path} is not a readable {suffix[1:]} file ({err}); check its format.") from None
+    require_columns(table.column_names, columns, path, fix)
+    table = table.select(columns)
+    for name in columns if required is None else required:
+        column = table.column(name)
+        empty = pc.is_null(column)
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            empty = pc.or_(empty, pc.equal(pc.utf8_trim_whitespace(column), ""))  # a CSV's empty text cell
+        count = pc.sum(empty).as_py() or 0
+        if count:
+            row = int(pc.index(empty, True).as_py())
+            raise DataError(f"{path}: column `{name}` is empty at row {row} ({count} rows); fill or drop those rows.")
+    if not table.num_rows:
+        raise DataError(f"{path} has no rows; expected {what}.")
+    return table
 
 
 def require_positive(value: float, option: str, converter: str, allow_zero: bool = False) -> None:
