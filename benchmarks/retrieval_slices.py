@@ -90,7 +90,7 @@ def run_lists(run: Path, data, split: str = "test") -> np.ndarray:
     n = len(samples) if config.lm.decode.max_eval_samples is None else min(len(samples), config.lm.decode.max_eval_samples)
     trie = sids.trie(sid_level_offsets(tokenizer, sids.level_sizes))
     candidates = generate_candidates(model, tokenizer, writer.prompts(samples)[:n], trie, config.lm.decode.num_beams,
-                                     config.lm.decode.batch_size)
+                                     config.lm.decode.batch_size, histories=[row[row >= 0] for row in samples.history[:n]])
     return candidates.items
 
 

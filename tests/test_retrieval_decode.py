@@ -276,7 +276,7 @@ def test_prefix_fn_reads_only_the_generated_part() -> None:
 # Candidates for the cascade
 
 
-def test_set_collisions_expand_to_every_poi_of_a_code_by_popularity() -> None:
+def test_set_collisions_expand_to_every_poi_of_a_code_by_user_visits_then_popularity() -> None:
     codes = np.array([[0, 0, 1], [1, 1, 1], [0, 0, 1], [0, 0, 1]])
     popularity = np.array([3, 5, 9, 1])
     trie = SidTrie.from_codes(codes, (2, 2, 2), [0, 2, 4], item_rank=-popularity)
@@ -289,4 +289,9 @@ def test_set_collisions_expand_to_every_poi_of_a_code_by_popularity() -> None:
     assert items.tolist() == [[1, 2, 0]]
     torch.testing.assert_close(scores, torch.exp(torch.tensor([[-0.5, -1.0, -1.0]])))
     items, _ = to_candidates(out, trie, top_k=6)
+    assert items.tolist() == [[1, 2, 0, 3, -1, -1]]
+    # with the user's history (§3.5): the POIs the user visited most come first, popularity breaks the ties
+    items, _ = to_candidates(out, trie, top_k=6, histories=[np.array([3, 3, 0, 1])])
+    assert items.tolist() == [[1, 3, 0, 2, -1, -1]]
+    items, _ = to_candidates(out, trie, top_k=6, histories=[[]])
     assert items.tolist() == [[1, 2, 0, 3, -1, -1]]

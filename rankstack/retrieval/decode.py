@@ -14,7 +14,8 @@ SIDs and `length_penalty=0` both rank by the same summed log-probability, so the
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,12 +117,13 @@ def hf_constrained_beam_search(model: Any, input_ids: torch.Tensor, attention_ma
                             scores.view(batch, num_beams))
 
 
-def to_candidates(output: BeamSearchOutput, trie: SidTrie, top_k: int | None = None) -> tuple[torch.Tensor,
-                                                                                              torch.Tensor]:
+def to_candidates(output: BeamSearchOutput, trie: SidTrie, top_k: int | None = None,
+                  histories: Sequence[Sequence[int]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-K POIs (catalogue indices) and candidate scores exp(Σ log p) per request, for the cascade.
 
-    A leaf holding several POIs (`set` collisions) expands to all of them in the trie's item order
-    (popularity), each with the leaf's score. Returns `[B, K]` items (-1 padding) and `[B, K]` scores (0 pad).
+    A leaf holding several POIs (`set` collisions) expands to all of them, each with the leaf's score, ordered by
+    the request's visits to them in `histories` (catalogue indices per request, when given), then by the trie's
+    item order (popularity): geogr.md §3.5. Returns `[B, K]` items (-1 padding) and `[B, K]` scores (0 pad).
     """
     batch, width = output.leaves.shape
     k = top_k or width
@@ -134,7 +136,11 @@ def to_candidates(output: BeamSearchOutput, trie: SidTrie, top_k: int | None = N
             leaf = int(leaves[b, w])
             if leaf < 0 or filled >= k:
                 continue
-            for item in trie.leaf_items(leaf)[: k - filled]:
+            members = trie.leaf_items(leaf)
+            if histories is not None and len(members) > 1:
+                visits = Counter(histories[b])
+                members = sorted(members, key=lambda item: -visits[item])  # stable: popularity breaks ties
+            for item in members[: k - filled]:
                 items[b, filled], scores[b, filled] = item, probs[b, w]
                 filled += 1
     return items, scores

@@ -511,8 +511,10 @@ class Candidates:
 
 @torch.no_grad()
 def generate_candidates(model: Any, tokenizer: Any, prompts: Sequence[str], trie: SidTrie, num_beams: int,
-                        batch_size: int = 64, top_k: int | None = None) -> Candidates:
-    """Trie-constrained beam search over `prompts` in batches (left padding), expanded to POIs."""
+                        batch_size: int = 64, top_k: int | None = None,
+                        histories: Sequence[Sequence[int]] | None = None) -> Candidates:
+    """Trie-constrained beam search over `prompts` in batches (left padding), expanded to POIs; `histories` (each
+    request's earlier POIs, catalogue indices) order the POIs of a shared `set`-mode code by the user's visits."""
     device = next(model.parameters()).device
     trie = trie.to(device)
     k = top_k or num_beams
@@ -523,7 +525,8 @@ def generate_candidates(model: Any, tokenizer: Any, prompts: Sequence[str], trie
         t0 = time.perf_counter()
         enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
         out = trie_beam_search(model, enc["input_ids"], enc["attention_mask"], trie, num_beams)
-        batch_items, batch_scores = to_candidates(out, trie, k)
+        batch_items, batch_scores = to_candidates(out, trie, k,
+                                                  None if histories is None else histories[lo:lo + batch_size])
         batch_seconds.append(time.perf_counter() - t0)
         sizes.append(len(batch))
         items.append(batch_items.numpy())

@@ -112,7 +112,7 @@ class GeoGRRetriever:
             prompts = [self.writer.prompt(history[b], contexts[b].get("hour"), contexts[b].get("weekday"), where[i])
                        for i, b in enumerate(warm)]
             out = generate_candidates(self.model, self.tokenizer, prompts, self.trie, max(self.num_beams, k),
-                                      self.batch_size, top_k=k)
+                                      self.batch_size, top_k=k, histories=[history[b] for b in warm])
             items[warm] = np.where(out.items >= 0, self.poi_ids[np.maximum(out.items, 0)], -1)
             scores[warm] = out.scores
         cold = np.array([b for b in range(batch) if not len(history[b])], dtype=np.int64)

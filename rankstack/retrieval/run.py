@@ -189,7 +189,8 @@ def evaluate_generative(model: Any, tokenizer: Any, sids: SemanticIds, data: Ret
         samples = data.splits[split]
         n = len(samples) if lm.decode.max_eval_samples is None else min(len(samples), lm.decode.max_eval_samples)
         prompts = writer.prompts(samples)[:n]
-        candidates = generate_candidates(model, tokenizer, prompts, trie, lm.decode.num_beams, lm.decode.batch_size)
+        candidates = generate_candidates(model, tokenizer, prompts, trie, lm.decode.num_beams, lm.decode.batch_size,
+                                         histories=[row[row >= 0] for row in samples.history[:n]])
         report[split] = (evaluate_topk(candidates.items, samples.target[:n], len(data.catalogue))
                          | sid_validity(candidates.codes, sids) | latency_report(candidates))
     return report
