@@ -82,6 +82,25 @@ def test_prompt_without_context_or_history(data, sids):
     assert writer.prompt([-1, 3, 4, 5]) == "[hist]" + writer.sid[4] + writer.sid[5] + "[next]"
 
 
+def test_history_times_follow_each_history_sid(data, sids):
+    writer = writer_for(data, sids, max_history=2, context=False, history_times=True)
+    sid = writer.sid
+    # padding and unknown hours are skipped; the hours stay with their visits when the history is cut
+    assert writer.prompt([-1, 3, 4, 5], history_hours=[-1, 7, 18, -1]) == (
+        "[hist]" + sid[4] + "@18h" + sid[5] + "[next]")
+    assert writer.prompt([3, 4]) == "[hist]" + sid[3] + sid[4] + "[next]"  # a request without event hours
+    assert writer_for(data, sids, max_history=2, context=False).prompt([3, 4], history_hours=[1, 2]) == (
+        "[hist]" + sid[3] + sid[4] + "[next]")  # off by default
+    train = data.splits["train"]  # the city keeps each visit's hour beside its POI
+    assert train.history_hour is not None and train.history_hour.shape == train.history.shape
+    assert ((train.history_hour >= 0) == (train.history >= 0)).all() and train.history_hour.max() <= 23
+    i = int(np.flatnonzero((train.history >= 0).sum(1) >= 2)[0])
+    prompt = writer.prompts(train)[i]
+    visits = np.flatnonzero(train.history[i] >= 0)[-2:]
+    assert prompt == "[hist]" + "".join(f"{sid[train.history[i, v]]}@{train.history_hour[i, v]:02d}h"
+                                        for v in visits) + "[next]"
+
+
 def test_user_profile_lists_the_most_visited_pois_most_visits_first(data, sids):
     assert most_visited([7, 3, 7, 5, 3, 9, 7], 3) == [7, 3, 9]  # 7: 3 visits; 3: 2; 9 and 5 tie on 1, 9 is later
     assert most_visited([], 4) == []
@@ -249,6 +268,8 @@ def test_retriever_answers_warm_and_cold_requests(tiny_run, data):
                            data.catalogue.lon).prompts(test)[:3]
     offline = generate_candidates(retriever.model, retriever.tokenizer, prompts, retriever.trie, 20, top_k=10)
     assert (ids[offline.items] == poi_ids[:3]).all()
+    with pytest.raises(ValueError, match="request 0: 1 history_hours for 2 history POIs"):
+        retriever.retrieve([ids[:2].tolist()], [{"history_hours": [3]}])
 
 
 # ------------------------------------------------------------------------------------------------------------

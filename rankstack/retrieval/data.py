@@ -20,6 +20,7 @@ train samples' targets.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,13 +50,14 @@ class NextPoiLayout:
     weekday: str | None
     catalogue: str
     catalogue_id: str
+    history_hour: str | None = None  # the hour of each history event, where the data keeps it
 
 
 LAYOUTS = (
     NextPoiLayout("world", "hist_poi_id", "target_poi_id", "user_lat", "user_lon", "timestamp", 1, "hour", "weekday",
-                  "../tables/pois.parquet", "poi_id"),
+                  "../tables/pois.parquet", "poi_id", "hist_hour"),
     NextPoiLayout("foursquare", "history_poi_id", "target_poi_id", "prev_lat", "prev_lon", "minute", 60, "hour",
-                  "weekday", "tables/pois.parquet", "poi_id"),
+                  "weekday", "tables/pois.parquet", "poi_id", "history_hour"),
     NextPoiLayout("sequential", "history_item_id", "target_item_id", None, None, None, 1, None, None,
                   "tables/items.parquet", "item_id"),
 )
@@ -136,6 +138,7 @@ class NextPoiSamples:
         history: Earlier POIs, oldest first, left-aligned and padded with -1 [N, H].
         lat, lon: Where the user is at the request (degrees) [N], or None.
         time: Request time in seconds [N], or None. hour, weekday: [N] or None.
+        history_hour: The hour (0-23) of each history event, aligned with `history` (-1 padding) [N, H], or None.
     """
 
     user: np.ndarray
@@ -146,6 +149,7 @@ class NextPoiSamples:
     time: np.ndarray | None
     hour: np.ndarray | None
     weekday: np.ndarray | None
+    history_hour: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.target)
@@ -160,13 +164,19 @@ def _samples(table: pa.Table, layout: NextPoiLayout, catalogue: PoiCatalog) -> N
     def col(name: str | None, dtype: type) -> np.ndarray | None:
         return None if name is None else table.column(name).to_numpy().astype(dtype)
 
-    hist = table.column(layout.history).combine_chunks()
-    lengths = pc.list_value_length(hist).to_numpy(zero_copy_only=False).astype(np.int64)
-    flat = catalogue.index(pc.list_flatten(hist).to_numpy())
-    history = np.full((len(lengths), max(1, int(lengths.max(initial=0)))), -1, dtype=np.int64)
-    rows = np.repeat(np.arange(len(lengths)), lengths)
-    starts = np.cumsum(lengths) - lengths
-    history[rows, np.arange(len(flat)) - np.repeat(starts, lengths)] = flat
+    def left_aligned(name: str, index: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+        """A list column as `[N, H]` (-1 padding); `index` maps the flat values (POI ids → catalogue indices)."""
+        lists = table.column(name).combine_chunks()
+        lengths = pc.list_value_length(lists).to_numpy(zero_copy_only=False).astype(np.int64)
+        flat = pc.list_flatten(lists).to_numpy().astype(np.int64)
+        out = np.full((len(lengths), max(1, int(lengths.max(initial=0)))), -1, dtype=np.int64)
+        starts = np.cumsum(lengths) - lengths
+        out[np.repeat(np.arange(len(lengths)), lengths), np.arange(len(flat)) - np.repeat(starts, lengths)] = (
+            flat if index is None else index(flat))
+        return out
+
+    history = left_aligned(layout.history, catalogue.index)
+    has_hours = layout.history_hour is not None and layout.history_hour in table.column_names
     time = col(layout.time, np.int64)
     return NextPoiSamples(
         user=col("user_id", np.int64),
@@ -177,6 +187,7 @@ def _samples(table: pa.Table, layout: NextPoiLayout, catalogue: PoiCatalog) -> N
         time=None if time is None else time * layout.seconds_per_time_unit,
         hour=col(layout.hour, np.int64),
         weekday=col(layout.weekday, np.int64),
+        history_hour=left_aligned(layout.history_hour) if has_hours else None,
     )
 
 
@@ -192,6 +203,7 @@ class CheckinLog:
     time: np.ndarray
     hour: np.ndarray | None
     weekday: np.ndarray | None
+    history_hour: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.poi)

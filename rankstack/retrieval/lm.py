@@ -88,6 +88,10 @@ class PromptConfig:
             0 writes none. The paper's prompt holds a user profile (geogr.md §4.3); check-in logs carry no user
             attributes, so where the user goes most is the profile they can give. It lets a small LM copy a
             revisit by position instead of counting SIDs across a long history.
+        history_times (`bool`, defaults to `False`): write the hour of each history visit after its SID
+            (`<a_5><b_1><c_9>@18h`), where the data keeps event hours (the city's `hist_hour`, the Foursquare
+            converters' `history_hour`). geogr.md §4.3 writes each history SID's time (`@Sun 18:02`); the datasets
+            keep the hour only.
     """
 
     max_history: int = 50
@@ -95,6 +99,7 @@ class PromptConfig:
     location: Literal["sid", "cell", "both"] = "sid"
     cell_km: float = 1.0
     profile_pois: int = 0
+    history_times: bool = False
 
     def __post_init__(self) -> None:
         for key in ("max_history", "profile_pois"):
@@ -252,11 +257,17 @@ class PromptWriter:
         return [" ".join(w) if w else None for w in words]
 
     def prompt(self, history: Sequence[int], hour: int | None = None, weekday: int | None = None,
-               where: str | None = None) -> str:
+               where: str | None = None, history_hours: Sequence[int] | None = None) -> str:
         """The prompt of one request: `history` are catalogue indices, oldest first (-1 entries are skipped);
-        `where` is an entry of `where()`."""
-        visited = [int(p) for p in history if p >= 0]
+        `where` is an entry of `where()`; `history_hours` (aligned with `history`, -1 = unknown) are written with
+        `history_times`."""
+        kept = [i for i, p in enumerate(history) if p >= 0]
+        visited = [int(history[i]) for i in kept]
         recent = visited[-self.config.max_history:] if self.config.max_history else []
+        sids = [self.sid[p] for p in recent]
+        if self.config.history_times and history_hours is not None and recent:
+            hours = [int(history_hours[i]) for i in kept[-len(recent):]]
+            sids = [sid + (f"@{h:02d}h" if h >= 0 else "") for sid, h in zip(sids, hours)]
         ctx = ""
         if self.config.context:
             words = " ".join(w for w in (_when(hour, weekday), where or "") if w)
@@ -264,7 +275,7 @@ class PromptWriter:
         user = ""
         if self.config.profile_pois:
             user = "[user]" + "".join(self.sid[p] for p in most_visited(visited, self.config.profile_pois))
-        return user + "[hist]" + "".join(self.sid[p] for p in recent) + f"{ctx}[next]"
+        return user + "[hist]" + "".join(sids) + f"{ctx}[next]"
 
     def prompts(self, samples: NextPoiSamples) -> list[str]:
         """The prompts of every sample of a split."""
@@ -272,7 +283,8 @@ class PromptWriter:
         where = self.where(samples.lat, samples.lon) if samples.lat is not None else [None] * n
         hour = samples.hour.tolist() if samples.hour is not None else [None] * n
         weekday = samples.weekday.tolist() if samples.weekday is not None else [None] * n
-        return [self.prompt(samples.history[i], hour[i], weekday[i], where[i]) for i in range(n)]
+        hours = samples.history_hour if samples.history_hour is not None else [None] * n
+        return [self.prompt(samples.history[i], hour[i], weekday[i], where[i], hours[i]) for i in range(n)]
 
     def completion(self, poi: int) -> str:
         return self.sid[int(poi)]

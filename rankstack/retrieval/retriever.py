@@ -76,20 +76,23 @@ class GeoGRRetriever:
                    load_file(str(run / CATALOGUE_FILE)), num_beams or int(meta["num_beams"]),
                    meta.get("geo_bandwidth_km"))
 
-    def _index(self, ids: Sequence[int]) -> np.ndarray:
+    def _index(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Catalogue indices of the known ids, and which of `ids` they are (a boolean mask)."""
         ids = np.asarray(list(ids), dtype=np.int64)
         if not len(ids):
-            return ids
+            return ids, np.zeros(0, dtype=bool)
         pos = np.clip(np.searchsorted(self.poi_ids, ids), 0, len(self.poi_ids) - 1)
-        return pos[self.poi_ids[pos] == ids]
+        known = self.poi_ids[pos] == ids
+        return pos[known], known
 
     def retrieve(self, histories: Sequence[Sequence[int]], contexts: Sequence[Mapping[str, Any]] | None = None,
                  k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Top-`k` POI ids [B, k] (-1 pad) and scores [B, k] for B requests.
 
         `histories[b]`: the user's earlier POI ids, oldest first (unknown ids are ignored). `contexts[b]`: any of
-        `hour` (0-23), `weekday` (0 = Monday), `lat`, `lon` (degrees). `self.sources[b]` afterwards says
-        `"geogr"`, `"geo"` or `"popularity"`.
+        `hour` (0-23), `weekday` (0 = Monday), `lat`, `lon` (degrees), and `history_hours` (the hour of each
+        history visit, aligned with `histories[b]`; read by runs trained with `lm.prompt.history_times`).
+        `self.sources[b]` afterwards says `"geogr"`, `"geo"` or `"popularity"`.
         """
         batch = len(histories)
         contexts = contexts if contexts is not None else [{} for _ in range(batch)]
@@ -98,7 +101,15 @@ class GeoGRRetriever:
         items = np.full((batch, k), -1, dtype=np.int64)
         scores = np.zeros((batch, k), dtype=np.float32)
         sources = np.full(batch, "geogr", dtype="<U10")
-        history = [self._index(h) for h in histories]
+        indexed = [self._index(h) for h in histories]
+        history = [index for index, _ in indexed]
+        hours: list[np.ndarray | None] = []
+        for b, (_, known) in enumerate(indexed):
+            given = contexts[b].get("history_hours")
+            if given is not None and len(given) != len(known):
+                raise ValueError(f"request {b}: {len(given)} history_hours for {len(known)} history POIs; give one "
+                                 "hour per visit.")
+            hours.append(None if given is None else np.asarray(given, dtype=np.int64)[known])
         lat = np.array([float(c.get("lat", np.nan)) for c in contexts])
         lon = np.array([float(c.get("lon", np.nan)) for c in contexts])
         warm = [b for b in range(batch) if len(history[b])]
@@ -109,8 +120,8 @@ class GeoGRRetriever:
                 rows = np.flatnonzero(located)
                 for r, w in zip(rows, self.writer.where(lat[warm][rows], lon[warm][rows])):
                     where[r] = w
-            prompts = [self.writer.prompt(history[b], contexts[b].get("hour"), contexts[b].get("weekday"), where[i])
-                       for i, b in enumerate(warm)]
+            prompts = [self.writer.prompt(history[b], contexts[b].get("hour"), contexts[b].get("weekday"), where[i],
+                                          hours[b]) for i, b in enumerate(warm)]
             out = generate_candidates(self.model, self.tokenizer, prompts, self.trie, max(self.num_beams, k),
                                       self.batch_size, top_k=k, histories=[history[b] for b in warm])
             items[warm] = np.where(out.items >= 0, self.poi_ids[np.maximum(out.items, 0)], -1)
