@@ -147,6 +147,22 @@ def test_replay_fires_only_at_or_below_tau() -> None:
     assert replay_groups([1] * 8, 4, tau=0.125) == []
 
 
+def test_tau_can_follow_half_the_batch_accuracy() -> None:
+    from rankstack.config import from_dict
+    from rankstack.errors import ConfigError
+
+    correct = [0, 0, 0, 0, 1, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1]  # 9 of 16: τ = 9/32 ≈ 0.28
+    fixed = agrl.GuidedReplay(ReplayConfig(), {}, "label_first", True, None, lambda text, record: 0.0)
+    half = agrl.GuidedReplay(ReplayConfig(tau_mode="half_batch_accuracy"), {}, "label_first", True, None,
+                             lambda text, record: 0.0)
+    assert fixed.threshold(correct) == 0.125 and half.threshold(correct) == pytest.approx(9 / 32)
+    assert replay_groups(correct, 4, fixed.threshold(correct)) == [0]
+    assert replay_groups(correct, 4, half.threshold(correct)) == [0, 1]  # group 1 (1 of 4) now replays too
+    assert half.threshold([1] * 8) == 0.5 and half.threshold([0] * 8) == 0.0
+    with pytest.raises(ConfigError, match="tau_mode"):
+        from_dict(ReplayConfig, {"tau_mode": "half"}, "replay")
+
+
 def test_guided_replay_keeps_correct_unquoted_rollouts_with_progressive_hints(
         records: list[RelevanceRecord], world: Path, tokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
     rules = load_rule_table(world)

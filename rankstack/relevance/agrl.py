@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -126,6 +126,9 @@ class ReplayConfig:
     Args:
         enabled: Replay low-accuracy groups with hints.
         tau: Replay a group when its share of correct rollouts is ≤ tau (0.125 = 2 of 16).
+        tau_mode: `fixed` uses `tau`; `half_batch_accuracy` (§5's option "τ = half the running batch accuracy")
+            uses half the share of correct rollouts in the step's whole batch, read as the batch being run, so the
+            threshold follows the policy as it improves and needs no state across steps or resumes.
         num_guided: m guided rollouts per replayed group and hint level.
         hint_levels: 1: the tier only; 2: the tier, then the tier + the deciding rule where that found nothing.
         leak_ngram: A kept rollout shares no run of this many tokens with the hint.
@@ -133,6 +136,7 @@ class ReplayConfig:
 
     enabled: bool = True
     tau: float = 0.125
+    tau_mode: Literal["fixed", "half_batch_accuracy"] = "fixed"
     num_guided: int = 4
     hint_levels: int = 2
     leak_ngram: int = 8
@@ -247,6 +251,7 @@ class ReplayResult:
     guided: int
     labelled_right: int = 0  # guided answers whose label is the gold one, well-formed or not
     malformed: int = 0  # guided answers the parser rejects
+    tau: float = 0.0  # the threshold this pass used
 
 
 class GuidedReplay:
@@ -269,7 +274,8 @@ class GuidedReplay:
             rewards: Sequence[float], group_size: int) -> ReplayResult:
         """Find the groups to replay, sample guided rollouts level by level, and choose the rows to swap."""
         correct = [is_correct(parse_output(t, self.variant), r.label) for t, r in zip(texts, records)]
-        groups = replay_groups(correct, group_size, self.config.tau)
+        tau = self.threshold(correct)
+        groups = replay_groups(correct, group_size, tau)
         kept: dict[int, list[str]] = {g: [] for g in groups}
         leaks = guided = labelled_right = malformed = 0
         pending = list(groups)
@@ -302,7 +308,13 @@ class GuidedReplay:
                 new_rewards.append(self.score(text, records[row]))
         return ReplayResult(rows, new_texts, new_rewards, groups=len(correct) // group_size, replayed=len(groups),
                             succeeded=sum(bool(kept[g]) for g in groups), leaks=leaks, guided=guided,
-                            labelled_right=labelled_right, malformed=malformed)
+                            labelled_right=labelled_right, malformed=malformed, tau=tau)
+
+    def threshold(self, correct: Sequence[bool]) -> float:
+        """τ of this step: `tau`, or half the batch's share of correct rollouts (`tau_mode`)."""
+        if self.config.tau_mode == "half_batch_accuracy":
+            return 0.5 * float(np.mean(correct)) if len(correct) else 0.0
+        return self.config.tau
 
     def completion_ids(self, text: str) -> list[int]:
         """The token ids of a kept guided completion as the policy is scored on it: its text, then eos."""

@@ -243,6 +243,7 @@ class RelevanceRLTrainer(RankGRPOTrainer):
                 rewards[row] = reward
             output["num_items_in_batch"] = self.accelerator.gather(output["completion_mask"].sum()).sum()
         self._log("replay/rate", result.replayed / max(result.groups, 1))
+        self._log("replay/tau", result.tau)
         self._log("replay/guided_success", result.succeeded / result.replayed if result.replayed else None)
         self._log("replay/hint_leaks", result.leaks / result.guided if result.guided else None)
         # Why guided success is low: hinted answers with the wrong label, or answers that do not parse.
