@@ -251,6 +251,28 @@ def test_swapped_rows_are_rescored_under_the_unguided_prompt() -> None:
     assert output["ref_per_token_logps"][0].tolist() == [-7.0, -7.0, -7.0, 0.0, 0.0]  # other rows untouched
 
 
+def test_option_b_takes_pi_old_of_swapped_rows_from_the_guided_prompt() -> None:
+    policy = tiny_lm(1)
+    unguided = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    output = {"prompt_ids": unguided, "prompt_mask": torch.ones(2, 4, dtype=torch.long),
+              "completion_ids": torch.tensor([[20, 21, 1], [22, 23, 1]]),
+              "completion_mask": torch.ones(2, 3, dtype=torch.long)}
+    guided_prompt = [9, 10, 11, 12, 40, 41, 42]  # row 1's prompt with a hint appended
+    agrl.guided_old_logps(output, [1], [guided_prompt], completion_logps, policy)
+    ids = torch.cat([unguided, output["completion_ids"]], dim=1)
+    assert torch.allclose(output["old_per_token_logps"][0], completion_logps(policy, ids[:1], torch.ones(1, 7), 3)[0])
+    guided = torch.tensor([guided_prompt + [22, 23, 1]])
+    assert torch.allclose(output["old_per_token_logps"][1], completion_logps(policy, guided, torch.ones_like(guided), 3)[0])
+    assert not torch.allclose(output["old_per_token_logps"][1],
+                              completion_logps(policy, ids[1:], torch.ones(1, 7), 3)[0])  # not the unguided π
+    from rankstack.config import from_dict
+    from rankstack.errors import ConfigError
+    with pytest.raises(ConfigError, match="ratio_cap"):
+        from_dict(ReplayConfig, {"old_logps": "guided", "ratio_cap": 1.0}, "replay")
+    with pytest.raises(ConfigError, match="old_logps"):
+        from_dict(ReplayConfig, {"old_logps": "sampled"}, "replay")
+
+
 # ------------------------------------------------------------------------------------------------------------
 # A tiny run
 
@@ -267,6 +289,51 @@ def test_agrl_run_replays_low_accuracy_groups_and_moves_the_policy(relevance_rl_
     assert all("replay/rate" in row and "shaped/gate" in row and "rule_adherence" in row for row in steps)
     assert any(row["replay/rate"] > 0 for row in steps)
     assert all(row["reward"] >= -0.5 and row["reward"] <= 1.0 for row in steps)
+
+
+def test_option_b_swaps_a_rollout_in_with_its_guided_pi_old_and_the_ratio_cap(
+        relevance_rl_init: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trainer step with `old_logps: guided`. The tiny model's hinted answers rarely parse, so the replay is made to
+    swap row 0's own rollout in as if it came from the tier hint; π_old of that row must then come from the guided
+    prompt, and TRL's ratio cap (`delta`) must be option B's."""
+    from rankstack.relevance import rl
+
+    original_run, original_old = agrl.GuidedReplay.run, rl.guided_old_logps
+    seen: dict = {"calls": []}
+
+    def forced_run(self, model, records, texts, rewards, group_size):
+        result = original_run(self, model, records, texts, rewards, group_size)
+        if not result.rows:
+            hint = agrl.hint_text(records[0], 1, self.rule_table)
+            prompt = agrl.guided_prompt(self.tokenizer, records[0], self.rule_table, self.variant, self.rule_text, hint)
+            result.rows, result.texts, result.rewards, result.prompts = [0], [texts[0]], [rewards[0]], [prompt]
+        return result
+
+    def spy(output, rows, prompt_ids, logps, model):
+        unguided = [int(output["prompt_mask"][r].sum()) for r in rows]  # the rows' own prompts, without padding
+        seen["calls"].append((list(rows), [len(p) for p in prompt_ids], unguided))
+        out = original_old(output, rows, prompt_ids, logps, model)
+        seen["old"] = out["old_per_token_logps"].clone()
+        return out
+
+    original_advantages = rl.RelevanceRLTrainer.compute_advantages
+
+    def advantages(self, output, inputs):
+        seen["delta"] = self.args.delta
+        return original_advantages(self, output, inputs)
+
+    monkeypatch.setattr(agrl.GuidedReplay, "run", forced_run)
+    monkeypatch.setattr(rl, "guided_old_logps", spy)
+    monkeypatch.setattr(rl.RelevanceRLTrainer, "compute_advantages", advantages)
+    short = {"data.max_train_examples": 8, "pool.balance": False, "data.max_eval_examples": 4, "pool.filter": False,
+             "training.max_steps": 1, "rollout.max_completion_length": 128, "eval.max_new_tokens": 128,
+             "agrl.replay.tau": 1.0, "agrl.replay.num_guided": 2, "agrl.replay.old_logps": "guided"}
+    metrics = train_relevance("agrl", CONFIGS / "agrl_tiny.yaml", short, tmp_path, init=relevance_rl_init)
+    assert metrics["steps"] == 1 and metrics["max_parameter_change"] > 0
+    assert seen["delta"] == 2.0
+    (rows, guided_lengths, unguided_lengths), = seen["calls"]
+    assert rows == [0] and guided_lengths[0] > unguided_lengths[0]  # the hint lengthens the prompt
+    assert torch.isfinite(seen["old"]).all() and seen["old"].shape[0] >= 2
 
 
 def test_srpo_and_agrl_together_through_a_curriculum(relevance_rl_init: Path, tmp_path: Path) -> None:

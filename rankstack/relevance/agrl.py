@@ -34,7 +34,7 @@ GRPO-PR baseline: the same shaped terms, no gate and no cap.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -132,6 +132,11 @@ class ReplayConfig:
         num_guided: m guided rollouts per replayed group and hint level.
         hint_levels: 1: the tier only; 2: the tier, then the tier + the deciding rule where that found nothing.
         leak_ngram: A kept rollout shares no run of this many tokens with the hint.
+        old_logps: π_old of a swapped rollout (§5 step 5). `current` (option A, our default): TRL's detached
+            current log-probs under the unguided prompt, so the ratio is 1 and the update a plain policy gradient
+            on the off-policy tokens. `guided` (option B): the policy's log-probs of the completion under the guided
+            prompt it was sampled with, the ratio capped at `ratio_cap` (TRL's two-sided clip `delta`).
+        ratio_cap: option B's hard cap on the importance ratio π_θ / π_old.
     """
 
     enabled: bool = True
@@ -140,6 +145,13 @@ class ReplayConfig:
     num_guided: int = 4
     hint_levels: int = 2
     leak_ngram: int = 8
+    old_logps: Literal["current", "guided"] = "current"
+    ratio_cap: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.ratio_cap <= 1.0:
+            raise ValueError(f"agrl.replay.ratio_cap is {self.ratio_cap}; a cap on the importance ratio must be above 1 "
+                             "(option B uses 2).")
 
 
 def hint_text(record: RelevanceRecord, level: int, rule_table: dict[str, str]) -> str:
@@ -237,6 +249,28 @@ def rescore_rows(output: dict[str, Any], rows: Sequence[int], logps: LogpsFn,
     return output
 
 
+def guided_old_logps(output: dict[str, Any], rows: Sequence[int], guided_prompt_ids: Sequence[Sequence[int]],
+                     logps: LogpsFn, model: torch.nn.Module) -> dict[str, Any]:
+    """Option B (§5 step 5): `output["old_per_token_logps"]` of the swapped `rows` becomes `model`'s log-probs of
+    their completions under the guided prompts they were sampled with; every other row keeps (or, when TRL stored
+    none, gets) the current policy's log-probs under its own prompt, the π_old TRL would use."""
+    width = output["completion_ids"].shape[1]
+    if "old_per_token_logps" not in output:
+        input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
+        attention = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
+        with torch.no_grad():
+            output["old_per_token_logps"] = logps(model, input_ids, attention, width).float()
+    for row, prompt in zip(rows, guided_prompt_ids):
+        prompt_ids = torch.as_tensor(list(prompt), dtype=output["completion_ids"].dtype,
+                                     device=output["completion_ids"].device)
+        input_ids = torch.cat([prompt_ids, output["completion_ids"][row]]).unsqueeze(0)
+        attention = torch.cat([torch.ones_like(prompt_ids), output["completion_mask"][row].to(prompt_ids.dtype)])
+        with torch.no_grad():
+            output["old_per_token_logps"][row] = logps(model, input_ids, attention.unsqueeze(0), width)[0].to(
+                output["old_per_token_logps"].dtype)
+    return output
+
+
 @dataclass
 class ReplayResult:
     """What one replay pass did: rows swapped, their new texts and rewards, and its counts for logging."""
@@ -252,6 +286,7 @@ class ReplayResult:
     labelled_right: int = 0  # guided answers whose label is the gold one, well-formed or not
     malformed: int = 0  # guided answers the parser rejects
     tau: float = 0.0  # the threshold this pass used
+    prompts: list[str] = field(default_factory=list)  # the guided prompt each swapped row was sampled under
 
 
 class GuidedReplay:
@@ -276,7 +311,7 @@ class GuidedReplay:
         correct = [is_correct(parse_output(t, self.variant), r.label) for t, r in zip(texts, records)]
         tau = self.threshold(correct)
         groups = replay_groups(correct, group_size, tau)
-        kept: dict[int, list[str]] = {g: [] for g in groups}
+        kept: dict[int, list[tuple[str, str]]] = {g: [] for g in groups}  # (guided completion, its prompt)
         leaks = guided = labelled_right = malformed = 0
         pending = list(groups)
         for level in range(1, self.config.hint_levels + 1):
@@ -289,7 +324,7 @@ class GuidedReplay:
             samples = generate_completions(model, self.tokenizer, prompts, self.config.num_guided, do_sample=True,
                                            **self.sampling)
             guided += sum(len(s) for s in samples)
-            for g, record, hint, group_samples in zip(pending, heads, hints, samples):
+            for g, record, hint, prompt, group_samples in zip(pending, heads, hints, prompts, samples):
                 for text in group_samples:
                     parsed = parse_output(text, self.variant)
                     labelled_right += parsed.label == record.label
@@ -297,18 +332,19 @@ class GuidedReplay:
                     keep, leaked = self.usable(text, record, hint)
                     leaks += leaked
                     if keep and len(kept[g]) < self.config.num_guided:
-                        kept[g].append(text)
+                        kept[g].append((text, prompt))
             pending = [g for g in pending if not kept[g]]
-        rows, new_texts, new_rewards = [], [], []
+        rows, new_texts, new_rewards, new_prompts = [], [], [], []
         for g in groups:
             targets = lowest_reward_rows(rewards, g, group_size, len(kept[g]))
-            for row, text in zip(targets, kept[g]):
+            for row, (text, prompt) in zip(targets, kept[g]):
                 rows.append(row)
                 new_texts.append(text)
                 new_rewards.append(self.score(text, records[row]))
+                new_prompts.append(prompt)
         return ReplayResult(rows, new_texts, new_rewards, groups=len(correct) // group_size, replayed=len(groups),
                             succeeded=sum(bool(kept[g]) for g in groups), leaks=leaks, guided=guided,
-                            labelled_right=labelled_right, malformed=malformed, tau=tau)
+                            labelled_right=labelled_right, malformed=malformed, tau=tau, prompts=new_prompts)
 
     def threshold(self, correct: Sequence[bool]) -> float:
         """τ of this step: `tau`, or half the batch's share of correct rollouts (`tau_mode`)."""
@@ -323,5 +359,6 @@ class GuidedReplay:
 
 __all__ = ["WEIGHTS", "WRONG_LABEL_CAP", "FORMAT_PENALTY", "label_credit", "reward_components", "shaped_reward",
            "ShapedReward", "ReplayConfig", "hint_text", "guided_prompt", "quotes_hint", "usable_guided",
-           "replay_groups", "lowest_reward_rows", "PER_TOKEN_LOGPS", "swap_rows", "rescore_rows", "ReplayResult",
+           "replay_groups", "lowest_reward_rows", "PER_TOKEN_LOGPS", "swap_rows", "rescore_rows", "guided_old_logps",
+           "ReplayResult",
            "GuidedReplay"]

@@ -39,7 +39,14 @@ from transformers import TrainerCallback  # noqa: E402
 
 from rankstack.config import dump_yaml  # noqa: E402
 from rankstack.errors import ConfigError, DataError  # noqa: E402
-from rankstack.relevance.agrl import GuidedReplay, ReplayConfig, ShapedReward, rescore_rows, swap_rows  # noqa: E402
+from rankstack.relevance.agrl import (  # noqa: E402
+    GuidedReplay,
+    ReplayConfig,
+    ShapedReward,
+    guided_old_logps,
+    rescore_rows,
+    swap_rows,
+)
 from rankstack.relevance.data import RelevanceRecord, chat_prompt, prompt_message  # noqa: E402
 from rankstack.relevance.evaluate import is_correct  # noqa: E402
 from rankstack.relevance.format import STEPS, parse_output  # noqa: E402
@@ -238,6 +245,9 @@ class RelevanceRLTrainer(RankGRPOTrainer):
             if "old_per_token_logps" in output:
                 models["old_per_token_logps"] = self.model
             rescore_rows(output, result.rows, self._logps, models)
+            if self.replay.config.old_logps == "guided":  # option B: π_old is the guided sampling distribution
+                prompt_ids = [self.processing_class.encode(p, add_special_tokens=False) for p in result.prompts]
+                guided_old_logps(output, result.rows, prompt_ids, self._logps, self.model)
             for row, text, reward in zip(result.rows, result.texts, result.rewards):
                 texts[row] = text
                 rewards[row] = reward
@@ -552,6 +562,8 @@ def train_rl(config: RLStageConfig, out_dir: str | Path, stage: str) -> dict[str
         credit = StepCredit(lam, config.srpo.verifier_share, judge, config.srpo.uniform_weights,
                             config.srpo.log_agreement, train_cfg.seed) if config.srpo.enabled else None
         args = grpo_args(config, out)  # type: ignore[arg-type]  # reads only .training and .rollout
+        if replay is not None and config.agrl.replay.old_logps == "guided":
+            args.delta = config.agrl.replay.ratio_cap  # option B's hard ratio cap (TRL's two-sided clip)
         args.max_steps = steps
         args.seed = args.data_seed = seed
         trainer = RelevanceRLTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=dataset,
