@@ -360,5 +360,4 @@ class GuidedReplay:
 __all__ = ["WEIGHTS", "WRONG_LABEL_CAP", "FORMAT_PENALTY", "label_credit", "reward_components", "shaped_reward",
            "ShapedReward", "ReplayConfig", "hint_text", "guided_prompt", "quotes_hint", "usable_guided",
            "replay_groups", "lowest_reward_rows", "PER_TOKEN_LOGPS", "swap_rows", "rescore_rows", "guided_old_logps",
-           "ReplayResult",
-           "GuidedReplay"]
+           "ReplayResult", "GuidedReplay"]

@@ -203,7 +203,6 @@ class CheckinLog:
     time: np.ndarray
     hour: np.ndarray | None
     weekday: np.ndarray | None
-    history_hour: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.poi)
