@@ -132,13 +132,13 @@ def to_candidates(output: BeamSearchOutput, trie: SidTrie, top_k: int | None = N
     leaves, probs = output.leaves.cpu(), output.scores.exp().cpu()
     for b in range(batch):
         filled = 0
+        visits = Counter() if histories is None else Counter(histories[b])
         for w in range(width):
             leaf = int(leaves[b, w])
             if leaf < 0 or filled >= k:
                 continue
             members = trie.leaf_items(leaf)
-            if histories is not None and len(members) > 1:
-                visits = Counter(histories[b])
+            if visits and len(members) > 1:
                 members = sorted(members, key=lambda item: -visits[item])  # stable: popularity breaks ties
             for item in members[: k - filled]:
                 items[b, filled], scores[b, filled] = item, probs[b, w]

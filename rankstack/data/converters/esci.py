@@ -32,6 +32,7 @@ from rankstack.data.converters.relevance import (
     query_splits,
     query_unit,
     relevance_rows,
+    text_column,
 )
 from rankstack.data.dataset import DatasetWriter
 from rankstack.data.formats import relevance_schema
@@ -60,13 +61,6 @@ def _open_parquet(file: Path, required: list[str]) -> pq.ParquetFile:
     if handle.metadata.num_rows == 0:
         raise DataError(f"{file} has no rows.")
     return handle
-
-
-def _text(table: pa.Table, name: str) -> pa.Array:
-    """A string column with nulls as "" (or all "" when the column is absent)."""
-    if name not in table.column_names:
-        return pa.array([""] * table.num_rows, pa.string())
-    return pc.fill_null(table.column(name).cast(pa.string()), "").combine_chunks()
 
 
 def _product_key(product_id: pa.Array, locale: pa.Array) -> pa.Array:
@@ -141,10 +135,10 @@ def convert_esci(input: Path, out: Path, examples: str, products: str, locales: 
 
 
 def _splits(table: pa.Table, has_split: bool, valid_fraction: float, test_fraction: float, file: Path) -> np.ndarray:
-    query_ids = _text(table, "query_id").to_numpy(zero_copy_only=False)
+    query_ids = text_column(table, "query_id").to_numpy(zero_copy_only=False)
     if not has_split:
         return query_splits(query_ids, valid_fraction, test_fraction)
-    release = _text(table, "split").to_numpy(zero_copy_only=False)
+    release = text_column(table, "split").to_numpy(zero_copy_only=False)
     unknown = ~np.isin(release, ["train", "test"])
     if unknown.any():
         raise DataError(f"{file}: column `split` has `{release[unknown][0]}`; the release uses train and test. Fix "
@@ -156,7 +150,7 @@ def _splits(table: pa.Table, has_split: bool, valid_fraction: float, test_fracti
 def _rows(table: pa.Table, label: np.ndarray, row_of: np.ndarray, products: pa.Table, product_keys: pa.Array,
           example_file: Path, product_file: Path) -> dict:
     """Relevance rows of a batch of examples; `row_of` gives each example's data row in the file."""
-    keys = _product_key(_text(table, "product_id"), _text(table, "product_locale"))
+    keys = _product_key(text_column(table, "product_id"), text_column(table, "product_locale"))
     position = pc.index_in(keys, value_set=product_keys)
     missing = pc.is_null(position).to_numpy(zero_copy_only=False)
     if missing.any():
@@ -165,20 +159,20 @@ def _rows(table: pa.Table, label: np.ndarray, row_of: np.ndarray, products: pa.T
                         f"(locale {table.column('product_locale')[row].as_py()}) at data row {row_of[row]}, "
                         f"which is not in {product_file}; use the products file of the same release.")
     found = products.take(position)
-    locale = _text(table, "product_locale")
-    query_id = _text(table, "query_id")
-    product_id = _text(table, "product_id")
+    locale = text_column(table, "product_locale")
+    query_id = text_column(table, "query_id")
+    product_id = text_column(table, "product_id")
     if "example_id" in table.column_names:
-        pair_id = _text(table, "example_id")
+        pair_id = text_column(table, "example_id")
     else:
         pair_id = pc.binary_join_element_wise(query_id, locale, product_id, ":")
     attrs = {"locale": locale.to_pylist()}
-    attrs.update({key: _text(found, column).to_pylist() for column, key in PRODUCT_ATTRS.items()})
+    attrs.update({key: text_column(found, column).to_pylist() for column, key in PRODUCT_ATTRS.items()})
     return relevance_rows(
-        pair_id=pair_id, query_id=query_id, query=_text(table, "query"),
-        item_id=pc.binary_join_element_wise(locale, product_id, ":"), item_title=_text(found, "product_title"),
-        item_category=pa.array([""] * table.num_rows, pa.string()), item_brand=_text(found, "product_brand"),
-        item_attrs=attrs_json(attrs), label=label)
+        pair_id=pair_id, query_id=query_id, query=text_column(table, "query"),
+        item_id=pc.binary_join_element_wise(locale, product_id, ":"), item_title=text_column(found, "product_title"),
+        item_category=pa.array([""] * table.num_rows, pa.string()), item_brand=text_column(found, "product_brand"),
+        item_attrs=attrs_json(attrs, table.num_rows), label=label)
 
 
 CONVERTER = Converter(

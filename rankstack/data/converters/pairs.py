@@ -14,10 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from rankstack.data.converters.common import SPLITS, Converter, Option, check_fractions, read_table
-from rankstack.data.converters.relevance import attrs_json, map_tiers, query_splits, relevance_rows
+from rankstack.data.converters.relevance import (
+    attrs_json,
+    map_tiers,
+    query_splits,
+    relevance_rows,
+    text_column,
+)
 from rankstack.data.dataset import DatasetWriter
 from rankstack.data.formats import relevance_schema
 from rankstack.errors import DataError, RankstackError
@@ -26,13 +31,6 @@ NAME = "relevance-pairs"
 COLUMN_FIX = ("Name the columns with --option query_column=, title_column=, label_column= (and the optional "
               "query_id_column=, item_id_column=, category_column=, brand_column=, attr_columns=; "
               "docs/converters.md, `relevance-pairs`).")
-
-
-def _text(table: pa.Table, name: str) -> pa.Array:
-    """A column as text with empty cells as "" (all "" when `name` is empty: the option is unset)."""
-    if not name:
-        return pa.array([""] * table.num_rows, pa.string())
-    return pc.fill_null(table.column(name).cast(pa.string()), "").combine_chunks()
 
 
 def tiers_of(labels: pa.ChunkedArray, tiers: dict[str, str], file: Path, column: str) -> np.ndarray:
@@ -85,15 +83,14 @@ def convert_pairs(input: Path, out: Path, query_column: str, title_column: str, 
     if max_rows:
         table = table.slice(0, max_rows)
     label = tiers_of(table.column(label_column), tiers, input, label_column)
-    query = _text(table, query_column)
-    query_id = _text(table, query_id_column or query_column)
-    title = _text(table, title_column)
-    attrs = (attrs_json({name: _text(table, name).to_pylist() for name in attr_columns}) if attr_columns
-             else ["{}"] * table.num_rows)
+    query = text_column(table, query_column)
+    query_id = text_column(table, query_id_column or query_column)
+    title = text_column(table, title_column)
+    attrs = attrs_json({name: text_column(table, name).to_pylist() for name in attr_columns}, table.num_rows)
     chunk = pa.table(relevance_rows(
         pair_id=pa.array([str(i) for i in range(table.num_rows)], pa.string()), query_id=query_id, query=query,
-        item_id=_text(table, item_id_column) if item_id_column else title, item_title=title,
-        item_category=_text(table, category_column), item_brand=_text(table, brand_column), item_attrs=attrs,
+        item_id=text_column(table, item_id_column) if item_id_column else title, item_title=title,
+        item_category=text_column(table, category_column), item_brand=text_column(table, brand_column), item_attrs=attrs,
         label=label))
     split_of = query_splits(query_id.to_numpy(zero_copy_only=False), valid_fraction, test_fraction)
     empty = [split for split in SPLITS if not (split_of == split).any()]

@@ -46,12 +46,20 @@ def query_splits(query_ids: list[str] | np.ndarray, valid_fraction: float = 0.1,
     return split_by_fraction(query_unit(query_ids), valid_fraction, test_fraction)
 
 
-def attrs_json(columns: dict[str, list[Any]]) -> list[str]:
-    """One JSON object per row from attribute columns, leaving out empty values."""
+def text_column(table: pa.Table, name: str) -> pa.Array:
+    """A column as text with empty cells as "" (all "" when the table has no column `name`, or `name` is "")."""
+    if name not in table.column_names:
+        return pa.array([""] * table.num_rows, pa.string())
+    return pc.fill_null(table.column(name).cast(pa.string()), "").combine_chunks()
+
+
+def attrs_json(columns: dict[str, list[Any]], rows: int) -> list[str]:
+    """One JSON object per row (`rows` of them) from attribute columns, leaving out empty values; `{}` per row
+    without columns."""
     names = list(columns)
-    rows = zip(*columns.values()) if names else []
-    return [json.dumps({k: v for k, v in zip(names, values) if v not in (None, "", {}, [])}, ensure_ascii=False,
-                       sort_keys=True) for values in rows]
+    values = zip(*columns.values()) if names else [()] * rows
+    return [json.dumps({k: v for k, v in zip(names, row) if v not in (None, "", {}, [])}, ensure_ascii=False,
+                       sort_keys=True) for row in values]
 
 
 def relevance_rows(pair_id: pa.Array | list, query_id: pa.Array | list, query: pa.Array | list,

@@ -115,7 +115,7 @@ def convert_wands(input: Path, out: Path, valid_fraction: float, test_fraction: 
     rows = pa.table(relevance_rows(
         pair_id=pair_id, query_id=query_id, query=queries.column("query").take(q),
         item_id=pc.utf8_trim_whitespace(label_product), item_title=text("product_name"), item_category=category,
-        item_brand=[""] * labels.num_rows, item_attrs=attrs_json(attrs), label=tier))
+        item_brand=[""] * labels.num_rows, item_attrs=attrs_json(attrs, labels.num_rows), label=tier))
     split_of = query_splits(query_id.to_numpy(zero_copy_only=False), valid_fraction, test_fraction)
     with DatasetWriter(out, relevance_schema("wands")) as writer:
         for split in SPLITS:
