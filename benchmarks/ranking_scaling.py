@@ -3,7 +3,8 @@
 Trains HeMix at several sizes over token width d and depth L (N, H and r fixed, as §10's scaling recipe says) on
 one world dataset, one run per size, and writes:
 - `<out>/runs/d<d>-L<L>/`: each run folder (resumable: a size whose `results.json` exists is not retrained);
-- `<out>/ranking_scaling.json`: per size, dense parameters, forward FLOPs per sample (`torch.utils.flop_counter`),
+- `<out>/ranking_scaling.json`: per size, dense parameters, forward FLOPs per sample (`torch.utils.flop_counter`;
+  with `--set model.args.ffn=moe` also the active FLOPs, without the experts a row does not use),
   test metrics, and over the sizes the Spearman ρ(params, click AUC), the least-squares slope of AUC against
   log10(params) and the largest-minus-smallest AUC difference (§12.6's three checks);
 - `<out>/ranking_scaling.png`: click AUC against dense parameters and against FLOPs per sample, with the
@@ -61,7 +62,7 @@ def plot(rows: list[dict], bayes: float | None, path: Path, title: str) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, key, label in ((axes[0], "dense_params", "dense parameters"),
-                           (axes[1], "forward_flops_per_sample", "forward FLOPs per sample")):
+                           (axes[1], "active_flops_per_sample", "forward FLOPs per sample (MoE: active experts)")):
         ordered = sorted(rows, key=lambda r: r[key])
         x, auc = [r[key] for r in ordered], [r["click_auc"] for r in ordered]
         ax.plot(x, auc, "o-")
@@ -125,7 +126,7 @@ def main() -> None:
                      "wall_time_s": results["train"]["wall_time_s"], "steps": results["train"]["steps"],
                      **{k: v for k, v in results["test"].items() if isinstance(v, float)}})
         print(f"d={dim} L={layers}: {cost['dense_params']:,} dense params, "
-              f"{cost['forward_flops_per_sample'] / 1e6:.1f} MFLOP/sample, "
+              f"{cost['active_flops_per_sample'] / 1e6:.1f} MFLOP/sample, "
               f"click AUC {rows[-1]['click_auc']:.4f}", flush=True)
     if not rows:
         sys.exit("no size has a result yet.")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from rankstack.config import from_dict
 from rankstack.data.loader import BatchLoader
@@ -21,6 +22,7 @@ from rankstack.ranking.hemix import (
     LowRankHeads,
     MixedQueryExtractor,
     PerTokenFFN,
+    PerTokenMoE,
     SelfAttentionMixing,
     TokenMixing,
     fuse,
@@ -190,6 +192,7 @@ CACHE_CONFIGS = {
     "query_mlp": {"query_hidden": 32},
     "readout_concat": {"readout": "concat", "target_match": True, "recency": True},
     "swiglu": {"ffn": "swiglu", "target_match": True, "recency": True},
+    "moe": {"ffn": "moe", "moe_top_k": 2, "target_match": True},
 }
 
 
@@ -422,6 +425,89 @@ def test_swiglu_ffn_is_the_gated_formula_at_the_gelu_ffns_size():
         assert torch.allclose(ffn(y)[:, i], expected, atol=1e-6)
 
 
+def moe_reference(moe: PerTokenMoE, y: torch.Tensor) -> torch.Tensor:
+    """§10's sparse-MoE FFN row by row and token by token: the top-k experts of softmax(y W_r), each weighted by
+    its router probability."""
+    out = torch.zeros_like(y)
+    for b in range(y.shape[0]):
+        for i in range(y.shape[1]):
+            probs = torch.softmax(y[b, i] @ moe.router[i], dim=-1)
+            for e in probs.topk(moe.top_k).indices.tolist():
+                hidden = F.gelu(y[b, i] @ moe.w1[i, e] + moe.b1[i, e])
+                out[b, i] += probs[e] * (hidden @ moe.w2[i, e] + moe.b2[i, e])
+    return out
+
+
+@pytest.mark.parametrize("top_k", [1, 2, 4])
+def test_moe_ffn_is_the_top_k_mixture_of_each_tokens_experts(top_k):
+    torch.manual_seed(0)
+    moe = PerTokenMoE(3, 8, 5, experts=4, top_k=top_k)
+    with torch.no_grad():
+        moe.router.normal_()  # decisive routing, so that rows choose different experts
+        moe.b1.normal_()
+        moe.b2.normal_()
+    y = torch.randn(16, 3, 8)
+    assert torch.allclose(moe(y), moe_reference(moe, y), atol=1e-5)
+    chosen = moe.route(y)[1].bool()
+    assert (chosen.sum(-1) == top_k).all()
+    assert top_k == 4 or len({tuple(row) for row in chosen[:, 0].tolist()}) > 1, "rows pick different experts"
+
+
+def test_moe_balance_loss_is_one_at_even_load_and_higher_when_experts_idle():
+    moe = PerTokenMoE(2, 4, 3, experts=4, top_k=1).train()
+    y = torch.zeros(8, 2, 4)
+    y[:, :, 0] = 1.0
+    with torch.no_grad():
+        moe.router.zero_()
+        moe.router[:, 0, 2] = 50.0  # every row of both tokens to expert 2, probability ≈ 1
+    moe(y)
+    assert float(moe.balance_loss.detach()) == pytest.approx(4.0, rel=1e-4)
+    with torch.no_grad():  # rows 0-1 to expert 0, rows 2-3 to expert 1, … at probability ≈ 1
+        moe.router.zero_()
+        y = torch.zeros(8, 2, 4)
+        for row in range(8):
+            y[row, :, row // 2] = 1.0
+            moe.router[:, row // 2, row // 2] = 50.0
+    moe(y)
+    assert float(moe.balance_loss.detach()) == pytest.approx(1.0, rel=1e-4)
+    pair = PerTokenMoE(2, 4, 3, experts=4, top_k=2).train()
+    with torch.no_grad():  # top-2: every row to experts 0 and 1 at 0.5 each, half the experts idle
+        pair.router.zero_()
+        pair.router[:, 0, :2] = 50.0
+    pair(torch.ones(8, 2, 4))
+    assert float(pair.balance_loss.detach()) == pytest.approx(2.0, rel=1e-4)
+
+
+def test_moe_adds_parameters_not_active_flops_and_its_balance_loss_enters_training_only(datasets):
+    torch.manual_seed(0)
+    dense, moe = PerTokenFFN(12, 16, 64), PerTokenMoE(12, 16, 64, experts=4, top_k=1)
+    assert sum(p.numel() for p in moe.parameters()) == 4 * sum(p.numel() for p in dense.parameters()) + 12 * 16 * 4
+    y = torch.randn(32, 12, 16)
+    counted = []
+    for module in (dense, moe):
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            module(y)
+        counted.append(counter.get_total_flops() / 32)
+    router_and_combine = 2 * 12 * 16 * 4 * 2
+    assert counted[1] - moe.inactive_flops_per_row() == counted[0] + router_and_combine
+
+    dataset = datasets["history"]
+    model = randomise_embeddings(hemix(dataset, ffn="moe", moe_balance_weight=0.5))
+    batch = first_batch(dataset, 32)
+    task = super(HeMix, model).loss(batch)
+    balance = sum(block.ffn.balance_loss for block in model.blocks)
+    assert balance >= len(model.blocks) - 1e-5  # each router's loss is at least 1
+    assert torch.allclose(model.loss(batch), task + 0.5 * balance)
+    assert torch.allclose(model.eval().loss(batch), task)
+    diagnostics = model.diagnostics(batch)
+    for layer in range(len(model.blocks)):
+        assert 1.0 <= diagnostics[f"layer{layer}_moe_load"] <= diagnostics[f"layer{layer}_moe_max_load"] <= 4.0
+    with torch.no_grad():  # a zero router ties every expert, and top-1 then sends every row to expert 0
+        for block in model.blocks:
+            block.ffn.router.zero_()
+    assert model.diagnostics(batch)["layer0_moe_load"] == pytest.approx(4.0)
+
+
 @pytest.mark.parametrize("mixer", ["heteromixer", "attention", "mlp", "none", "rankmixer"])
 def test_every_mixer_runs_forward_and_backward(mixer, datasets):
     dataset = datasets["history"]
@@ -451,7 +537,8 @@ def test_invalid_configs_are_clear_errors(datasets):
     for bad, message in [({"dim": 30, "mix_heads": 4}, "divisible by mix_heads"),
                          ({"use_fixed_queries": False, "use_dynamic_queries": False}, "keep at least one"),
                          ({"use_global": False, "drop_realtime_events": True}, "cannot be combined"),
-                         ({"fusion_groups": [["Zr", "X"]]}, "segment `X`")]:
+                         ({"fusion_groups": [["Zr", "X"]]}, "segment `X`"),
+                         ({"ffn": "moe", "moe_experts": 2, "moe_top_k": 3}, "between 1 and moe_experts")]:
         with pytest.raises(ConfigError, match=message):
             from_dict(HeMixConfig, bad)
     with pytest.raises(ConfigError, match="no behaviour events"):
@@ -461,7 +548,7 @@ def test_invalid_configs_are_clear_errors(datasets):
 # -- §12.1 gradients -------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("ffn", ["gelu", "swiglu"])
+@pytest.mark.parametrize("ffn", ["gelu", "swiglu", "moe"])
 def test_every_per_slot_per_head_and_per_token_weight_gets_a_gradient(ffn, datasets):
     dataset = datasets["history"]
     model = randomise_embeddings(hemix(dataset, ffn=ffn))

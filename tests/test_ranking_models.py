@@ -113,7 +113,7 @@ def test_empty_sequences_give_finite_outputs_and_gradients(name, datasets):
                          + [("hemix", {"target_match": True}), ("hemix", {"query_hidden": 32}),
                             ("hemix", {"match_counts": True, "target_match": True}),
                             ("hemix", {"target_match": True, "recency": True}),
-                            ("hemix", {"ffn": "swiglu"}),
+                            ("hemix", {"ffn": "swiglu"}), ("hemix", {"ffn": "moe", "moe_top_k": 2}),
                             ("din", {"target_match": True}), ("dcnv2", {"match_counts": True}),
                             ("dcnv2", {"match_counts": True, "match_windows": [1, 3]})])
 def test_onnx_export_matches_pytorch(name, overrides, datasets):

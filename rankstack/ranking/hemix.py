@@ -62,8 +62,14 @@ class HeMixConfig:
         mix_heads: H, heads (mix-tokens) of HeteroMixing; d % H == 0 (2).
         rank: r, hidden width of each mix-token's low-rank MLP; None picks max(16, D_h/8) (16).
         ffn_mult: k, the HeteroFFN hidden width is k·d (4).
-        ffn: `gelu` (§3.4's HeteroFFN) or `swiglu` (§10's variant for scaling studies: a gated FFN whose hidden
-            width is round(2k·d/3), so that its three matrices hold as many weights as GELU's two).
+        ffn: `gelu` (§3.4's HeteroFFN), `swiglu` (§10's variant for scaling studies: a gated FFN whose hidden
+            width is round(2k·d/3), so that its three matrices hold as many weights as GELU's two) or `moe` (§10's
+            sparse-MoE variant, `PerTokenMoE`: each token's FFN becomes `moe_experts` GELU experts of width k·d
+            behind a router that picks `moe_top_k` of them per row, so parameters grow with the experts while the
+            active compute per row stays that of `moe_top_k` FFNs).
+        moe_experts, moe_top_k: experts per token and experts used per row with `ffn: moe` (4, 1).
+        moe_balance_weight: weight of the router's load-balancing loss added to the training loss with
+            `ffn: moe` (0.01; Switch Transformer's value).
         n_layers: L, HeteroMixer blocks (3).
         realtime_len: L_r, the newest events of an undivided `history` that form the real-time sequence (20).
         tower: hidden widths of each task tower ([128, 64]).
@@ -120,7 +126,10 @@ class HeMixConfig:
     mix_heads: int = 2
     rank: int | None = 16
     ffn_mult: int = 4
-    ffn: Literal["gelu", "swiglu"] = "gelu"
+    ffn: Literal["gelu", "swiglu", "moe"] = "gelu"
+    moe_experts: int = 4
+    moe_top_k: int = 1
+    moe_balance_weight: float = 0.01
     n_layers: int = 3
     realtime_len: int = 20
     tower: list[int] = field(default_factory=lambda: [128, 64])
@@ -154,6 +163,8 @@ class HeMixConfig:
         if not self.use_global and (self.drop_realtime_events or not self.use_realtime):
             raise ValueError("use_global=False keeps only the real-time branch; it cannot be combined with "
                              "drop_realtime_events=True or use_realtime=False")
+        if self.ffn == "moe" and not 1 <= self.moe_top_k <= self.moe_experts:
+            raise ValueError(f"moe_top_k ({self.moe_top_k}) must be between 1 and moe_experts ({self.moe_experts})")
         if self.realtime_len < 1:
             raise ValueError(f"realtime_len must be at least 1, got {self.realtime_len}")
         check_match_windows(self.match_counts, self.match_windows)
@@ -546,6 +557,55 @@ class PerTokenFFN(nn.Module):
         return torch.einsum("bnh,nhd->bnd", hidden, self.w2) + self.b2
 
 
+class PerTokenMoE(nn.Module):
+    """§10's sparse-MoE HeteroFFN: token i has E GELU experts `FFN_{i,e}` (each as `PerTokenFFN`'s, hidden width
+    `hidden`) and a router `p_i(y) = softmax(y W_r_i)`; a row uses its top-k experts,
+    `MoE_i(y) = Σ_{e ∈ top-k} p_{i,e}(y) FFN_{i,e}(y)`.
+
+    The gates are the router's probabilities, not renormalised over the chosen experts (Switch Transformer), so the
+    router gets the task's gradient at k = 1 too. Every expert is computed and the unchosen ones get gate 0 (dense
+    compute, sparse combination: the graph has no data-dependent shapes, so it exports like the dense FFN);
+    `inactive_flops_per_row` is what a serving kernel that skips them would save. In training, `balance_loss`
+    holds the last batch's load-balancing loss `E · mean_i Σ_e f_{i,e} P_{i,e}` (f: share of rows sent to expert
+    e, P: mean router probability; 1 when the load is even), which `HeMix.loss` adds.
+    """
+
+    def __init__(self, num_tokens: int, dim: int, hidden: int, experts: int, top_k: int) -> None:
+        super().__init__()
+        self.top_k = top_k
+        self.router = nn.Parameter(torch.randn(num_tokens, dim, experts) * math.sqrt(0.1 / dim))
+        self.w1 = nn.Parameter(torch.empty(num_tokens, experts, dim, hidden))
+        self.b1 = nn.Parameter(torch.zeros(num_tokens, experts, hidden))
+        self.w2 = nn.Parameter(torch.empty(num_tokens, experts, hidden, dim))
+        self.b2 = nn.Parameter(torch.zeros(num_tokens, experts, dim))
+        for w in (*self.w1.flatten(0, 1), *self.w2.flatten(0, 1)):
+            nn.init.xavier_uniform_(w)
+        self.balance_loss: torch.Tensor | None = None
+
+    def route(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(router probabilities `[B, N, E]`, the 0/1 mask of each row's top-k experts `[B, N, E]`)."""
+        probs = torch.softmax(torch.einsum("bnd,nde->bne", y, self.router), dim=-1)
+        chosen = torch.zeros_like(probs).scatter(-1, probs.topk(self.top_k, dim=-1).indices, 1.0)
+        return probs, chosen
+
+    def load(self, chosen: torch.Tensor) -> torch.Tensor:
+        """`[N, E]`: the share of each token's expert choices that go to each expert (rows sum to 1)."""
+        return chosen.mean(dim=0) / self.top_k
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        probs, chosen = self.route(y)
+        if self.training:
+            self.balance_loss = probs.shape[-1] * (self.load(chosen) * probs.mean(dim=0)).sum(-1).mean()
+        hidden = F.gelu(torch.einsum("bnd,nedh->bneh", y, self.w1) + self.b1)
+        out = torch.einsum("bneh,nehd->bned", hidden, self.w2) + self.b2
+        return torch.einsum("bne,bned->bnd", probs * chosen, out)
+
+    def inactive_flops_per_row(self) -> int:
+        """Forward FLOPs per row spent on the experts a row does not use (2 per multiply-add of W1 and W2)."""
+        tokens, experts, dim, hidden = self.w1.shape
+        return 4 * tokens * (experts - self.top_k) * dim * hidden
+
+
 def make_norm(kind: str, dim: int) -> nn.Module:
     return nn.RMSNorm(dim) if kind == "rmsnorm" else nn.LayerNorm(dim)
 
@@ -756,15 +816,18 @@ class HeMix(RankingModel):
         return None
 
     def _blocks(self, config: HeMixConfig) -> nn.ModuleList:
-        gated = config.ffn == "swiglu"
-        hidden = config.ffn_mult * config.dim
-        if gated:
-            hidden = round(2 * hidden / 3)
         return nn.ModuleList(
-            HeteroMixerBlock(self._mixing(config), PerTokenFFN(self.num_tokens, config.dim, hidden, gated),
-                             config.dim, config.norm, config.norm_position)
+            HeteroMixerBlock(self._mixing(config), self._ffn(config), config.dim, config.norm, config.norm_position)
             for _ in range(config.n_layers)
         )
+
+    def _ffn(self, config: HeMixConfig) -> nn.Module:
+        hidden = config.ffn_mult * config.dim
+        if config.ffn == "moe":
+            return PerTokenMoE(self.num_tokens, config.dim, hidden, config.moe_experts, config.moe_top_k)
+        if config.ffn == "swiglu":
+            return PerTokenFFN(self.num_tokens, config.dim, round(2 * hidden / 3), gated=True)
+        return PerTokenFFN(self.num_tokens, config.dim, hidden)
 
     # -- shared pieces of both paths --
 
@@ -869,7 +932,10 @@ class HeMix(RankingModel):
         - `padding_mass`: the largest attention weight sum on padded events of any query (0 with the key-padding
           mask; the re-impl's `key_padding_mask: false` gives it weight);
         - `layer<l>_mix_ratio` ‖Mix‖/‖X‖ and `layer<l>_ffn_ratio` ‖FFN‖/‖U‖ of block l (per row over its N·d
-          values, averaged over the rows).
+          values, averaged over the rows);
+        - with `ffn: moe`, the share of a token's expert choices that go to its busiest expert, times the number
+          of experts (1: even load; E/k: every row picks the same k experts), averaged over the tokens
+          (`layer<l>_moe_load`) and the largest of any token (`layer<l>_moe_max_load`).
         """
         u, queries, stream_tokens = self._extraction_inputs(batch)
         report: dict[str, float] = {}
@@ -899,6 +965,11 @@ class HeMix(RankingModel):
                 if mix is not None:
                     report[f"layer{layer}_mix_ratio"] = _norm_ratio(mix, x)
                 report[f"layer{layer}_ffn_ratio"] = _norm_ratio(ffn, residual)
+                if isinstance(block.ffn, PerTokenMoE):
+                    _, chosen = block.ffn.route(block.ffn_norm(residual) if block.pre_norm else residual)
+                    busiest = block.ffn.load(chosen).max(dim=-1).values * chosen.shape[-1]
+                    report[f"layer{layer}_moe_load"] = float(busiest.mean())
+                    report[f"layer{layer}_moe_max_load"] = float(busiest.max())
                 x = out
         return report
 
@@ -912,6 +983,13 @@ class HeMix(RankingModel):
 
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.towers(self.interact(self.tokens(batch)))
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The task loss; with `ffn: moe` plus `moe_balance_weight` × the routers' load-balancing losses."""
+        loss = super().loss(batch)
+        if self.config.ffn == "moe" and self.training:
+            loss = loss + self.config.moe_balance_weight * sum(block.ffn.balance_loss for block in self.blocks)
+        return loss
 
     # -- serving path (§11) --
 

@@ -26,6 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from rankstack.data.loader import BatchLoader
 from rankstack.nn.params import parameter_breakdown
+from rankstack.ranking.hemix import PerTokenMoE
 from rankstack.ranking.run import build_for, load_run_config, train_ranking
 
 METRICS = ("auc", "gauc", "logloss")
@@ -77,15 +78,18 @@ def run_all(runs: Sequence[Run], jobs: int = 1, collect_only: bool = False) -> l
 def model_cost(config: str | Path, overrides: dict[str, Any], batch_size: int = 256) -> dict[str, float]:
     """`dense_params` and `embedding_params` of the run's model, and its forward FLOPs per sample on the dataset's
     first validation batch (`forward_flops_per_sample`, `torch.utils.flop_counter`: matrix products, which is
-    where a ranker's compute is)."""
+    where a ranker's compute is). HeMix's `ffn: moe` computes every expert; `active_flops_per_sample` leaves out
+    the experts a row does not use (equal to the computed FLOPs for every other model)."""
     run_config = load_run_config(config, overrides)
     dataset, _, model = build_for(run_config, str(config))
     batch = next(iter(BatchLoader(dataset, "valid", batch_size)))
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model.eval().logits(batch)
     counts = parameter_breakdown(model)
+    flops = counter.get_total_flops() / len(next(iter(batch.values())))
+    inactive = sum(m.inactive_flops_per_row() for m in model.modules() if isinstance(m, PerTokenMoE))
     return {"dense_params": counts["dense"], "embedding_params": counts["embeddings"],
-            "forward_flops_per_sample": counter.get_total_flops() / len(next(iter(batch.values())))}
+            "forward_flops_per_sample": flops, "active_flops_per_sample": flops - inactive}
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
