@@ -3,11 +3,11 @@
 Trains HeMix at several sizes over token width d and depth L (N, H and r fixed, as §10's scaling recipe says) on
 one world dataset, one run per size, and writes:
 - `<out>/runs/d<d>-L<L>/`: each run folder (resumable: a size whose `results.json` exists is not retrained);
-- `<out>/ranking_scaling.json`: per size, dense parameters, forward FLOPs per sample (`torch.utils.flop_counter`;
-  with `--set model.args.ffn=moe` also the active FLOPs, without the experts a row does not use),
+- `<out>/ranking_scaling.json`: per size, dense parameters, forward FLOPs per sample (`torch.utils.flop_counter`)
+  and the active ones (the same except with `--set model.args.ffn=moe`: without the experts a row does not use),
   test metrics, and over the sizes the Spearman ρ(params, click AUC), the least-squares slope of AUC against
   log10(params) and the largest-minus-smallest AUC difference (§12.6's three checks);
-- `<out>/ranking_scaling.png`: click AUC against dense parameters and against FLOPs per sample, with the
+- `<out>/ranking_scaling.png`: click AUC against dense parameters and against active FLOPs per sample, with the
   Bayes-optimal AUC as a line.
 
     python benchmarks/ranking_scaling.py --data /tmp/world-medium/ranking --out benchmarks/results/scaling-medium \\

@@ -629,6 +629,10 @@ class HeteroMixerBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.residuals(x)[-1]
 
+    def ffn_input(self, u: torch.Tensor) -> torch.Tensor:
+        """What the FFN branch reads of U: LN U pre-norm, U itself post-norm."""
+        return self.ffn_norm(u) if self.pre_norm else u
+
     def residuals(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(the mixing branch's output, U, the FFN branch's output, X'); the mixing output is None without one."""
         mix = None
@@ -636,12 +640,12 @@ class HeteroMixerBlock(nn.Module):
             if self.mix is not None:
                 mix = self.mix(self.mix_norm(x))
                 x = x + mix
-            ffn = self.ffn(self.ffn_norm(x))
+            ffn = self.ffn(self.ffn_input(x))
             return mix, x, ffn, x + ffn
         if self.mix is not None:
             mix = self.mix(x)
             x = self.mix_norm(x + mix)
-        ffn = self.ffn(x)
+        ffn = self.ffn(self.ffn_input(x))
         return mix, x, ffn, self.ffn_norm(x + ffn)
 
 
@@ -966,7 +970,7 @@ class HeMix(RankingModel):
                     report[f"layer{layer}_mix_ratio"] = _norm_ratio(mix, x)
                 report[f"layer{layer}_ffn_ratio"] = _norm_ratio(ffn, residual)
                 if isinstance(block.ffn, PerTokenMoE):
-                    _, chosen = block.ffn.route(block.ffn_norm(residual) if block.pre_norm else residual)
+                    _, chosen = block.ffn.route(block.ffn_input(residual))
                     busiest = block.ffn.load(chosen).max(dim=-1).values * chosen.shape[-1]
                     report[f"layer{layer}_moe_load"] = float(busiest.mean())
                     report[f"layer{layer}_moe_max_load"] = float(busiest.max())
