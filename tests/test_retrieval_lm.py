@@ -109,6 +109,9 @@ def test_user_profile_lists_the_most_visited_pois_most_visits_first(data, sids):
     assert writer.prompt([-1, 5, 6, 6, 8, 5, 6]) == "[user]" + sid[6] + sid[5] + "[hist]" + sid[6] + "[next]"
     assert writer.prompt([-1, -1]) == "[user][hist][next]"
     assert writer_for(data, sids, max_history=1, context=False).prompt([5, 5, 6]) == "[hist]" + sid[6] + "[next]"
+    assert writer.shown_pois([-1, 5, 6, 6, 8, 5, 6]) == {6, 5}  # the profile's two and the last visit
+    assert writer_for(data, sids, max_history=3, context=False).shown_pois([9, 5, 5, 6, -1]) == {5, 6}
+    assert writer_for(data, sids, max_history=0, context=False).shown_pois([9, 5]) == set()
     with pytest.raises(ConfigError, match="lm.prompt.profile_pois"):  # refused when the config is read
         load_run_config(Path(__file__).resolve().parents[1] / "configs/retrieval/city_tiny.yaml",
                         {"lm.prompt.profile_pois": -1})
@@ -505,3 +508,42 @@ def test_slices_script_reproduces_the_runs_evaluation(tiny_run, tiny_world_dir: 
     assert sum(result["shares"].values()) == pytest.approx(1.0)
     assert 0 < rows["oracle"]["all"]["acc@10"] <= 1
     assert 0 <= rows["geogr"]["all"]["top10_category"] <= 1 and rows["geogr"]["all"]["top1_km"] > 0
+
+
+def test_copy_metrics_split_each_list_by_what_the_prompt_shows(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from retrieval_copy import copy_metrics
+
+    shown = np.zeros((4, 6), dtype=bool)
+    shown[0, [1, 2]] = shown[1, [0, 3]] = shown[2, [4]] = True  # request 3's prompt shows nothing
+    lists = np.array([[2, 0, 5], [4, 3, -1], [5, 0, 3], [4, 1, 2]])
+    targets = np.array([2, 3, 1, -1])  # hit at rank 1 (shown), rank 2 (shown), missed (new), outside (new)
+    row = copy_metrics(lists, targets, shown, width=3)
+    assert row["shown"] == 0.5 and row["count"] == 4
+    assert row["acc@1 shown"] == 0.5 and row["acc@10 shown"] == 1.0
+    assert row["acc@1 new"] == 0.0 and row["acc@10 new"] == 0.0
+    assert row["acc@1"] == 0.25 and row["acc@10"] == 0.5
+    assert row["copy@1"] == 0.25  # only request 0's first POI is one its prompt shows
+    assert row["copy@10"] == pytest.approx((1 / 3 + 1 / 3 + 0 + 0) / 4)  # an empty (-1) slot is not POI 0
+
+
+def test_copy_script_reproduces_the_runs_evaluation(tiny_run, tiny_world_dir: Path, tmp_path, monkeypatch,
+                                                    one_thread):
+    import runpy
+
+    out, metrics = tiny_run
+    table = tmp_path / "copy.json"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "retrieval_copy.py"
+    monkeypatch.syspath_prepend(str(script.parent))
+    monkeypatch.setattr("sys.argv", [str(script), "--data", str(tiny_world_dir / "next_poi"), "--runs", str(out),
+                                     "--names", "geogr", "--out", str(table)])
+    runpy.run_path(str(script), run_name="__main__")
+    rows = json.loads(table.read_text())["rows"]
+    for key in ("acc@1", "acc@10"):
+        assert rows["geogr"][key] == pytest.approx(metrics["geogr"]["test"][key], abs=1e-12)
+        assert rows["user_history"][key] == pytest.approx(metrics["user_history"]["test"][key], abs=1e-12)
+    # ranking only the shown POIs first puts every shown target in the top 10 (the tiny config shows <= 10) and
+    # none of the others: a list that copies everything the prompt shows
+    assert rows["user_history_shown"]["acc@10 shown"] == 1.0 and rows["user_history_shown"]["copy@1"] > 0.9
+    assert rows["user_history_shown"]["acc@1 new"] == 0.0
+    assert 0 < rows["geogr"]["shown"] == rows["user_history"]["shown"] < 1
