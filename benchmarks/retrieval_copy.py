@@ -8,6 +8,9 @@ Per run (test split, decoded again on the served model and SIDs, as `retrieval_s
     shown         share of requests whose next POI the prompt shows: the Acc@K ceiling of a method that only copies
     acc@k shown   Acc@K over those requests; `acc@k new` over the others
     copy@1/@10    mean share of each list's first 1 / 10 POIs that the prompt shows
+    level<l> shown / new   teacher-forced: the share of requests whose next POI's level-l code is the LM's most
+                  likely code of that level given the prompt and the true codes before it (levels a, b, c, then
+                  the dedup token d), over the requests whose next POI the prompt shows / does not show
 
 Beside the runs, two rows that need no model: `user_history` (the run's tuned decay over the whole history array,
 the baseline of `rankstack bench retrieval`) and `user_history_shown` (the same scores, kept only for POIs the
@@ -33,8 +36,10 @@ from retrieval_slices import run_lists  # this script's folder is on sys.path
 from rankstack.retrieval.baselines import history_topk
 from rankstack.retrieval.data import load_retrieval_data
 from rankstack.retrieval.evaluate import metrics_from_ranks, ranks_in_lists
+from rankstack.retrieval.lm import load_lm
 from rankstack.retrieval.run import load_run_config, prompt_writer
 from rankstack.retrieval.semantic_ids import SemanticIds
+from rankstack.retrieval.trie import sid_level_offsets
 
 KEYS = ("shown", "acc@1 shown", "acc@10 shown", "acc@1 new", "acc@10 new", "acc@1", "acc@10", "copy@1", "copy@10")
 
@@ -66,6 +71,26 @@ def copy_metrics(lists: np.ndarray, targets: np.ndarray, shown: np.ndarray, widt
     return out
 
 
+@torch.no_grad()
+def level_hits(model, tokenizer, prompts: list[str], codes: np.ndarray, level_sizes, batch_size: int = 64
+               ) -> np.ndarray:
+    """[n, levels] bool: whether each level's true code (`codes` [n, levels]) is the LM's argmax over that level's
+    SID tokens, given the prompt and the true codes before it (one teacher-forced forward per request)."""
+    offsets = sid_level_offsets(tokenizer, level_sizes)
+    width = codes.shape[1]
+    ids = torch.tensor(np.asarray(offsets)[None, :] + codes)
+    hits = []
+    for lo in range(0, len(prompts), batch_size):
+        enc = tokenizer(prompts[lo:lo + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+        answer = ids[lo:lo + batch_size]  # left padding: the answer follows every prompt's last token
+        input_ids = torch.cat([enc["input_ids"], answer], 1)
+        mask = torch.cat([enc["attention_mask"], torch.ones_like(answer)], 1)
+        logits = model(input_ids=input_ids, attention_mask=mask).logits[:, -width - 1:-1]
+        hits.append(torch.stack([logits[:, level, off:off + size].argmax(-1) == answer[:, level] - off
+                                 for level, (off, size) in enumerate(zip(offsets, level_sizes))], 1).numpy())
+    return np.concatenate(hits) if hits else np.zeros((0, width), dtype=bool)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="the next-POI dataset the runs were trained on")
@@ -84,15 +109,26 @@ def main() -> None:
     for name, run in zip(names, args.runs):
         start = time.perf_counter()
         config = load_run_config(run / "config.yaml")
-        served = json.loads((run / "eval" / "metrics.json").read_text()).get("served", {"sids": "sids"})
-        writer = prompt_writer(data, SemanticIds.load(run / served["sids"]), config.lm)
+        served = json.loads((run / "eval" / "metrics.json").read_text()).get("served", {"model": "sft", "sids": "sids"})
+        sids = SemanticIds.load(run / served["sids"])
+        writer = prompt_writer(data, sids, config.lm)
         lists = run_lists(run, data)
         shown = shown_masks(writer, test.history[:len(lists)], n_pois)
         first_shown = shown if first_shown is None else first_shown
         if len(shown) != len(first_shown):
             sys.exit(f"{run} evaluated {len(lists)} test requests and an earlier run {len(first_shown)}; compare "
                      "runs evaluated on the same requests (lm.decode.max_eval_samples).")
-        rows[name] = copy_metrics(lists, test.target[:len(lists)], shown)
+        targets = test.target[:len(lists)]
+        rows[name] = copy_metrics(lists, targets, shown)
+        known = np.flatnonzero(targets >= 0)
+        model, tokenizer = load_lm(run / served["model"], "cpu")
+        prompts = writer.prompts(test)
+        hits = level_hits(model, tokenizer, [prompts[i] for i in known], sids.codes[targets[known]],
+                          sids.level_sizes)
+        in_prompt = shown[known, targets[known]]
+        for level in range(hits.shape[1]):
+            for part, mask in (("shown", in_prompt), ("new", ~in_prompt)):
+                rows[name][f"level{level} {part}"] = float(hits[mask, level].mean()) if mask.any() else float("nan")
         print(f"{name}: decoded {len(lists)} requests in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     n = len(first_shown)
     decay = json.loads((args.runs[0] / "eval" / "metrics.json").read_text())["user_history"]["decay"]
@@ -104,6 +140,9 @@ def main() -> None:
     print(f"{'row':28s}" + "".join(f"{k:>14s}" for k in KEYS))
     for name, row in rows.items():
         print(f"{name:28s}" + "".join(f"{row[k]:14.4f}" for k in KEYS))
+    for name in names:
+        print(f"{name}, teacher-forced level accuracy: " + ", ".join(
+            f"{k} {v:.4f}" for k, v in rows[name].items() if k.startswith("level")))
     if args.out:
         args.out.write_text(json.dumps({"command": "python " + " ".join(sys.argv), "data": args.data,
                                         "runs": [str(r) for r in args.runs], "user_history_decay": decay,

@@ -547,3 +547,33 @@ def test_copy_script_reproduces_the_runs_evaluation(tiny_run, tiny_world_dir: Pa
     assert rows["user_history_shown"]["acc@10 shown"] == 1.0 and rows["user_history_shown"]["copy@1"] > 0.9
     assert rows["user_history_shown"]["acc@1 new"] == 0.0
     assert 0 < rows["geogr"]["shown"] == rows["user_history"]["shown"] < 1
+    assert all(0 <= rows["geogr"][f"level{level} {part}"] <= 1 for level in range(4) for part in ("shown", "new"))
+
+
+def test_teacher_forced_level_hits_do_not_depend_on_the_batch_padding(tiny_run, data, monkeypatch):
+    from rankstack.retrieval.lm import load_lm
+    from rankstack.retrieval.semantic_ids import SemanticIds
+    from rankstack.retrieval.trie import sid_level_offsets
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from retrieval_copy import level_hits
+
+    out, _ = tiny_run
+    sids = SemanticIds.load(out / "sids")
+    model, tokenizer = load_lm(out / "sft", "cpu")
+    test = data.splits["test"]
+    writer = writer_for(data, sids, max_history=5)
+    lengths = (test.history >= 0).sum(1)
+    rows = [int(np.flatnonzero(lengths == n)[0]) for n in sorted(set(lengths.tolist()))[:4]]  # prompts of 4 lengths
+    prompts = [writer.prompts(test)[i] for i in rows]
+    codes = sids.codes[test.target[rows]]
+    offsets = np.asarray(sid_level_offsets(tokenizer, sids.level_sizes))
+    batched = level_hits(model, tokenizer, prompts, codes, sids.level_sizes, batch_size=4)
+    for i, (prompt, row) in enumerate(zip(prompts, codes)):  # one request at a time: no padding at all
+        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        answer = torch.tensor(offsets + row)[None]
+        logits = model(input_ids=torch.cat([ids, answer], 1)).logits[0, ids.shape[1] - 1:-1]
+        alone = [int(logits[level, off:off + size].argmax()) == row[level]
+                 for level, (off, size) in enumerate(zip(offsets, sids.level_sizes))]
+        assert batched[i].tolist() == alone
+    assert batched.any()  # the trained tiny LM gets some levels right
