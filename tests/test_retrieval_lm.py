@@ -542,7 +542,7 @@ def test_copy_script_reproduces_the_runs_evaluation(tiny_run, tiny_world_dir: Pa
     for key in ("acc@1", "acc@10"):
         assert rows["geogr"][key] == pytest.approx(metrics["geogr"]["test"][key], abs=1e-12)
         assert rows["user_history"][key] == pytest.approx(metrics["user_history"]["test"][key], abs=1e-12)
-    # ranking only the shown POIs first puts every shown target in the top 10 (the tiny config shows <= 10) and
+    # ranking only the shown POIs first puts every shown target in the top 10 (the tiny config shows at most 5) and
     # none of the others: a list that copies everything the prompt shows
     assert rows["user_history_shown"]["acc@10 shown"] == 1.0 and rows["user_history_shown"]["copy@1"] > 0.9
     assert rows["user_history_shown"]["acc@1 new"] == 0.0

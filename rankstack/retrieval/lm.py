@@ -262,7 +262,7 @@ class PromptWriter:
         `where` is an entry of `where()`; `history_hours` (aligned with `history`, -1 = unknown) are written with
         `history_times`."""
         kept = [i for i, p in enumerate(history) if p >= 0]
-        visited, recent, profile = self._shown(history)
+        recent, profile = self._shown(history)
         sids = [self.sid[p] for p in recent]
         if self.config.history_times and history_hours is not None and recent:
             hours = [int(history_hours[i]) for i in kept[-len(recent):]]
@@ -274,17 +274,17 @@ class PromptWriter:
         user = "[user]" + "".join(self.sid[p] for p in profile) if self.config.profile_pois else ""
         return user + "[hist]" + "".join(sids) + f"{ctx}[next]"
 
-    def _shown(self, history: Sequence[int]) -> tuple[list[int], list[int], list[int]]:
-        """The visited POIs of `history` (-1 entries dropped), the last `max_history` of them that the prompt
-        writes after `[hist]`, and the `profile_pois` most visited that it writes after `[user]`."""
+    def _shown(self, history: Sequence[int]) -> tuple[list[int], list[int]]:
+        """Of the POIs `history` visited (-1 entries dropped): the last `max_history`, which the prompt writes after
+        `[hist]`, and the `profile_pois` most visited, which it writes after `[user]`."""
         visited = [int(p) for p in history if p >= 0]
         recent = visited[-self.config.max_history:] if self.config.max_history else []
         profile = most_visited(visited, self.config.profile_pois) if self.config.profile_pois else []
-        return visited, recent, profile
+        return recent, profile
 
     def shown_pois(self, history: Sequence[int]) -> set[int]:
         """The POIs whose SIDs a request's prompt writes as history or profile: the ones an LM can copy."""
-        _, recent, profile = self._shown(history)
+        recent, profile = self._shown(history)
         return set(recent) | set(profile)
 
     def prompts(self, samples: NextPoiSamples) -> list[str]:
