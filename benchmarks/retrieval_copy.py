@@ -31,14 +31,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from retrieval_slices import run_lists  # this script's folder is on sys.path
+from retrieval_slices import ServedRun, run_lists  # this script's folder is on sys.path
 
 from rankstack.retrieval.baselines import history_topk
 from rankstack.retrieval.data import load_retrieval_data
 from rankstack.retrieval.evaluate import metrics_from_ranks, ranks_in_lists
-from rankstack.retrieval.lm import load_lm
-from rankstack.retrieval.run import load_run_config, prompt_writer
-from rankstack.retrieval.semantic_ids import SemanticIds
 from rankstack.retrieval.trie import sid_level_offsets
 
 KEYS = ("shown", "acc@1 shown", "acc@10 shown", "acc@1 new", "acc@10 new", "acc@1", "acc@10", "copy@1", "copy@10")
@@ -108,11 +105,9 @@ def main() -> None:
     first_shown = None
     for name, run in zip(names, args.runs):
         start = time.perf_counter()
-        config = load_run_config(run / "config.yaml")
-        served = json.loads((run / "eval" / "metrics.json").read_text()).get("served", {"model": "sft", "sids": "sids"})
-        sids = SemanticIds.load(run / served["sids"])
-        writer = prompt_writer(data, sids, config.lm)
-        lists = run_lists(run, data)
+        served = ServedRun.load(run, data)
+        sids, writer = served.sids, served.writer
+        lists = run_lists(run, data, served=served)
         shown = shown_masks(writer, test.history[:len(lists)], n_pois)
         first_shown = shown if first_shown is None else first_shown
         if len(shown) != len(first_shown):
@@ -121,9 +116,8 @@ def main() -> None:
         targets = test.target[:len(lists)]
         rows[name] = copy_metrics(lists, targets, shown)
         known = np.flatnonzero(targets >= 0)
-        model, tokenizer = load_lm(run / served["model"], "cpu")
         prompts = writer.prompts(test)
-        hits = level_hits(model, tokenizer, [prompts[i] for i in known], sids.codes[targets[known]],
+        hits = level_hits(served.model, served.tokenizer, [prompts[i] for i in known], sids.codes[targets[known]],
                           sids.level_sizes)
         in_prompt = shown[known, targets[known]]
         for level in range(hits.shape[1]):

@@ -25,7 +25,9 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -78,14 +80,31 @@ def slice_metrics(lists: np.ndarray, targets: np.ndarray, slices: np.ndarray, km
     return out
 
 
-def run_lists(run: Path, data, split: str = "test") -> np.ndarray:
+@dataclass
+class ServedRun:
+    """What a finished run serves: its config, SIDs, LM and prompt writer (the model and SIDs its evaluation
+    stage names under `served`)."""
+
+    config: Any
+    sids: SemanticIds
+    model: Any
+    tokenizer: Any
+    writer: Any
+
+    @classmethod
+    def load(cls, run: Path, data) -> ServedRun:
+        config = load_run_config(run / "config.yaml")
+        served = json.loads((run / "eval" / "metrics.json").read_text()).get("served", {"model": "sft", "sids": "sids"})
+        sids = SemanticIds.load(run / served["sids"])
+        model, tokenizer = load_lm(run / served["model"], "cpu")
+        return cls(config, sids, model, tokenizer, prompt_writer(data, sids, config.lm))
+
+
+def run_lists(run: Path, data, split: str = "test", served: ServedRun | None = None) -> np.ndarray:
     """The run's served top-W POI lists [n, W] for `split`, over the requests its evaluation scored (the first
-    `lm.decode.max_eval_samples`, or all)."""
-    config = load_run_config(run / "config.yaml")
-    served = json.loads((run / "eval" / "metrics.json").read_text()).get("served", {"model": "sft", "sids": "sids"})
-    sids = SemanticIds.load(run / served["sids"])
-    model, tokenizer = load_lm(run / served["model"], "cpu")
-    writer = prompt_writer(data, sids, config.lm)
+    `lm.decode.max_eval_samples`, or all); `served` is the run's `ServedRun` when the caller has it loaded."""
+    served = served or ServedRun.load(run, data)
+    config, sids, model, tokenizer, writer = served.config, served.sids, served.model, served.tokenizer, served.writer
     samples = data.splits[split]
     n = len(samples) if config.lm.decode.max_eval_samples is None else min(len(samples), config.lm.decode.max_eval_samples)
     trie = sids.trie(sid_level_offsets(tokenizer, sids.level_sizes))
