@@ -25,9 +25,8 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -80,8 +79,7 @@ def slice_metrics(lists: np.ndarray, targets: np.ndarray, slices: np.ndarray, km
     return out
 
 
-@dataclass
-class ServedRun:
+class ServedRun(NamedTuple):
     """What a finished run serves: its config, SIDs, LM and prompt writer (the model and SIDs its evaluation
     stage names under `served`)."""
 
@@ -104,7 +102,7 @@ def run_lists(run: Path, data, split: str = "test", served: ServedRun | None = N
     """The run's served top-W POI lists [n, W] for `split`, over the requests its evaluation scored (the first
     `lm.decode.max_eval_samples`, or all); `served` is the run's `ServedRun` when the caller has it loaded."""
     served = served or ServedRun.load(run, data)
-    config, sids, model, tokenizer, writer = served.config, served.sids, served.model, served.tokenizer, served.writer
+    config, sids, model, tokenizer, writer = served
     samples = data.splits[split]
     n = len(samples) if config.lm.decode.max_eval_samples is None else min(len(samples), config.lm.decode.max_eval_samples)
     trie = sids.trie(sid_level_offsets(tokenizer, sids.level_sizes))
