@@ -190,6 +190,7 @@ CACHE_CONFIGS = {
     "match_windows_bits_recency": {"match_counts": True, "match_windows": [1, 3], "target_match": True,
                                    "recency": True},
     "query_mlp": {"query_hidden": 32},
+    "query_cross": {"query_cross": 2, "target_match": True, "recency": True},
     "readout_concat": {"readout": "concat", "target_match": True, "recency": True},
     "swiglu": {"ffn": "swiglu", "target_match": True, "recency": True},
     "moe": {"ffn": "moe", "moe_top_k": 2, "target_match": True},
@@ -211,7 +212,7 @@ def test_cached_scores_equal_the_full_forward(config, streams, datasets):
     assert (cached - reference).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("config", ["default", "target_match", "match_counts"])
+@pytest.mark.parametrize("config", ["default", "target_match", "match_counts", "query_cross"])
 def test_cache_rows_serve_several_requests_at_once(config, datasets):
     dataset = datasets["two"]
     model = randomise_embeddings(hemix(dataset, **CACHE_CONFIGS[config])).eval()

@@ -110,7 +110,7 @@ def test_empty_sequences_give_finite_outputs_and_gradients(name, datasets):
 
 
 @pytest.mark.parametrize(("name", "overrides"), [(name, {}) for name in MODEL_NAMES]
-                         + [("hemix", {"target_match": True}), ("hemix", {"query_hidden": 32}),
+                         + [("hemix", {"target_match": True}), ("hemix", {"query_hidden": 32}), ("hemix", {"query_cross": 1}),
                             ("hemix", {"match_counts": True, "target_match": True}),
                             ("hemix", {"target_match": True, "recency": True}),
                             ("hemix", {"ffn": "swiglu"}), ("hemix", {"ffn": "moe", "moe_top_k": 2}),

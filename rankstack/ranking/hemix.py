@@ -43,6 +43,7 @@ from rankstack.nn.features import (
 )
 from rankstack.nn.params import parameter_breakdown
 from rankstack.ranking.base import RankingModel, TaskTowers
+from rankstack.ranking.dcnv2 import CrossLayer
 
 Mixer = Literal["heteromixer", "attention", "mlp", "none", "rankmixer"]
 SEGMENTS = ("Zr", "Zg", "Q")  # token segments of X^0, as `fusion_groups` names them
@@ -112,6 +113,11 @@ class HeMixConfig:
         query_hidden: None builds each dynamic query with one Linear over u (§3.2); a width h builds all of them
             with one shared 2-layer MLP, `Linear(u → h) → GELU → Linear(h → n_q·d)`, then the per-query LN and
             SiLU (§10's option), so that the queries can carry crosses of the non-sequence fields.
+        query_cross: the number of DCNv2 cross layers `u_{l+1} = u_0 ⊙ (W_l u_l + b_l) + u_l` (full rank) that u
+            passes through before the dynamic-query projection (0). Our option, not the paper's: a diagnostic of
+            whether explicit products of the non-sequence and target fields are what HeMix lacks against DCNv2
+            on the world. The products mix request and candidate columns, so the serving cache then keeps the
+            request-level columns of u instead of their projection.
         readout: `mean` pools the last layer's tokens into one d-vector for the towers (§3.5); `concat` gives the
             towers all N·d features (a diagnostic of the pooling, not the paper's; not with `mixer: mlp`).
     """
@@ -151,6 +157,7 @@ class HeMixConfig:
     match_counts: bool = False
     match_windows: list[int] = field(default_factory=list)
     query_hidden: int | None = None
+    query_cross: int = 0
     readout: Literal["mean", "concat"] = "mean"
 
     def __post_init__(self) -> None:
@@ -167,6 +174,8 @@ class HeMixConfig:
             raise ValueError(f"moe_top_k ({self.moe_top_k}) must be between 1 and moe_experts ({self.moe_experts})")
         if self.realtime_len < 1:
             raise ValueError(f"realtime_len must be at least 1, got {self.realtime_len}")
+        if self.query_cross < 0:
+            raise ValueError(f"query_cross is a number of cross layers (0 for none), got {self.query_cross}")
         check_match_windows(self.match_counts, self.match_windows)
         if self.readout == "concat" and self.mixer == "mlp":
             raise ValueError("readout: concat reads the mixer's tokens, and mixer: mlp returns one vector; use "
@@ -186,7 +195,9 @@ class DynamicQueryTokenizer(nn.Module):
     The `A_j` of all queries are stacked in one Linear. Because `A_j u = A_j^req u_req + A_j^cand u_cand`, the
     serving path computes the request-level part once per request (`request_part`) and finishes each candidate
     with `from_parts`; `forward` is the reference path. With `hidden`, `A u` becomes a shared 2-layer MLP
-    `W_2 GELU(W_1 u + b_1) + b_2` (§10's option); the request part is then `W_1^req u_req`.
+    `W_2 GELU(W_1 u + b_1) + b_2` (§10's option); the request part is then `W_1^req u_req`. With `cross_layers`,
+    u first passes through that many DCNv2 cross layers; they multiply request and candidate columns, so the
+    request part is then `u_req` itself, and `from_parts` puts u back together in column order.
 
     >>> tok = DynamicQueryTokenizer(in_dim=6, num_queries=3, dim=8, request_columns=[0, 1])
     >>> tok(torch.randn(5, 6)).shape
@@ -194,9 +205,10 @@ class DynamicQueryTokenizer(nn.Module):
     """
 
     def __init__(self, in_dim: int, num_queries: int, dim: int, request_columns: Sequence[int] = (),
-                 hidden: int | None = None) -> None:
+                 hidden: int | None = None, cross_layers: int = 0) -> None:
         super().__init__()
         self.num_queries, self.dim = num_queries, dim
+        self.crosses = nn.ModuleList(CrossLayer(in_dim) for _ in range(cross_layers))
         self.proj = nn.Linear(in_dim, hidden or num_queries * dim)
         self.out = nn.Sequential(nn.GELU(), nn.Linear(hidden, num_queries * dim)) if hidden else nn.Identity()
         self.norm_weight = nn.Parameter(torch.ones(num_queries, dim))  # one LayerNorm per query
@@ -205,20 +217,32 @@ class DynamicQueryTokenizer(nn.Module):
         self.register_buffer("request_columns", torch.tensor(request, dtype=torch.long), persistent=False)
         self.register_buffer("candidate_columns", torch.tensor(
             [c for c in range(in_dim) if c not in set(request)], dtype=torch.long), persistent=False)
+        # u's columns from [u_req ; u_cand]: the position of each column of u in that concatenation
+        self.register_buffer("column_order", torch.argsort(torch.cat([self.request_columns, self.candidate_columns])),
+                             persistent=False)
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         pre = self.out(pre).unflatten(1, (self.num_queries, self.dim))
         return F.silu(F.layer_norm(pre, (self.dim,)) * self.norm_weight + self.norm_bias)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
+        u0 = u
+        for cross in self.crosses:
+            u = cross(u0, u)
         return self.activate(self.proj(u))
 
     def request_part(self, u_request: torch.Tensor) -> torch.Tensor:
-        """`A^req u_req` (`W_1^req u_req` with `hidden`) from the request-level columns of u, in column order."""
+        """`A^req u_req` (`W_1^req u_req` with `hidden`; `u_req` itself with cross layers) from the request-level
+        columns of u, in column order."""
+        if len(self.crosses):
+            return u_request
         return F.linear(u_request, self.proj.weight[:, self.request_columns])
 
     def from_parts(self, request_part: torch.Tensor, u_candidate: torch.Tensor) -> torch.Tensor:
-        """Queries `[C, n_q, d]` from a cached request part (`[C or 1, n_q·d]`) and the candidate columns."""
+        """Queries `[C, n_q, d]` from a cached request part (`[C or 1, width]`) and the candidate columns."""
+        if len(self.crosses):
+            u = torch.cat([request_part.expand(u_candidate.shape[0], -1), u_candidate], dim=1)
+            return self(u.index_select(1, self.column_order))
         return self.activate(request_part + F.linear(u_candidate, self.proj.weight[:, self.candidate_columns],
                                                      self.proj.bias))
 
@@ -672,7 +696,8 @@ class FlatMLPMixer(nn.Module):
 class UserCache:
     """What `HeMix.encode_user` computes once per request (R requests; usually R = 1).
 
-    query_request_part: `A^req x_req` of the dynamic-query tokenizer `[R, (n_g+n_r)·d]`.
+    query_request_part: `A^req x_req` of the dynamic-query tokenizer `[R, (n_g+n_r)·d]` (with `query_cross`, the
+        request-level columns of u themselves).
     keys, values: per branch, the sequence K and V `[R, H_q, L_b, d/H_q]` (the costly part, 2·L_s·d²).
     masks: per branch `[R, L_b]`, True on events.
     fixed_outputs: per branch, the fixed queries' outputs `[R, m_b, d]` (candidate-independent; empty with
@@ -740,7 +765,7 @@ class HeMix(RankingModel):
                               "item field; set query_match: false.")
         n_queries = config.n_g + config.n_r
         self.tokenizer = DynamicQueryTokenizer(self._query_input_width(), n_queries, d, self._request_columns(),
-                                               config.query_hidden)
+                                               config.query_hidden, config.query_cross)
         self.sequence_tokens = SequenceTokenizer((self.embedder.num_item_fields + 1) * e, d)
         global_events, realtime_events = split_streams(layout, config.realtime_len)
         if not config.use_global and not realtime_events or config.drop_realtime_events and not global_events:
