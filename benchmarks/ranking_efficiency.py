@@ -28,8 +28,9 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=500)
     parser.add_argument("--longterm-len", type=int, nargs="+", default=[100])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--serve-with", nargs="+", default=[], choices=["target_match", "query_match", "recency"],
-                        help="also serve each stream length with these HeMix switches on (their serving cost)")
+    parser.add_argument("--serve-with", nargs="+", default=[], metavar="SWITCH",
+                        help="also serve each stream length with these HeMix switches on (their serving cost): "
+                        "target_match, query_match, recency, query_cross=N")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ranking_efficiency.json"))
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))

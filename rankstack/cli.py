@@ -342,8 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     bk.add_argument("--candidates", type=int, default=500, help="candidates per request")
     bk.add_argument("--longterm-len", type=int, nargs="+", default=[100], help="long-term stream length(s)")
     bk.add_argument("--threads", type=int, default=1)
-    bk.add_argument("--serve-with", nargs="+", default=[], choices=["target_match", "query_match", "recency"],
-                    help="also serve each stream length with these HeMix switches on (their serving cost)")
+    bk.add_argument("--serve-with", nargs="+", default=[], metavar="SWITCH",
+                    help="also serve each stream length with these HeMix switches on (their serving cost): "
+                    "target_match, query_match, recency, query_cross=N")
     bk.add_argument("--json", help="also write the result to this JSON file")
     bk.set_defaults(func=cmd_bench_ranking)
 

@@ -223,6 +223,16 @@ def test_synthetic_request_shares_user_fields_and_cached_serving_matches():
     assert result["candidates_per_s"]["cached"] > 0 and result["candidates_per_s"]["uncached"] > 0
 
 
+def test_serve_with_switches_parse_flags_and_counts():
+    from rankstack.errors import ConfigError
+    from rankstack.ranking.bench import switch_values
+
+    assert switch_values(["target_match", "query_cross=2"]) == {"target_match": True, "query_cross": 2}
+    for bad in ["query_cross", "recency=1", "query_cross=two", "dim=64"]:
+        with pytest.raises(ConfigError, match="--serve-with takes target_match, query_match, recency or query_cross=N"):
+            switch_values([bad])
+
+
 def test_mixing_cost_model_equals_the_counted_macs():
     from rankstack.ranking.bench import mixing_vs_attention
 

@@ -24,7 +24,7 @@ import platform
 import statistics
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from rankstack.errors import ConfigError
 from rankstack.nn.features import FieldLayout, SequenceLayout
 from rankstack.ranking.hemix import (
     HeMix,
@@ -256,17 +257,36 @@ def machine_info() -> dict[str, Any]:
             "date": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads()}
 
 
+#: HeMix switches that `bench_ranking` can serve with: on/off, or a count (`query_cross=2`).
+SERVE_SWITCHES = {"target_match": bool, "query_match": bool, "recency": bool, "query_cross": int}
+
+
+def switch_values(switches: Sequence[str]) -> dict[str, bool | int]:
+    """HeMixConfig keyword arguments from `--serve-with` items: `name` turns a switch on, `name=N` sets a count."""
+    values: dict[str, bool | int] = {}
+    for text in switches:
+        name, _, value = text.partition("=")
+        kind = SERVE_SWITCHES.get(name)
+        if kind is None or (kind is int) != bool(value) or value and not value.isdigit():
+            raise ConfigError(
+                f"--serve-with takes {', '.join(n for n, k in SERVE_SWITCHES.items() if k is bool)} or "
+                f"{', '.join(f'{n}=N' for n, k in SERVE_SWITCHES.items() if k is int)}; got `{text}`")
+        values[name] = int(value) if value else True
+    return values
+
+
 def bench_ranking(tokens: int = 12, dim: int = 256, batch: int = 1024, repeats: int = 7, candidates: int = 500,
                   longterm_lens: tuple[int, ...] = (100,), threads: int = 1,
                   options: tuple[str, ...] = ()) -> dict[str, Any]:
     """`mixing_vs_attention` and `serving_throughput` (one per long-term stream length) on `threads` threads; with
     `options` (HeMixConfig switches such as `target_match`), each length is served a second time with them on."""
+    switch_values(options)  # a bad switch fails before any timing
     torch.set_num_threads(threads)
     serving = []
     for n in longterm_lens:
         layout = synthetic_layout(streams=(("longterm_seq", n), ("realtime_seq", 20)))
         for switches in ((), options) if options else ((),):
-            config = HeMixConfig(realtime_len=20, **dict.fromkeys(switches, True))
+            config = HeMixConfig(realtime_len=20, **switch_values(switches))
             serving.append({"options": list(switches), **serving_throughput(
                 layout, config, candidates=candidates, repeats=max(3, repeats // 2))})
     return {"mixing_vs_attention": mixing_vs_attention(tokens, dim, batch, repeats=repeats), "serving": serving,
