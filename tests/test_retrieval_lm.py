@@ -565,7 +565,8 @@ def test_teacher_forced_level_hits_do_not_depend_on_the_batch_padding(tiny_run, 
     writer = writer_for(data, sids, max_history=5)
     lengths = (test.history >= 0).sum(1)
     rows = [int(np.flatnonzero(lengths == n)[0]) for n in sorted(set(lengths.tolist()))[:4]]  # prompts of 4 lengths
-    prompts = [writer.prompts(test)[i] for i in rows]
+    every = writer.prompts(test)
+    prompts = [every[i] for i in rows]
     codes = sids.codes[test.target[rows]]
     offsets = np.asarray(sid_level_offsets(tokenizer, sids.level_sizes))
     batched = level_hits(model, tokenizer, prompts, codes, sids.level_sizes, batch_size=4)

@@ -280,13 +280,13 @@ def bench_ranking(tokens: int = 12, dim: int = 256, batch: int = 1024, repeats: 
                   options: tuple[str, ...] = ()) -> dict[str, Any]:
     """`mixing_vs_attention` and `serving_throughput` (one per long-term stream length) on `threads` threads; with
     `options` (HeMixConfig switches such as `target_match`), each length is served a second time with them on."""
-    switch_values(options)  # a bad switch fails before any timing
+    variants = [((), {})] + ([(options, switch_values(options))] if options else [])  # bad switches fail before timing
     torch.set_num_threads(threads)
     serving = []
     for n in longterm_lens:
         layout = synthetic_layout(streams=(("longterm_seq", n), ("realtime_seq", 20)))
-        for switches in ((), options) if options else ((),):
-            config = HeMixConfig(realtime_len=20, **switch_values(switches))
+        for switches, values in variants:
+            config = HeMixConfig(realtime_len=20, **values)
             serving.append({"options": list(switches), **serving_throughput(
                 layout, config, candidates=candidates, repeats=max(3, repeats // 2))})
     return {"mixing_vs_attention": mixing_vs_attention(tokens, dim, batch, repeats=repeats), "serving": serving,
